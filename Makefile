@@ -1,0 +1,72 @@
+# repx: one entry point from a fresh Debian machine to a running lab.
+#
+#   make demo    build the example lab and list its jobs
+#   make test    run the test suite
+#   make lint    ruff
+#   make bench   the benchmarks
+#
+# `setup` is idempotent and cheap when everything is in place: system tools are installed only
+# when missing, and the venv is reinstalled only when pyproject.toml is newer than its stamp.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+
+PYTHON ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+NIX_CONF := /etc/nix/nix.conf
+PYTEST_ARGS ?=
+
+export DEBIAN_FRONTEND := noninteractive
+
+.PHONY: setup system-deps nix-conf test lint demo bench
+
+setup: system-deps nix-conf $(STAMP)
+
+# apt-get runs only for a tool that is missing; `apt-get update` at most once per make run.
+system-deps:
+	@need=(); \
+	command -v nix-build >/dev/null 2>&1 || need+=(nix-bin); \
+	command -v shellcheck >/dev/null 2>&1 || need+=(shellcheck); \
+	command -v dot >/dev/null 2>&1 || need+=(graphviz); \
+	if (( $${#need[@]} )); then \
+	  if [[ $$(id -u) -ne 0 ]]; then \
+	    echo "make setup: missing $${need[*]}; run as root (or install them) first" >&2; exit 1; \
+	  fi; \
+	  echo "installing $${need[*]}"; \
+	  apt-get update -qq; \
+	  apt-get install -y -qq "$${need[@]}" >/dev/null; \
+	fi
+
+# Debian's single-user Nix cannot use the build sandbox here (DESIGN.md "Nix on these machines").
+nix-conf:
+	@if ! grep -Eq '^[[:space:]]*sandbox[[:space:]]*=[[:space:]]*false[[:space:]]*$$' $(NIX_CONF) 2>/dev/null; then \
+	  if [[ $$(id -u) -ne 0 ]]; then \
+	    echo "make setup: $(NIX_CONF) needs 'sandbox = false'; run as root" >&2; exit 1; \
+	  fi; \
+	  mkdir -p $(dir $(NIX_CONF)); touch $(NIX_CONF); \
+	  sed -i -E '/^[[:space:]]*sandbox[[:space:]]*=/d' $(NIX_CONF); \
+	  echo 'sandbox = false' >> $(NIX_CONF); \
+	  echo "set 'sandbox = false' in $(NIX_CONF)"; \
+	fi
+
+$(VPY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(VPY)
+	$(VPY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+test: setup
+	$(VPY) -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check repx tests bench
+
+demo: setup
+	cd examples/simple && ../../$(VENV)/bin/repx build
+	cd examples/simple && ../../$(VENV)/bin/repx list jobs
+
+bench: setup
+	$(VPY) bench/run.py
