@@ -1,0 +1,516 @@
+# repx host package set.
+#
+# A stand-in for nixpkgs on a machine that has Nix (e.g. Debian's nix-bin) but no
+# nixpkgs checkout.  Each package is a tiny derivation whose $out/bin holds
+# symlinks to the host's own binaries, so a lab written against nixpkgs
+# (`pkgs.jq`, `"${pkgs.coreutils}/bin/sort"`, `pkgs.lib.range`,
+# `pkgs.runCommand` ...) evaluates and runs unchanged.
+#
+#   * named packages (jq, coreutils, python3, gnused ...) expose the host's
+#     binaries of that package; a named package with none of its binaries on
+#     the host throws an error that says how to install it;
+#   * any other attribute that names a file in one of hostPath's directories
+#     exposes just that program (`pkgs.rsync` -> $out/bin/rsync);
+#   * every derivation records the sha256 of each binary it links to, so its
+#     out path changes when the host binary changes.  Hashing is lazy: it only
+#     happens for packages whose derivation is actually instantiated.
+#
+# Nix builtins only: no nixpkgs lib.  See docs/host-packages.md.
+{ system ? builtins.currentSystem
+, hostPath ? [ "/usr/local/bin" "/usr/bin" "/bin" "/usr/local/sbin" "/usr/sbin" "/sbin" ]
+}:
+
+let
+  inherit (builtins)
+    attrNames concatStringsSep elem filter foldl' genList hasAttr head
+    isFunction length listToAttrs mapAttrs match pathExists readDir
+    replaceStrings stringLength substring;
+
+  # ---------------------------------------------------------------- lib ----
+
+  lib = rec {
+    inherit (builtins)
+      attrNames attrValues concatStringsSep filter elem foldl' genList head
+      tail length listToAttrs mapAttrs toString isString isList isAttrs isInt
+      isFloat isBool isFunction all any sort hasAttr getAttr elemAt
+      removeAttrs intersectAttrs functionArgs replaceStrings stringLength
+      substring toJSON fromJSON;
+
+    id = x: x;
+    const = x: _: x;
+    fix = f: let x = f x; in x;
+
+    range = first: last:
+      if first > last then [ ] else genList (n: first + n) (last - first + 1);
+    optional = cond: elem: if cond then [ elem ] else [ ];
+    optionals = cond: elems: if cond then elems else [ ];
+    optionalString = cond: string: if cond then string else "";
+    optionalAttrs = cond: as: if cond then as else { };
+
+    concatStrings = builtins.concatStringsSep "";
+    concatMap = f: list: builtins.concatLists (map f list);
+    concatMapStrings = f: list: concatStrings (map f list);
+    concatMapStringsSep = sep: f: list: builtins.concatStringsSep sep (map f list);
+    concatLists = builtins.concatLists;
+    flatten = x:
+      if builtins.isList x then concatMap flatten x else [ x ];
+    unique = foldl' (acc: e: if builtins.elem e acc then acc else acc ++ [ e ]) [ ];
+    last = list: builtins.elemAt list (builtins.length list - 1);
+    reverseList = list:
+      let l = builtins.length list; in genList (n: builtins.elemAt list (l - n - 1)) l;
+    foldr = op: nul: list:
+      let
+        len = builtins.length list;
+        fold' = n: if n == len then nul else op (builtins.elemAt list n) (fold' (n + 1));
+      in fold' 0;
+    foldl = op: nul: list: foldl' op nul list;
+    count = pred: list: builtins.length (builtins.filter pred list);
+    imap0 = f: list: genList (n: f n (builtins.elemAt list n)) (builtins.length list);
+    imap1 = f: list: genList (n: f (n + 1) (builtins.elemAt list n)) (builtins.length list);
+    zipListsWith = f: fst: snd:
+      genList (n: f (builtins.elemAt fst n) (builtins.elemAt snd n))
+        (lib.min (builtins.length fst) (builtins.length snd));
+    min = x: y: if x < y then x else y;
+    max = x: y: if x > y then x else y;
+
+    nameValuePair = name: value: { inherit name value; };
+    filterAttrs = pred: set:
+      listToAttrs (concatMap
+        (name: let v = set.${name}; in if pred name v then [ (nameValuePair name v) ] else [ ])
+        (builtins.attrNames set));
+    mapAttrsToList = f: attrs: map (name: f name attrs.${name}) (builtins.attrNames attrs);
+    mapAttrs' = f: set: listToAttrs (mapAttrsToList f set);
+    genAttrs = names: f: listToAttrs (map (n: nameValuePair n (f n)) names);
+    attrByPath = attrPath: default: set:
+      if attrPath == [ ] then set
+      else if builtins.isAttrs set && set ? ${head attrPath}
+      then attrByPath (builtins.tail attrPath) default set.${head attrPath}
+      else default;
+    recursiveUpdate = lhs: rhs:
+      lhs // mapAttrs
+        (name: v:
+          if lhs ? ${name} && builtins.isAttrs v && builtins.isAttrs lhs.${name}
+            && !(v ? type && v.type == "derivation")
+          then recursiveUpdate lhs.${name} v
+          else v)
+        rhs;
+    cartesianProduct = attrsOfLists:
+      foldl'
+        (listOfAttrs: attrName:
+          concatMap
+            (attrs: map (v: attrs // { ${attrName} = v; }) attrsOfLists.${attrName})
+            listOfAttrs)
+        [ { } ]
+        (builtins.attrNames attrsOfLists);
+    cartesianProductOfSets = cartesianProduct;
+
+    hasPrefix = pref: str: substring 0 (stringLength pref) str == pref;
+    hasSuffix = suffix: content:
+      let
+        lenContent = stringLength content;
+        lenSuffix = stringLength suffix;
+      in lenContent >= lenSuffix
+        && substring (lenContent - lenSuffix) lenContent content == suffix;
+    removePrefix = prefix: str:
+      if hasPrefix prefix str
+      then substring (stringLength prefix) (stringLength str - stringLength prefix) str
+      else str;
+    removeSuffix = suffix: str:
+      if hasSuffix suffix str
+      then substring 0 (stringLength str - stringLength suffix) str
+      else str;
+    stringToCharacters = s: genList (p: substring p 1 s) (stringLength s);
+    splitString = sep: s:
+      builtins.filter builtins.isString
+        (builtins.split (escapeRegex sep) (builtins.toString s));
+    escapeRegex = replaceStrings
+      (stringToCharacters "\\[{()^$?*+|.")
+      (map (c: "\\" + c) (stringToCharacters "\\[{()^$?*+|."));
+    toUpper = replaceStrings
+      (stringToCharacters "abcdefghijklmnopqrstuvwxyz")
+      (stringToCharacters "ABCDEFGHIJKLMNOPQRSTUVWXYZ");
+    toLower = replaceStrings
+      (stringToCharacters "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+      (stringToCharacters "abcdefghijklmnopqrstuvwxyz");
+    escapeShellArg = arg: "'" + replaceStrings [ "'" ] [ "'\\''" ] (builtins.toString arg) + "'";
+    escapeShellArgs = args: builtins.concatStringsSep " " (map escapeShellArg args);
+
+    makeBinPath = paths: builtins.concatStringsSep ":" (map (p: "${p}/bin") paths);
+    makeSearchPath = sub: paths: builtins.concatStringsSep ":" (map (p: "${p}/${sub}") paths);
+    getExe = drv:
+      "${drv}/bin/${drv.meta.mainProgram or drv.pname or (builtins.parseDrvName drv.name).name}";
+    getBin = drv: drv.bin or drv;
+    getOutput = output: drv: drv.${output} or drv;
+    isDerivation = x: builtins.isAttrs x && x ? type && x.type == "derivation";
+  };
+
+  inherit (lib) concatMap concatMapStrings escapeShellArg;
+
+  # ------------------------------------------------- host program lookup ----
+
+  # PATH-like directories to search, in order.  Shim directories (pyenv,
+  # rbenv, asdf ...) hold wrapper scripts that pick a program at run time
+  # from the caller's environment: never link to those.
+  dirs = filter
+    (d: match "(.*/)?shims(/.*)?" d == null && pathExists d)
+    (map (d: let s = toString d; in
+      if stringLength s > 1 && substring (stringLength s - 1) 1 s == "/"
+      then substring 0 (stringLength s - 1) s else s)
+      hostPath);
+
+  # name -> absolute path of the first file (or symlink) with that name in
+  # `dirs`.  Earlier directories win, as in $PATH.
+  dirPrograms = d:
+    let entries = readDir d; in
+    listToAttrs (concatMap
+      (n: if entries.${n} == "directory" then [ ] else [ { name = n; value = d + "/" + n; } ])
+      (attrNames entries));
+  found = foldl' (acc: d: dirPrograms d // acc) { } dirs;
+
+  hostPathText = concatStringsSep ":" (map toString hostPath);
+
+  # Derivation names may only hold [A-Za-z0-9+._?=-].
+  sanitizeName = s:
+    if match "[A-Za-z0-9+._?=-]*" s != null then s
+    else concatMapStrings (c: if match "[A-Za-z0-9+._?=-]" c != null then c else "_")
+      (lib.stringToCharacters s);
+
+  # Environment of every builder here: only /bin/sh, mkdir, ln, cp, chmod,
+  # find from the host are needed to assemble outputs.
+  buildPATH = "/usr/bin:/bin";
+
+  # Make one host package.
+  #   attr:    attribute name (and pname)
+  #   bins:    program names to look for; those found are linked into $out/bin
+  #   aliases: linkName -> program name (of `bins`) linked under another name,
+  #            e.g. python -> python3, as nixpkgs' python3 provides
+  #   debian:  Debian package to suggest when nothing is installed
+  mkHostPackage = { attr, bins, aliases ? { }, debian ? attr, main ? null, extra ? (_: { }) }:
+    let
+      present = filter (b: hasAttr b found) bins;
+      aliasLinks = concatMap
+        (a: if hasAttr aliases.${a} found && !(elem a present)
+            then [ { name = a; target = found.${aliases.${a}}; } ]
+            else [ ])
+        (attrNames aliases);
+      links = map (b: { name = b; target = found.${b}; }) present ++ aliasLinks;
+      mainProgram =
+        if main != null && elem main present then main
+        else if elem attr present then attr
+        else head present;
+
+      script =
+        "set -e\nmkdir -p \"$out/bin\"\n"
+        + concatMapStrings
+          (l: "ln -s ${escapeShellArg l.target} \"$out/bin/\"${escapeShellArg l.name}\n")
+          links;
+
+      drv = derivation {
+        name = "host-" + sanitizeName attr;
+        pname = attr;
+        version = "host";
+        inherit system;
+        builder = "/bin/sh";
+        args = [ "-c" script ];
+        PATH = buildPATH;
+        # The identity of the host binaries: their content hashes.  Forced only
+        # when this derivation is instantiated (drvPath / outPath).
+        hostBinaries = concatMapStrings
+          (l: "${l.name} ${l.target} ${builtins.hashFile "sha256" l.target}\n")
+          links;
+        preferLocalBuild = true;
+        allowSubstitutes = false;
+      };
+
+      pkg = drv // {
+        pname = attr;
+        version = "host";
+        out = pkg;
+        bin = pkg;
+        all = [ pkg ];
+        outputName = "out";
+        outputs = [ "out" ];
+        meta = {
+          inherit mainProgram;
+          description = "Host binaries of '${attr}' (${concatStringsSep ", " (map (l: l.name) links)})";
+          repxHost = true;
+        };
+        repxHostBinaries = listToAttrs (map (l: { inherit (l) name; value = l.target; }) links);
+      } // extra pkg;
+    in
+    if present == [ ] then
+      throw ("repx host package set: 'pkgs.${attr}' is not installed on this machine "
+        + "(looked for ${concatStringsSep ", " bins} in ${hostPathText}). "
+        + "Install it (e.g. apt-get install ${debian}) or pass a real nixpkgs with --nixpkgs.")
+    else pkg;
+
+  # ----------------------------------------------------- named packages ----
+
+  # GNU coreutils' programs (kill, hostname and uptime are left out: on most
+  # hosts those come from procps / inetutils instead).
+  coreutilsPrograms = [
+    "[" "arch" "b2sum" "base32" "base64" "basename" "basenc" "cat" "chcon"
+    "chgrp" "chmod" "chown" "chroot" "cksum" "comm" "cp" "csplit" "cut" "date"
+    "dd" "df" "dir" "dircolors" "dirname" "du" "echo" "env" "expand" "expr"
+    "factor" "false" "fmt" "fold" "groups" "head" "hostid" "id" "install"
+    "join" "link" "ln" "logname" "ls" "md5sum" "mkdir" "mkfifo" "mknod"
+    "mktemp" "mv" "nice" "nl" "nohup" "nproc" "numfmt" "od" "paste" "pathchk"
+    "pinky" "pr" "printenv" "printf" "ptx" "pwd" "readlink" "realpath" "rm"
+    "rmdir" "runcon" "seq" "sha1sum" "sha224sum" "sha256sum" "sha384sum"
+    "sha512sum" "shred" "shuf" "sleep" "sort" "split" "stat" "stdbuf" "stty"
+    "sum" "sync" "tac" "tail" "tee" "test" "timeout" "touch" "tr" "true"
+    "truncate" "tsort" "tty" "uname" "unexpand" "uniq" "unlink" "users" "vdir"
+    "wc" "who" "whoami" "yes"
+  ];
+
+  # attr = { bins; aliases?; debian?; main?; extra? }
+  specs = {
+    coreutils = { bins = coreutilsPrograms; main = "ls"; };
+    bash = { bins = [ "bash" ]; aliases = { sh = "bash"; }; };
+    bashInteractive = { bins = [ "bash" ]; aliases = { sh = "bash"; }; debian = "bash"; };
+    dash = { bins = [ "dash" ]; };
+    gnused = { bins = [ "sed" ]; debian = "sed"; };
+    gnugrep = { bins = [ "grep" "egrep" "fgrep" ]; debian = "grep"; };
+    findutils = { bins = [ "find" "xargs" ]; };
+    gawk = { bins = [ "gawk" "awk" ]; };
+    jq = { bins = [ "jq" ]; };
+    python3 = {
+      bins = [ "python3" "pydoc3" "python3-config" ];
+      aliases = { python = "python3"; pydoc = "pydoc3"; python-config = "python3-config"; };
+      extra = self: {
+        interpreter = "${self}/bin/python3";
+        executable = "python3";
+        withPackages = _: throw ("repx host package set: 'pkgs.python3.withPackages' is not "
+          + "available with host packages. Install the Python packages on the host "
+          + "(apt-get install python3-<name>, or pip) and use pkgs.python3, or pass a real "
+          + "nixpkgs with --nixpkgs.");
+      };
+    };
+    gnutar = { bins = [ "tar" ]; debian = "tar"; };
+    gzip = {
+      bins = [ "gzip" "gunzip" "zcat" "zgrep" "zegrep" "zfgrep" "zdiff" "zcmp"
+               "zless" "zmore" "znew" "zforce" "gzexe" "uncompress" ];
+    };
+    bzip2 = {
+      bins = [ "bzip2" "bunzip2" "bzcat" "bzip2recover" "bzgrep" "bzegrep"
+               "bzfgrep" "bzdiff" "bzcmp" "bzless" "bzmore" ];
+    };
+    xz = {
+      bins = [ "xz" "unxz" "xzcat" "xzgrep" "xzegrep" "xzfgrep" "xzdiff" "xzcmp"
+               "xzless" "xzmore" "xzdec" "lzma" "unlzma" "lzcat" "lzmainfo" "lzmadec" ];
+      debian = "xz-utils";
+    };
+    zstd = { bins = [ "zstd" "unzstd" "zstdcat" "zstdmt" "zstdgrep" "zstdless" ]; };
+    zip = { bins = [ "zip" "zipcloak" "zipnote" "zipsplit" ]; };
+    unzip = { bins = [ "unzip" "funzip" "unzipsfx" "zipgrep" "zipinfo" ]; };
+    curl = { bins = [ "curl" ]; };
+    wget = { bins = [ "wget" ]; };
+    git = { bins = [ "git" "git-receive-pack" "git-upload-pack" "git-upload-archive" "git-shell" ]; };
+    perl = { bins = [ "perl" "perldoc" "prove" "cpan" "pod2man" "pod2text" ]; };
+    which = { bins = [ "which" ]; debian = "debianutils"; };
+    diffutils = { bins = [ "diff" "cmp" "diff3" "sdiff" ]; };
+    patch = { bins = [ "patch" ]; };
+    file = { bins = [ "file" ]; };
+    procps = {
+      bins = [ "ps" "kill" "pgrep" "pkill" "pidwait" "pidof" "top" "free" "vmstat"
+               "uptime" "w" "watch" "pmap" "pwdx" "sysctl" "slabtop" "tload" ];
+    };
+    util-linux = {
+      bins = [ "flock" "getopt" "setsid" "taskset" "ionice" "renice" "chrt"
+               "prlimit" "nsenter" "unshare" "script" "logger" "uuidgen"
+               "lscpu" "lsblk" "findmnt" "mountpoint" "fallocate" "hexdump"
+               "column" "rev" "more" "whereis" "look" "cal" "mount" "umount" ];
+      main = "flock";
+    };
+    hello = { bins = [ "hello" ]; };
+    bc = { bins = [ "bc" "dc" ]; };
+    shellcheck = { bins = [ "shellcheck" ]; };
+    graphviz = {
+      bins = [ "dot" "neato" "twopi" "circo" "fdp" "sfdp" "osage" "patchwork"
+               "gvpr" "gc" "acyclic" "ccomps" "unflatten" "tred" "gvpack" "gvmap" ];
+      main = "dot";
+    };
+    gnumake = { bins = [ "make" ]; debian = "make"; };
+    gcc = { bins = [ "gcc" "g++" "cc" "c++" "cpp" ]; };
+    gfortran = { bins = [ "gfortran" ]; };
+    clang = { bins = [ "clang" "clang++" ]; };
+    binutils = {
+      bins = [ "ld" "as" "ar" "nm" "objdump" "objcopy" "strip" "ranlib" "readelf"
+               "size" "strings" "addr2line" "c++filt" ];
+      main = "ld";
+    };
+    cmake = { bins = [ "cmake" "ctest" "cpack" ]; };
+    pkg-config = { bins = [ "pkg-config" ]; };
+    sqlite = { bins = [ "sqlite3" ]; debian = "sqlite3"; };
+    openssh = { bins = [ "ssh" "scp" "sftp" "ssh-keygen" "ssh-agent" "ssh-add" "ssh-keyscan" ]; debian = "openssh-client"; };
+    openssl = { bins = [ "openssl" ]; };
+    gnupg = { bins = [ "gpg" "gpgv" "gpg-agent" "gpgconf" ]; };
+    rsync = { bins = [ "rsync" ]; };
+    less = { bins = [ "less" "lessecho" "lesskey" ]; };
+    time = { bins = [ "time" ]; };
+    tree = { bins = [ "tree" ]; };
+    moreutils = {
+      bins = [ "sponge" "ts" "chronic" "combine" "errno" "ifdata" "ifne" "isutf8"
+               "lckdo" "mispipe" "pee" "vidir" "vipe" "zrun" ];
+      main = "sponge";
+    };
+    parallel = { bins = [ "parallel" "sem" "niceload" ]; };
+    nodejs = { bins = [ "node" "nodejs" "npm" "npx" ]; };
+    ripgrep = { bins = [ "rg" ]; };
+    fd = { bins = [ "fdfind" "fd" ]; debian = "fd-find"; };
+    imagemagick = { bins = [ "magick" "convert" "identify" "mogrify" "composite" "montage" "compare" ]; };
+    ffmpeg = { bins = [ "ffmpeg" "ffprobe" ]; };
+    gnuplot = { bins = [ "gnuplot" ]; };
+    R = { bins = [ "R" "Rscript" ]; debian = "r-base"; };
+    iproute2 = { bins = [ "ip" "ss" "bridge" "tc" ]; };
+    netcat = { bins = [ "nc" "netcat" ]; debian = "netcat-openbsd"; };
+    strace = { bins = [ "strace" ]; };
+    gdb = { bins = [ "gdb" ]; };
+    valgrind = { bins = [ "valgrind" ]; };
+    postgresql = { bins = [ "psql" "postgres" "initdb" "pg_ctl" "pg_dump" "pg_restore" ]; };
+    docker = { bins = [ "docker" ]; debian = "docker.io"; };
+    lua = { bins = [ "lua" "luac" ]; debian = "lua5.4"; };
+    ruby = { bins = [ "ruby" "irb" "gem" ]; };
+    go = { bins = [ "go" "gofmt" ]; debian = "golang"; };
+    rustc = { bins = [ "rustc" "rustdoc" ]; };
+    cargo = { bins = [ "cargo" ]; };
+  };
+
+  named = mapAttrs (attr: spec: mkHostPackage (spec // { inherit attr; })) specs;
+
+  # Every other program on hostPath, one derivation each.
+  programs = mapAttrs (name: _: mkHostPackage { attr = name; bins = [ name ]; }) found;
+
+  installed = attr: filter (b: hasAttr b found) specs.${attr}.bins != [ ];
+
+  # Packages the build helpers put on PATH (like nixpkgs' stdenv), those present.
+  stdenvPackages = map (a: named.${a}) (filter installed [
+    "coreutils" "findutils" "diffutils" "gnused" "gnugrep" "gawk" "gnutar"
+    "gzip" "bzip2" "xz" "bash"
+  ]);
+
+  shellBuilder =
+    if installed "bash" then "${named.bash}/bin/bash" else "/bin/sh";
+  shellFlags =
+    if installed "bash" then "set -eo pipefail" else "set -e";
+
+  addPassthru = drv: passthru: meta:
+    let self = drv // passthru // { inherit meta; out = self; }; in self;
+
+  # ------------------------------------------------------ build helpers ----
+
+  runCommandWith = { name, env ? { }, script, local ? false }:
+    let
+      inputs = (env.nativeBuildInputs or [ ]) ++ (env.buildInputs or [ ])
+        ++ (env.propagatedBuildInputs or [ ]) ++ stdenvPackages;
+      drvAttrs = removeAttrs env [ "passthru" "meta" ] // {
+        inherit name system;
+        builder = shellBuilder;
+        args = [ "-c" "${shellFlags}\neval \"$buildCommand\"" ];
+        buildCommand = script;
+        PATH = lib.makeBinPath inputs + ":" + buildPATH;
+      } // (if local then { preferLocalBuild = true; allowSubstitutes = false; } else { });
+    in
+    addPassthru (derivation drvAttrs) (env.passthru or { }) (env.meta or { });
+
+  runCommand = name: env: script: runCommandWith { inherit name env script; };
+  runCommandLocal = name: env: script: runCommandWith { inherit name env script; local = true; };
+
+  writeTextFile =
+    { name, text, executable ? false, destination ? "", checkPhase ? "", meta ? { }, passthru ? { } }:
+    addPassthru
+      (derivation {
+        inherit name system text executable destination checkPhase;
+        builder = "/bin/sh";
+        passAsFile = [ "text" ];
+        PATH = buildPATH;
+        args = [ "-c" ''
+          set -e
+          target="$out$destination"
+          if [ -n "$destination" ]; then mkdir -p "$(dirname "$target")"; fi
+          cp "$textPath" "$target"
+          if [ -n "$executable" ]; then chmod +x "$target"; fi
+          eval "$checkPhase"
+        '' ];
+        preferLocalBuild = true;
+        allowSubstitutes = false;
+      })
+      passthru
+      meta;
+
+  writeText = name: text: writeTextFile { inherit name text; };
+  writeTextDir = path: text: writeTextFile {
+    name = builtins.baseNameOf path; inherit text; destination = "/${path}";
+  };
+  writeScript = name: text: writeTextFile { inherit name text; executable = true; };
+  writeScriptBin = name: text: writeTextFile {
+    inherit name text; executable = true; destination = "/bin/${name}";
+    meta.mainProgram = name;
+  };
+  runtimeShell = shellBuilder;
+  writeShellScript = name: text: writeTextFile {
+    inherit name; executable = true;
+    text = "#!${runtimeShell}\n${text}\n";
+  };
+  writeShellScriptBin = name: text: writeTextFile {
+    inherit name; executable = true; destination = "/bin/${name}";
+    text = "#!${runtimeShell}\n${text}\n";
+    meta.mainProgram = name;
+  };
+
+  symlinkJoin = { name, paths, postBuild ? "", passthru ? { }, meta ? { }, ... }@args:
+    let
+      env = removeAttrs args [ "name" "paths" "postBuild" "passthru" "meta" ];
+    in
+    addPassthru
+      (derivation (env // {
+        inherit name system paths postBuild;
+        builder = "/bin/sh";
+        PATH = buildPATH;
+        args = [ "-c" ''
+          set -e
+          mkdir -p "$out"
+          for p in $paths; do
+            (cd "$p" && find -L . -mindepth 1 -type d) | while IFS= read -r d; do
+              mkdir -p "$out/$d"
+            done
+            (cd "$p" && find -L . -mindepth 1 ! -type d) | while IFS= read -r f; do
+              f="''${f#./}"
+              if [ ! -e "$out/$f" ] && [ ! -L "$out/$f" ]; then ln -s "$p/$f" "$out/$f"; fi
+            done
+          done
+          eval "$postBuild"
+        '' ];
+        preferLocalBuild = true;
+        allowSubstitutes = false;
+      }))
+      passthru
+      meta;
+
+  callPackage = fn: args:
+    let f = if isFunction fn then fn else import fn; in
+    f (builtins.intersectAttrs (builtins.functionArgs f) pkgs // args);
+
+  helpers = {
+    inherit lib system runCommand runCommandLocal writeTextFile writeText
+      writeTextDir writeScript writeScriptBin writeShellScript
+      writeShellScriptBin symlinkJoin callPackage runtimeShell;
+    runCommandNoCC = runCommand;
+    runCommandCC = runCommand;
+    pkgs = pkgs;
+    hostPath = hostPath;
+    # Marker so repx can recognise this set (and explain "attribute missing").
+    __repxHostPackageSet = true;
+    # Named packages: which binaries they look for and whether any is here.
+    __repxHostPackages = mapAttrs
+      (attr: spec: {
+        inherit (spec) bins;
+        installed = installed attr;
+        debian = spec.debian or attr;
+      })
+      specs;
+  };
+
+  pkgs = programs // named // helpers;
+in
+pkgs
