@@ -89,7 +89,12 @@ in
       runsOk = builtins.all (k: isPlaceholder runsSet.${k}
         || throw "${where}: runs.${k} must be a run created with repx-lib.callRun, got ${u.describe runsSet.${k}}.") runKeys;
       keyOfPlaceholder = from: p:
-        let found = filter (k: runsSet.${k} == p) runKeys; in
+        let
+          # Compare run files first: comparing two placeholders that depend on
+          # each other would otherwise recurse forever (a cycle of runs).
+          samePath = k: builtins.isFunction p.runPath || runsSet.${k}.runPath == p.runPath;
+          found = filter (k: samePath k && runsSet.${k} == p) runKeys;
+        in
         if found != [ ] then builtins.head found
         else throw "${where}: run '${from}' depends on a run that is not listed in mkLab's runs; add it to runs.";
 

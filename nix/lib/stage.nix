@@ -110,7 +110,7 @@ let
   effectiveCombos = { pname, key ? null, defaults }:
     let
       declared = attrNames defaults;
-      targets = m: m.stage == pname || (key != null && m.stage == key);
+      targets = m: m.stage != null && (m.stage == pname || (key != null && m.stage == key));
       dotted = filter (p: builtins.any (m: m.param == p && targets m) allMembers) declared;
       allMembers = run.axes ++ concatMap (z: z.members) run.zips;
       affects = m: elem m.param declared

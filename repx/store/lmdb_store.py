@@ -1,0 +1,769 @@
+"""The job store: one LMDB environment per store directory, plus the jobs' output folders.
+
+Layout of a store (default ``./.repx``)::
+
+    <root>/db/                      LMDB environment; sub-databases ``jobs``, ``roots``, ``meta``
+    <root>/outputs/<job-id>/out/    what the job produced (``$out``)
+    <root>/outputs/<job-id>/repx/   stdout.log, stderr.log, inputs.json, params.json
+
+Why LMDB: the planner must learn the status of tens of thousands of jobs on every
+``repx build`` (one read transaction, memory-mapped, no parsing of a log), a commit is atomic
+and durable (a crash never leaves a half-written record, and never marks an unfinished job
+done), and several processes — two ``repx build`` in one lab, a ``repx status`` beside them —
+may open one store at once, serialised by LMDB's own lock file.
+
+Keys of ``jobs`` are the 32-byte BLAKE3 digest of the job id: fixed-size keys keep the B-tree
+shallow and dense whatever the length of the human-readable id, which the record carries.
+
+Concurrency rules LMDB imposes and this module hides:
+
+* an environment must be opened **once per process** (opening it twice breaks its locks), so
+  environments are cached in a module dict keyed by the real path and shared by every
+  :class:`Store` on that path; a forked child drops the cache instead of reusing the parent's
+  handles (LMDB forbids using an environment across ``fork``);
+* one thread may hold only one write transaction (the writer lock is not re-entrant), so a
+  :meth:`Store.batch` in progress is remembered per thread and every write of that thread
+  joins it instead of deadlocking on a second ``begin``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import functools
+import gc
+import os
+import shutil
+import socket
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import blake3
+import lmdb
+
+from repx.errors import UsageError
+from repx.store.errors import StoreError
+from repx.store.records import (
+    RECORD_FORMAT,
+    STATUS_BY_CODE,
+    JobRecord,
+    OutputFile,
+    Root,
+    Status,
+    pack_meta,
+    status_of,
+    unpack_meta,
+)
+
+#: Store directory used when the user names none (beside the lab).
+DEFAULT_STORE = ".repx"
+
+#: Address space reserved for the map. LMDB files are sparse and grow as written; the map size
+#: only bounds how big the database may become, so it is set far beyond any plausible store.
+#: Smaller fall-backs are tried where the address space is limited (``ulimit -v``).
+MAP_SIZES = (1 << 40, 1 << 36, 1 << 32)
+
+#: Files in ``out/`` that are not job outputs: SLURM writes its own log there, and the
+#: execution contract keeps it when it empties ``$out`` before a run.
+EXCLUDED_OUTPUTS = ("slurm-*.out",)
+
+#: Files at least this big are hashed with BLAKE3's multi-threaded mode; below it, threads
+#: cost more than they save.
+_PARALLEL_HASH_BYTES = 64 << 20
+
+#: How many records :meth:`Store.records` reads per transaction, so that a slow consumer does
+#: not pin an old snapshot (and stop LMDB from reusing freed pages) for its whole loop.
+_RECORDS_CHUNK = 1024
+
+
+def job_key(job_id: str) -> bytes:
+    """The LMDB key of a job: the BLAKE3 digest of its id."""
+    return blake3.blake3(job_id.encode()).digest()
+
+
+# ---------------------------------------------------------------------------------------------
+# Process identity (who owns a claim, and is it still alive?)
+
+
+@functools.cache
+def this_host() -> str:
+    """Host name used in claims; cached because it is asked once per claim."""
+    return socket.gethostname()
+
+
+def _boot_time() -> float | None:
+    try:
+        with open("/proc/stat", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("btime "):
+                    return float(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def process_start_time(pid: int) -> float | None:
+    """Start time of a live process (seconds since the epoch, ±1 s), or None if unknown.
+
+    Used to tell a claim's owner from an unrelated process that later got the same pid: pids
+    wrap, and a busy machine reuses them within hours.
+    """
+    boot = _boot_time()
+    if boot is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as fh:
+            text = fh.read()
+        # Field 2 (comm) may contain spaces and parentheses: split after the last ')'.
+        fields = text[text.rindex(")") + 2 :].split()
+        ticks = int(fields[19])  # field 22 of the whole line
+    except (OSError, ValueError, IndexError):
+        return None
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def owner_token(pid: int | None = None) -> str:
+    """The owner token of a process: ``host:pid:start``.
+
+    ``start`` is the process's start time, so a token stays unique even when the pid is
+    reused, and :func:`owner_alive` can tell the two processes apart.
+    """
+    pid = os.getpid() if pid is None else pid
+    start = process_start_time(pid)
+    if start is None:
+        start = time.time()
+    return f"{this_host()}:{pid}:{start:.3f}"
+
+
+def _parse_owner(owner: str) -> tuple[str, int | None, float | None]:
+    host, pid, start = "", None, None
+    parts = owner.rsplit(":", 2)
+    if len(parts) == 3:
+        host = parts[0]
+        with contextlib.suppress(ValueError):
+            pid = int(parts[1])
+        with contextlib.suppress(ValueError):
+            start = float(parts[2])
+    return host, pid, start
+
+
+def owner_alive(host: str, pid: int | None, owner: str = "") -> bool:
+    """Might the process that made a claim still be working on it?
+
+    A claim from another host counts as alive: we cannot look at its processes, and wrongly
+    taking over a job that is still running (two writers in one ``out/``) is worse than
+    waiting for ``repx build`` to be re-run after that host's process ends. On this host, the
+    owner is dead when its pid does not exist, or when the pid now belongs to a process that
+    started after the token was made (pid reuse). A claim with no usable pid is treated as
+    dead: :meth:`Store.claim` always records one, so such a record was not made by a live
+    claim and must not block the job forever.
+    """
+    t_host, t_pid, t_start = _parse_owner(owner)
+    host = host or t_host
+    pid = pid if pid is not None else t_pid
+    if host != this_host():
+        return True
+    if pid is None or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, but belongs to another user
+    if t_start is not None and t_pid == pid:
+        started = process_start_time(pid)
+        if started is not None and started > t_start + 2.0:
+            return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# Environment cache (one lmdb.Environment per process per path)
+
+
+@dataclass
+class _Env:
+    path: str
+    env: lmdb.Environment
+    jobs: Any
+    roots: Any
+    meta: Any
+    writable: bool
+    users: int = 0
+    #: Per-thread write transaction of an open :meth:`Store.batch`.
+    local: threading.local = field(default_factory=threading.local)
+
+
+_ENVS: dict[str, _Env] = {}
+_ENVS_LOCK = threading.Lock()
+
+
+def _forget_envs_after_fork() -> None:
+    """A forked child must not touch its parent's environments (LMDB forbids it): forget
+    them without closing (closing would release the parent's locks)."""
+    global _ENVS_LOCK
+    _ENVS.clear()
+    _ENVS_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_envs_after_fork)
+
+
+def _open_env(path: str, want_write: bool) -> _Env:
+    writable = want_write or os.access(path, os.W_OK)
+    last: Exception | None = None
+    env = None
+    for map_size in MAP_SIZES:
+        try:
+            env = lmdb.open(
+                path,
+                map_size=map_size,
+                max_dbs=8,
+                subdir=True,
+                lock=True,
+                readonly=not writable,
+                create=want_write,
+                sync=True,
+                metasync=True,
+                max_readers=512,
+            )
+            break
+        except lmdb.MemoryError as exc:
+            last = exc
+        except lmdb.Error as exc:
+            raise StoreError(f"cannot open the job store at {path}: {exc}") from exc
+    if env is None:
+        raise StoreError(f"cannot map the job store at {path}: {last}")
+    try:
+        if writable:
+            env.reader_check()  # free reader slots left by processes that were killed
+        dbs = [env.open_db(name, create=writable) for name in (b"jobs", b"roots", b"meta")]
+    except lmdb.Error as exc:
+        env.close()
+        raise StoreError(
+            f"the job store at {path} is not a repx store or is damaged: {exc}"
+        ) from exc
+    return _Env(path, env, *dbs, writable=writable)
+
+
+def _acquire(path: str, want_write: bool) -> _Env:
+    with _ENVS_LOCK:
+        handle = _ENVS.get(path)
+        if handle is None:
+            handle = _open_env(path, want_write)
+            _ENVS[path] = handle
+        elif want_write and not handle.writable:
+            raise StoreError(
+                f"the job store at {path} is open read-only in this process and cannot be "
+                "written (no write permission on its db/ directory)"
+            )
+        handle.users += 1
+        return handle
+
+
+def _release(handle: _Env) -> None:
+    with _ENVS_LOCK:
+        handle.users -= 1
+        if handle.users <= 0 and _ENVS.get(handle.path) is handle:
+            del _ENVS[handle.path]
+            handle.env.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# The store
+
+
+def _check_job_id(job_id: str) -> str:
+    """Job ids become directory names under outputs/: refuse anything that could escape it."""
+    if (
+        not job_id
+        or job_id in (".", "..")
+        or "/" in job_id
+        or "\0" in job_id
+        or (os.altsep is not None and os.altsep in job_id)
+    ):
+        raise StoreError(f"invalid job id {job_id!r}")
+    return job_id
+
+
+def hash_file(path: str | os.PathLike[str], size: int | None = None) -> str:
+    """BLAKE3 hex digest of a file's content (memory-mapped, no Python-level copy)."""
+    if size is None:
+        size = os.stat(path).st_size
+    threads = blake3.blake3.AUTO if size >= _PARALLEL_HASH_BYTES else 1
+    return blake3.blake3(max_threads=threads).update_mmap(path).hexdigest()
+
+
+def _rmtree(path: Path) -> None:
+    """Remove a tree even when the job made parts of it read-only (Nix-copied inputs are)."""
+
+    def onerror(func: Callable[..., Any], name: str, _exc: object) -> None:
+        with contextlib.suppress(OSError):
+            os.chmod(os.path.dirname(name), 0o700)
+            if os.path.isdir(name) and not os.path.islink(name):
+                os.chmod(name, 0o700)
+        func(name)
+
+    shutil.rmtree(path, onerror=onerror)
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while decoding many records.
+
+    Decoding 20 000 records allocates ~10^5 containers, each allocation batch triggering a
+    young-generation collection that re-scans everything created so far: measured here, it
+    doubled and made erratic (80-190 ms) the time of ``get_many``. The records hold no cycles,
+    so nothing is lost by collecting after the loop instead of during it.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+class Store:
+    """A repx job store at ``root`` (see the module docstring for the layout and rules).
+
+    Thread-safe: any number of threads may call one ``Store`` (or several ``Store`` objects on
+    the same path) at once. Several processes may open the same store at once.
+    """
+
+    def __init__(self, root: Path | str, *, readonly: bool = False) -> None:
+        self.root = Path(os.path.abspath(root))
+        self.readonly = readonly
+        db = self.root / "db"
+        if readonly:
+            if not (db / "data.mdb").is_file():
+                raise StoreError(f"no repx store at {self.root} (missing {db}/data.mdb)")
+        else:
+            try:
+                db.mkdir(parents=True, exist_ok=True)
+                (self.root / "outputs").mkdir(exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot create the job store at {self.root}: {exc}") from exc
+        self._pid = os.getpid()
+        self._h: _Env | None = _acquire(os.path.realpath(db), want_write=not readonly)
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _handle(self) -> _Env:
+        h = self._h
+        if h is None:
+            raise StoreError(f"the job store at {self.root} is closed")
+        if self._pid != os.getpid():
+            raise StoreError(
+                f"the job store at {self.root} was opened before a fork; open a new Store "
+                "in the child process"
+            )
+        return h
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[tuple[lmdb.Transaction, _Env]]:
+        h = self._handle()
+        txn = getattr(h.local, "txn", None)
+        if txn is not None:  # inside a batch: read our own uncommitted writes
+            yield txn, h
+            return
+        try:
+            with h.env.begin(buffers=True) as txn:
+                yield txn, h
+        except lmdb.Error as exc:
+            raise StoreError(f"cannot read the job store at {self.root}: {exc}") from exc
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[tuple[lmdb.Transaction, _Env]]:
+        h = self._handle()
+        if self.readonly:
+            raise StoreError(f"the job store at {self.root} was opened read-only")
+        txn = getattr(h.local, "txn", None)
+        if txn is not None:  # join the batch of this thread (a 2nd begin would deadlock)
+            yield txn, h
+            return
+        try:
+            with h.env.begin(write=True) as txn:
+                yield txn, h
+        except lmdb.MapFullError as exc:
+            raise StoreError(f"the job store at {self.root} is full (map size): {exc}") from exc
+        except lmdb.Error as exc:
+            raise StoreError(f"cannot write the job store at {self.root}: {exc}") from exc
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Group every write this thread makes inside the block into one transaction.
+
+        A durable commit costs an fsync (milliseconds on most disks); a caller that finishes
+        many jobs at the same moment (a wide stage completing, a SLURM poll reporting a whole
+        array) pays it once instead of once per job. The writer lock is held for the whole
+        block, blocking other processes' writes: keep the block short, and do not run jobs
+        inside it. Nested batches join the outer one.
+
+        If the block raises, the writes already made are still committed: they are finished
+        jobs whose outputs are complete, and losing them would only mean running them again.
+        """
+        h = self._handle()
+        if self.readonly:
+            raise StoreError(f"the job store at {self.root} was opened read-only")
+        if getattr(h.local, "txn", None) is not None:
+            yield
+            return
+        try:
+            txn = h.env.begin(write=True)
+        except lmdb.Error as exc:
+            raise StoreError(f"cannot write the job store at {self.root}: {exc}") from exc
+        h.local.txn = txn
+        try:
+            yield
+        except BaseException:
+            h.local.txn = None
+            try:
+                txn.commit()
+            except lmdb.Error:
+                txn.abort()
+            raise
+        h.local.txn = None
+        try:
+            txn.commit()
+        except lmdb.Error as exc:
+            raise StoreError(f"cannot write the job store at {self.root}: {exc}") from exc
+
+    def close(self) -> None:
+        """Release this handle; the environment closes when its last user in the process does."""
+        h, self._h = self._h, None
+        if h is not None and self._pid == os.getpid():
+            _release(h)
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.root)!r}{', readonly=True' if self.readonly else ''})"
+
+    # -- paths ------------------------------------------------------------------------------
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.root / "outputs" / _check_job_id(job_id)
+
+    def out_dir(self, job_id: str) -> Path:
+        """The job's ``$out``."""
+        return self.job_dir(job_id) / "out"
+
+    def meta_dir(self, job_id: str) -> Path:
+        """Where repx keeps the job's logs and the inputs/params JSON it was run with."""
+        return self.job_dir(job_id) / "repx"
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def get(self, job_id: str) -> JobRecord | None:
+        with self._read() as (txn, h):
+            value = txn.get(job_key(job_id), db=h.jobs)
+            return None if value is None else JobRecord.from_msgpack(value)
+
+    def get_many(self, job_ids: Iterable[str]) -> dict[str, JobRecord]:
+        """Records of the given jobs that exist, read in one snapshot (one read transaction)."""
+        decode = JobRecord.from_msgpack
+        out: dict[str, JobRecord] = {}
+        with self._read() as (txn, h), _gc_paused():
+            get = txn.cursor(db=h.jobs).get
+            for job_id in job_ids:
+                value = get(blake3.blake3(job_id.encode()).digest())
+                if value is not None:
+                    out[job_id] = decode(value)
+        return out
+
+    def statuses(self, job_ids: Iterable[str]) -> dict[str, Status]:
+        """Status of the given jobs that have a record; decodes two bytes per record."""
+        table = STATUS_BY_CODE
+        out: dict[str, Status] = {}
+        with self._read() as (txn, h), _gc_paused():
+            get = txn.cursor(db=h.jobs).get
+            for job_id in job_ids:
+                value = get(blake3.blake3(job_id.encode()).digest())
+                if value is not None:
+                    code = value[1] if value[0] == RECORD_FORMAT else 0
+                    status = table[code] if 0 < code < 128 else None
+                    out[job_id] = status if status is not None else status_of(value)
+        return out
+
+    def records(self) -> Iterator[JobRecord]:
+        """Every job record, in key order, read a chunk per transaction."""
+        after: bytes | None = None
+        while True:
+            chunk: list[JobRecord] = []
+            with self._read() as (txn, h):
+                cur = txn.cursor(db=h.jobs)
+                more = cur.set_range(after) if after is not None else cur.first()
+                if more and after is not None and bytes(cur.key()) == after:
+                    more = cur.next()
+                while more and len(chunk) < _RECORDS_CHUNK:
+                    chunk.append(JobRecord.from_msgpack(cur.value()))
+                    after = bytes(cur.key())
+                    more = cur.next()
+            yield from chunk
+            if not more:
+                return
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def put(self, record: JobRecord) -> None:
+        """Write a record unconditionally (no claim check). For imports, repairs and tests."""
+        with self._write() as (txn, h):
+            txn.put(job_key(record.job_id), record.to_msgpack(), db=h.jobs)
+
+    def claim(
+        self, job_id: str, owner: str, *, host: str, pid: int, lab: str, run: str, stage: str
+    ) -> bool:
+        """Take a job for running; False if it is done or someone alive is running it.
+
+        Check and write happen in one write transaction, and LMDB admits one writer at a
+        time across processes: of two ``repx build`` racing for a job, exactly one gets it.
+        Refused when the job SUCCEEDED, or is RUNNING/QUEUED under another owner that may
+        still be alive (:func:`owner_alive`). A claim by the same owner succeeds again (the
+        token is per process; the process's scheduler already dispatches a job once).
+        FAILED, CANCELLED and abandoned claims are taken over. The new record is RUNNING.
+        """
+        key = job_key(_check_job_id(job_id))
+        with self._write() as (txn, h):
+            value = txn.get(key, db=h.jobs)
+            if value is not None:
+                status = status_of(value)
+                if status is Status.SUCCEEDED:
+                    return False
+                if status in (Status.RUNNING, Status.QUEUED):
+                    prev = JobRecord.from_msgpack(value)
+                    if prev.owner != owner and owner_alive(prev.host, prev.pid, prev.owner):
+                        return False
+            record = JobRecord(
+                job_id,
+                Status.RUNNING,
+                started=time.time(),
+                host=host,
+                pid=pid,
+                lab=lab,
+                run=run,
+                stage=stage,
+                owner=owner,
+            )
+            txn.put(key, record.to_msgpack(), db=h.jobs)
+            return True
+
+    def update(self, record: JobRecord) -> JobRecord:
+        """Replace a claimed job's record, only if ``record.owner`` holds the claim.
+
+        Used for transitions inside a claim (RUNNING → QUEUED with a SLURM id) and by
+        :meth:`finish`. Fields the caller left at their defaults (started, host, pid, lab,
+        run, stage) are kept from the claim, so an executor need not carry them around.
+        Returns the record as written.
+        """
+        key = job_key(_check_job_id(record.job_id))
+        with self._write() as (txn, h):
+            value = txn.get(key, db=h.jobs)
+            if value is None:
+                raise StoreError(
+                    f"job {record.job_id} cannot be recorded as {record.status}: it is not "
+                    f"claimed in the store at {self.root} (was it deleted during the build?)"
+                )
+            prev = JobRecord.from_msgpack(value)
+            if prev.owner != record.owner:
+                raise StoreError(
+                    f"job {record.job_id} cannot be recorded as {record.status} by "
+                    f"{record.owner or 'an unnamed owner'}: it is claimed by "
+                    f"{prev.owner or 'nobody'} in the store at {self.root}"
+                )
+            merged = replace(
+                record,
+                status=Status(record.status),
+                started=record.started if record.started is not None else prev.started,
+                host=record.host or prev.host,
+                pid=record.pid if record.pid is not None else prev.pid,
+                lab=record.lab or prev.lab,
+                run=record.run or prev.run,
+                stage=record.stage or prev.stage,
+            )
+            txn.put(key, merged.to_msgpack(), db=h.jobs)
+            return merged
+
+    def finish(self, record: JobRecord) -> None:
+        """Record a job's outcome (SUCCEEDED, FAILED or CANCELLED); only its claimer may.
+
+        The caller must have computed the manifest (``record.outputs``) from complete outputs
+        first: once this commits, the job is done for every later build. ``finished`` defaults
+        to now.
+        """
+        status = Status(record.status)
+        if not status.terminal:
+            raise StoreError(
+                f"job {record.job_id}: finish() records an outcome (succeeded, failed, "
+                f"cancelled), not {status}; use update()"
+            )
+        if record.finished is None:
+            record = replace(record, finished=time.time())
+        self.update(record)
+
+    def delete(self, job_ids: Iterable[str]) -> int:
+        """Forget jobs and remove their ``outputs/<id>`` folders; returns how many jobs had a
+        record or a folder.
+
+        Records go first, in one transaction, then the folders: a crash in between leaves
+        orphan folders (harmless, removed by gc), never a record whose outputs are gone.
+        """
+        ids = [_check_job_id(j) for j in dict.fromkeys(job_ids)]
+        removed: set[str] = set()
+        with self._write() as (txn, h):
+            for job_id in ids:
+                if txn.delete(job_key(job_id), db=h.jobs):
+                    removed.add(job_id)
+        for job_id in ids:
+            path = self.job_dir(job_id)
+            if path.is_symlink() or path.is_file():
+                path.unlink()
+                removed.add(job_id)
+            elif path.exists():
+                try:
+                    _rmtree(path)
+                except OSError as exc:
+                    raise StoreError(f"cannot remove {path}: {exc}") from exc
+                removed.add(job_id)
+        return len(removed)
+
+    # -- outputs ----------------------------------------------------------------------------
+
+    def manifest(self, job_id: str) -> list[OutputFile]:
+        """Size and BLAKE3 of every file under the job's ``out/``, sorted by path.
+
+        Symbolic links are followed to the file they point at (a job may link an input
+        through); links to directories are not descended (they could loop) and dangling links,
+        fifos and sockets are left out: there is no content to vouch for. SLURM's own
+        ``slurm-*.out`` at the top of ``out/`` is not an output.
+        """
+        out = self.out_dir(job_id)
+        if not out.is_dir():
+            raise StoreError(f"job {job_id} has no output directory {out}")
+        files: list[OutputFile] = []
+        errors: list[OSError] = []
+        for dirpath, dirnames, filenames in os.walk(out, onerror=errors.append):
+            dirnames.sort()
+            rel_dir = os.path.relpath(dirpath, out)
+            top = rel_dir == "."
+            for name in sorted(filenames):
+                if top and any(fnmatch.fnmatchcase(name, pat) for pat in EXCLUDED_OUTPUTS):
+                    continue
+                full = os.path.join(dirpath, name)
+                try:
+                    st = os.stat(full)
+                    if not stat.S_ISREG(st.st_mode):
+                        continue
+                    digest = hash_file(full, st.st_size)
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    raise StoreError(f"cannot read output {full} of job {job_id}: {exc}") from exc
+                rel = name if top else f"{rel_dir}/{name}".replace(os.sep, "/")
+                files.append(OutputFile(rel, st.st_size, digest))
+        if errors:
+            raise StoreError(f"cannot read outputs of job {job_id}: {errors[0]}")
+        files.sort(key=lambda f: f.path)
+        return files
+
+    def verify(self, record: JobRecord, *, checksums: bool = True) -> list[str]:
+        """What is wrong with a record's outputs on disk; an empty list means all is well.
+
+        Reports missing files, size changes and (with ``checksums``) content changes. Files
+        added since the job ran are not problems. ``checksums=False`` only stats the files,
+        for a quick up-to-date check over many jobs.
+        """
+        out = self.out_dir(record.job_id)
+        if not out.is_dir():
+            return [f"output directory {out} is missing"]
+        problems: list[str] = []
+        for f in record.outputs:
+            path = out / f.path
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                problems.append(f"{path}: missing")
+                continue
+            except OSError as exc:
+                problems.append(f"{path}: cannot be read ({exc.strerror})")
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                problems.append(f"{path}: is no longer a regular file")
+            elif st.st_size != f.size:
+                problems.append(f"{path}: size is {st.st_size} bytes, recorded {f.size}")
+            elif checksums:
+                try:
+                    digest = hash_file(path, st.st_size)
+                except OSError as exc:
+                    problems.append(f"{path}: cannot be read ({exc.strerror})")
+                    continue
+                if digest != f.blake3:
+                    problems.append(f"{path}: content changed (blake3 {digest}, recorded "
+                                    f"{f.blake3})")
+        return problems
+
+    # -- gc roots ---------------------------------------------------------------------------
+
+    def add_root(self, lab_path: str, *, pinned: bool = False, name: str | None = None) -> None:
+        """Register a built lab as a gc root (its jobs' outputs are kept).
+
+        The default name is the lab's store path name (``<hash>-<name>``), unique per build.
+        Adding an existing root refreshes its time and never unpins it: a build re-registering
+        a lab the user pinned must not drop the pin.
+        """
+        name = name if name is not None else (os.path.basename(lab_path.rstrip("/")) or lab_path)
+        if not name or "\0" in name:
+            raise StoreError(f"invalid gc root name {name!r}")
+        key = name.encode()
+        with self._write() as (txn, h):
+            value = txn.get(key, db=h.roots)
+            was_pinned = value is not None and Root.from_msgpack(value).pinned
+            root = Root(name, lab_path, pinned or was_pinned, time.time())
+            txn.put(key, root.to_msgpack(), db=h.roots)
+
+    def roots(self) -> list[Root]:
+        """Every gc root, oldest first."""
+        with self._read() as (txn, h):
+            roots = [Root.from_msgpack(v) for _k, v in txn.cursor(db=h.roots)]
+        return sorted(roots, key=lambda r: (r.created, r.name))
+
+    def remove_root(self, name_or_prefix: str) -> Root:
+        """Remove one gc root, named exactly, by its lab path, or by a unique name prefix."""
+        with self._write() as (txn, h):
+            roots = [Root.from_msgpack(v) for _k, v in txn.cursor(db=h.roots)]
+            matches = [r for r in roots if r.name == name_or_prefix]
+            matches = matches or [r for r in roots if r.lab_path == name_or_prefix]
+            matches = matches or [r for r in roots if r.name.startswith(name_or_prefix)]
+            if not name_or_prefix or not matches:
+                raise UsageError(f"no gc root named {name_or_prefix!r} in {self.root}")
+            if len(matches) > 1:
+                names = ", ".join(sorted(r.name for r in matches))
+                raise UsageError(f"gc root prefix {name_or_prefix!r} is ambiguous: {names}")
+            root = matches[0]
+            txn.delete(root.name.encode(), db=h.roots)
+            return root
+
+    # -- meta -------------------------------------------------------------------------------
+
+    def set_meta(self, key: str, value: dict[str, Any]) -> None:
+        """Store a small dict under ``key`` (e.g. ``last_build`` statistics)."""
+        with self._write() as (txn, h):
+            txn.put(key.encode(), pack_meta(value), db=h.meta)
+
+    def get_meta(self, key: str) -> dict[str, Any] | None:
+        with self._read() as (txn, h):
+            value = txn.get(key.encode(), db=h.meta)
+            return None if value is None else unpack_meta(value)

@@ -1,0 +1,268 @@
+"""Job records and their on-disk encoding.
+
+A record value in the ``jobs`` database is a msgpack *stream* of three objects::
+
+    <format: positive fixint> <status code: positive fixint> <body: array>
+
+so byte 0 is the format version and byte 1 is the status. The planner asks "what is the status
+of these 20 000 jobs?" on every ``repx build``; with this layout that question reads one byte
+per job and never decodes the body (see :func:`status_of`).
+
+The body is a positional array (no key names: a store holds one record per job, tens of
+thousands of them, and key names would double their size). Fields are only ever *appended*;
+a reader takes the fields it knows and ignores the rest, and fills fields missing from an
+older record with their defaults. The format byte is bumped only for an incompatible change,
+and :func:`JobRecord.from_msgpack` keeps a decoder for every format it has ever written, so a
+store written by an older repx stays readable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import msgpack
+
+from repx.store.errors import StoreError
+
+#: Format of the records this version writes. Readers accept every format up to this one.
+RECORD_FORMAT = 1
+
+
+class Status(StrEnum):
+    """Where a job stands, as far as the store knows.
+
+    ``QUEUED`` means submitted to SLURM and not yet seen running by repx.
+    """
+
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    QUEUED = "queued"
+
+    @property
+    def terminal(self) -> bool:
+        """True for outcomes that end a claim (the job is no longer in anyone's hands)."""
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELLED})
+
+# Status <-> one-byte code. Codes are part of the on-disk format: never renumber, only add.
+_STATUS_CODE: dict[Status, int] = {
+    Status.RUNNING: 1,
+    Status.SUCCEEDED: 2,
+    Status.FAILED: 3,
+    Status.CANCELLED: 4,
+    Status.QUEUED: 5,
+}
+#: Status by code (index), for readers that look at byte 1 of a record themselves.
+STATUS_BY_CODE: list[Status | None] = [None] * 128
+for _status, _code in _STATUS_CODE.items():
+    STATUS_BY_CODE[_code] = _status
+
+
+@dataclass(slots=True)
+class OutputFile:
+    """One file of a job's ``out/`` directory, as recorded when the job finished."""
+
+    path: str  #: relative to ``out/``, with ``/`` separators
+    size: int
+    blake3: str  #: hex digest of the content
+
+
+class _LazyOutputs:
+    """Descriptor behind ``JobRecord.outputs``: decoded from the record on first access.
+
+    A job may have thousands of output files, and the planner reads every record of a lab on
+    every build but looks at the outputs of few of them; building an :class:`OutputFile` per
+    file up front made ``get_many`` cost grow with the number of files instead of jobs.
+    Records keep the encoded list (``_outputs_raw``) until someone asks.
+    """
+
+    def __get__(self, obj: JobRecord | None, objtype: type | None = None) -> Any:
+        if obj is None:
+            return None  # the dataclass field default; __set__ turns it into []
+        value = obj._outputs
+        if value is None:
+            raw = obj._outputs_raw
+            value = obj._outputs = _decode_outputs(raw) if raw else []
+        return value
+
+    def __set__(self, obj: JobRecord, value: list[OutputFile] | None) -> None:
+        obj._outputs = [] if value is None else value
+        obj._outputs_raw = None
+
+
+@dataclass
+class JobRecord:
+    """What the store knows about one job.
+
+    ``owner`` identifies the repx process that claimed the job (``host:pid:start``); only that
+    process may finish it, which is what keeps two concurrent builds from recording each
+    other's jobs. ``reason`` says in words why a job did not succeed ("exit code 1",
+    "TIMEOUT", "interrupted").
+    """
+
+    job_id: str
+    status: Status
+    exit_code: int | None = None
+    started: float | None = None
+    finished: float | None = None
+    host: str = ""
+    pid: int | None = None
+    lab: str = ""
+    run: str = ""
+    stage: str = ""
+    #: Set by __init__ through the descriptor, which also keeps, outside the dataclass fields
+    #: (so that eq, repr and replace see only ``outputs``), ``_outputs`` (decoded list or
+    #: None) and ``_outputs_raw`` (encoded list or None).
+    outputs: list[OutputFile] = _LazyOutputs()  # type: ignore[assignment]
+    stdout_log: str = ""
+    stderr_log: str = ""
+    reason: str = ""
+    slurm_id: str | None = None
+    owner: str = ""
+
+    def to_msgpack(self) -> bytes:
+        """Encode as ``<format><status code><body array>`` (see the module docstring)."""
+        raw = self._outputs_raw if self._outputs is None else None
+        if raw is None:
+            raw = _pack([[o.path, o.size, _digest_bytes(o.blake3)] for o in self.outputs])
+        body = [
+            self.job_id,
+            self.exit_code,
+            self.started,
+            self.finished,
+            self.host,
+            self.pid,
+            self.lab,
+            self.run,
+            self.stage,
+            raw,  # nested msgpack, as bin: see _LazyOutputs
+            self.stdout_log,
+            self.stderr_log,
+            self.reason,
+            self.slurm_id,
+            self.owner,
+        ]
+        return bytes((RECORD_FORMAT, _STATUS_CODE[Status(self.status)])) + _pack(body)
+
+    @classmethod
+    def from_msgpack(cls, data: bytes | memoryview) -> JobRecord:
+        """Decode a value written by any format version up to :data:`RECORD_FORMAT`.
+
+        Accepts a memoryview into the LMDB map: everything kept is copied out of it.
+        """
+        status = status_of(data)
+        try:
+            body = msgpack.unpackb(data[2:])
+        except UnicodeDecodeError:  # a file name that is not UTF-8 (rare: decode slowly)
+            body = _unpack(data[2:], "job")
+        except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+            raise StoreError(f"corrupt job record ({exc})") from exc
+        if not isinstance(body, list) or not body:
+            raise StoreError("corrupt job record (body is not an array)")
+        # Format 1. A later format gets its own branch here; this one keeps working.
+        raw = body[9] if len(body) > 9 else None
+        if len(body) > 9:
+            body[9] = None
+        record = cls(body[0], status, *body[1:15])
+        if raw:
+            if not isinstance(raw, bytes):
+                raise StoreError(f"corrupt job record for {body[0]} (outputs)")
+            record._outputs = None
+            record._outputs_raw = raw
+        return record
+
+
+def _decode_outputs(raw: bytes) -> list[OutputFile]:
+    try:
+        items = msgpack.unpackb(raw)
+    except UnicodeDecodeError:
+        items = _unpack(raw, "job outputs")
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+        raise StoreError(f"corrupt job record (outputs: {exc})") from exc
+    return [OutputFile(p, s, _digest_hex(d)) for p, s, d in items]
+
+
+def status_of(data: bytes | memoryview) -> Status:
+    """Read a record's status from its first two bytes, without decoding the rest."""
+    if len(data) < 2:
+        raise StoreError("corrupt job record (too short)")
+    fmt = data[0]
+    if fmt > RECORD_FORMAT or fmt == 0:
+        raise StoreError(
+            f"job record format {fmt} is not known to this repx (it reads formats 1 to "
+            f"{RECORD_FORMAT}); the store was written by a newer repx"
+        )
+    code = data[1]
+    status = STATUS_BY_CODE[code] if code < 128 else None
+    if status is None:
+        raise StoreError(f"corrupt job record (unknown status code {data[1]})")
+    return status
+
+
+@dataclass(slots=True)
+class Root:
+    """A garbage-collection root: a built lab whose jobs' outputs must be kept.
+
+    ``pinned`` roots are the ones a user asked to keep; unpinned ones are registered by every
+    build and may be rotated away by ``repx gc``.
+    """
+
+    name: str
+    lab_path: str
+    pinned: bool = False
+    created: float = 0.0
+
+    def to_msgpack(self) -> bytes:
+        return _pack([RECORD_FORMAT, self.name, self.lab_path, self.pinned, self.created])
+
+    @classmethod
+    def from_msgpack(cls, data: bytes | memoryview) -> Root:
+        items = _unpack(data, "gc root")
+        if not isinstance(items, list) or len(items) < 5 or items[0] > RECORD_FORMAT:
+            raise StoreError("gc root record is corrupt or from a newer repx")
+        return cls(items[1], items[2], bool(items[3]), float(items[4]))
+
+
+def pack_meta(value: dict[str, Any]) -> bytes:
+    """Encode a meta value (a plain dict of msgpack-able values), with the format byte first."""
+    return bytes((RECORD_FORMAT,)) + _pack(value)
+
+
+def unpack_meta(data: bytes | memoryview) -> dict[str, Any]:
+    if len(data) < 1 or data[0] == 0 or data[0] > RECORD_FORMAT:
+        raise StoreError("meta record is corrupt or from a newer repx")
+    value = _unpack(data[1:], "meta")
+    if not isinstance(value, dict):
+        raise StoreError("meta record is corrupt (not a map)")
+    return value
+
+
+def _pack(obj: object) -> bytes:
+    # surrogateescape: file names that are not valid UTF-8 (os.fsdecode gives surrogates)
+    # must round-trip rather than make a finished job impossible to record.
+    return msgpack.packb(obj, use_bin_type=True, unicode_errors="surrogateescape")
+
+
+def _unpack(data: bytes | memoryview, what: str) -> Any:
+    try:
+        return msgpack.unpackb(data, raw=False, unicode_errors="surrogateescape")
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+        raise StoreError(f"corrupt {what} record ({exc})") from exc
+
+
+def _digest_bytes(hexdigest: str) -> bytes | str:
+    """Store a 32-byte digest as raw bytes (half the size of hex); keep anything odd as text."""
+    try:
+        return bytes.fromhex(hexdigest)
+    except ValueError:
+        return hexdigest
+
+
+def _digest_hex(value: bytes | str) -> str:
+    return value.hex() if isinstance(value, bytes) else value
