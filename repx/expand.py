@@ -234,11 +234,13 @@ def merge_resources(own: Resources, upstream: Sequence[Resources]) -> Resources:
 
 
 def render_param(value: object) -> str:
-    """A param value as Nix ``toString`` renders a scalar (floats as their JSON text)."""
-    if value is None or value is False:
+    """A param value as the stage script renders it at run time (see nix/lib/script.nix).
+
+    The script reads the params JSON itself, so this follows JSON text: strings
+    raw, numbers and booleans as written (``true``/``false``), null empty.
+    """
+    if value is None:
         return ""
-    if value is True:
-        return "1"
     if isinstance(value, str):
         return value
     return canonical_json(value)

@@ -48,7 +48,8 @@ def locate_lab(options: LabOptions, cwd: Path | None = None) -> Path:
         path = (base / options.lab_dir).resolve()
         if not is_lab_dir(path):
             raise LabError(
-                f"{path} is not a built repx lab (no lab.json/runs/); build one with `repx lab build`"
+                f"{path} is not a built repx lab (no lab.json/runs/); "
+                "build one with `repx lab build`"
             )
         return path
     lab_file = find_lab_file(options.lab_file, base)
@@ -85,11 +86,34 @@ def script_checks(graph: JobGraph) -> list[ScriptCheck]:
     return list(checks.values())
 
 
+def check_dynamic_outputs(graph: JobGraph) -> None:
+    """Each job's output paths, as its script will complete them, match the lab's values.
+
+    A ``{ params }:`` outputs function reaches the (per-stage) script as a template
+    with param tokens; one that branches on a param value instead of interpolating
+    it would make the script write elsewhere than repx looks. Say so at build time.
+    """
+    for job in graph.jobs.values():
+        if job.kind != "simple" or "main" not in job.executables:
+            continue
+        template = job.executables["main"].outputs
+        for name, path in job.outputs.items():
+            rendered = render_body(template.get(name, path), job.params)
+            if rendered != path:
+                raise LabError(
+                    f"stage '{job.pname}' (file {job.stage_file}): its outputs function gives "
+                    f"'{name}' = {path!r} for params {json.dumps(job.params)}, but the script "
+                    f"would write {rendered!r}; write output paths by interpolating params "
+                    '(e.g. "$out/model-${params.model}.bin"), not by branching on them'
+                )
+
+
 def open_lab(options: LabOptions, *, validate: bool = True, cwd: Path | None = None) -> JobGraph:
     """Build (or open) the lab, validate its scripts, and expand it into the job graph."""
     lab_dir = locate_lab(options, cwd)
     graph = expand_lab(load_lab(lab_dir))
     if validate:
+        check_dynamic_outputs(graph)
         validate_scripts(script_checks(graph), cache_dir=cache_dir() / "validated")
     return graph
 

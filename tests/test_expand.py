@@ -678,7 +678,7 @@ def test_render_body() -> None:
                    "--f __repx_param_flag__ --n __repx_param_none__ --g __repx_param_f__",
                    (), {}, {}, None)
     out = render_body(e, {"lr": 0.001, "lr_x": "a b", "flag": True, "none": None, "f": False})
-    assert out == "run --lr 0.001 --lr_x a b --f 1 --n  --g "
+    assert out == "run --lr 0.001 --lr_x a b --f true --n  --g false"
     assert render_body("x=__repx_param_n__ __repx_param_m__", {"n": 3}) == "x=3 __repx_param_m__"
 
 

@@ -90,7 +90,9 @@ CASES: dict[str, tuple[dict[str, str], list[str]]] = {
                   a = repx-lib.callRun ./run-a.nix [ b ];
                   b = repx-lib.callRun ./run-b.nix [ a ];
                 in
-                repx-lib.mkLab { inherit pkgs repx-lib; lab_version = "1"; runs = { inherit a b; }; }
+                repx-lib.mkLab {
+                  inherit pkgs repx-lib; lab_version = "1"; runs = { inherit a b; };
+                }
             """,
             "run-a.nix": run_file("a"),
             "run-b.nix": run_file("b"),
@@ -232,10 +234,19 @@ CASES: dict[str, tuple[dict[str, str], list[str]]] = {
                                 'outputs = { result = "$out/r"; }; ' + SIMPLE_RUN)},
         ["implicit dependency resolution failed", '"next"', '"work"', "explicit mapping"],
     ),
+    "outputs function that branches on a param": (
+        {"run.nix": run_with('mode = [ "a" "b" ];'),
+         "stage.nix": stage_with('pname = "work"; params = { mode = "a"; }; '
+                                 'outputs = { params }: { result = if params.mode == "a" '
+                                 'then "$out/first" else "$out/second"; }; ' + SIMPLE_RUN)},
+        ["outputs function", "interpolating", "stage.nix"],
+    ),
     "undeclared program in a script": (
         {"run.nix": RUN_SIMPLE,
          "stage.nix": stage_with('pname = "work"; outputs = { result = "$out/r"; }; '
-                                 "run = { outputs, ... }: ''\n  frobnicate --fast > \"${outputs.result}\"\n'';")},
+                                 "run = { outputs, ... }: ''\n"
+                                 '  frobnicate --fast > "${outputs.result}"\n'
+                                 "'';")},
         ["work", "stage.nix", "frobnicate", "runDependencies"],
     ),
 }
