@@ -65,8 +65,9 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check repx tests bench
 
 demo: setup
-	cd examples/simple && ../../$(VENV)/bin/repx build
-	cd examples/simple && ../../$(VENV)/bin/repx list jobs
+	cd examples/simple && ../../$(VENV)/bin/repx lab build
+	cd examples/simple && ../../$(VENV)/bin/repx list jobs --lab result
+	cd examples/simple && ../../$(VENV)/bin/repx build --dry-run --lab result
 
 bench: setup
 	$(VPY) bench/run.py

@@ -27,8 +27,14 @@ from repx.expand import expand_lab  # noqa: E402
 from repx.nixbuild import NIX_DIR, NIX_OPTIONS  # noqa: E402
 
 
-def write_lab(folder: Path, side: int) -> None:
-    """A lab with one run sweeping a × b (side × side combinations) over two stages."""
+def write_lab(folder: Path, side: int, dynamic: bool = False) -> None:
+    """A lab with one run sweeping a × b (side × side combinations) over two stages.
+
+    With ``dynamic`` the first stage's outputs are a ``{ params }:`` function, which
+    Nix evaluates once per combination (DESIGN decision 3).
+    """
+    outputs = ('{ params }: { value = "$out/value-${toString params.a}.txt"; }' if dynamic
+               else '{ value = "$out/value.txt"; }')
     files = {
         "lab.nix": """
             { pkgs, repx-lib, gitHash ? "unknown", ... }:
@@ -58,7 +64,7 @@ def write_lab(folder: Path, side: int) -> None:
             {
               pname = "first";
               params = { a = 0; b = 0; };
-              outputs = { value = "$out/value.txt"; };
+              outputs = OUTPUTS;
               run = { outputs, params, ... }: ''
                 echo "${toString params.a} ${toString params.b}" > "${outputs.value}"
               '';
@@ -77,7 +83,8 @@ def write_lab(folder: Path, side: int) -> None:
         """,
     }
     for name, text in files.items():
-        (folder / name).write_text(textwrap.dedent(text).lstrip())
+        text = textwrap.dedent(text).lstrip().replace("OUTPUTS", outputs)
+        (folder / name).write_text(text)
 
 
 def timed(func, repeat: int = 3) -> float:
@@ -99,22 +106,24 @@ def nix(command: str, lab_file: Path) -> subprocess.CompletedProcess[str]:
 
 def main() -> None:
     rows = []
-    for side in (10, 32, 100):
+    for side, dynamic in ((10, False), (32, False), (100, False), (100, True)):
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
-            write_lab(folder, side)
+            write_lab(folder, side, dynamic)
             lab_file = folder / "lab.nix"
             lab_dir = Path(nix("nix-build", lab_file).stdout.strip())  # warm Nix caches
             evaluation = timed(lambda lab_file=lab_file: nix("nix-instantiate", lab_file))
             build = timed(lambda lab_file=lab_file: nix("nix-build", lab_file))
             graph = expand_lab(load_lab(lab_dir))
             expansion = timed(lambda lab_dir=lab_dir: expand_lab(load_lab(lab_dir)))
-            rows.append((side * side, len(graph.jobs), evaluation, build, expansion))
+            rows.append((side * side, dynamic, len(graph.jobs), evaluation, build, expansion))
     print("expansion of an a × b sweep over 2 stages (median of 3)")
-    print(f"{'combinations':>12} {'jobs':>7} {'nix eval s':>11} {'lab build s':>12} "
+    print(f"{'combinations':>12} {'dynamic':>7} {'jobs':>7} {'nix eval s':>11} {'lab build s':>12} "
           f"{'expand+hash s':>14} {'µs/job':>7}")
-    for combos, jobs, evaluation, build, expansion in rows:
-        print(f"{combos:>12} {jobs:>7} {evaluation:>11.3f} {build:>12.3f} {expansion:>14.3f} "
+    for combos, dynamic, jobs, evaluation, build, expansion in rows:
+        flag = "yes" if dynamic else "no"
+        print(f"{combos:>12} {flag:>7} {jobs:>7} {evaluation:>11.3f} {build:>12.3f} "
+              f"{expansion:>14.3f} "
               f"{expansion / jobs * 1e6:>7.1f}")
 
 

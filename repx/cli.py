@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from repx import __version__
-from repx.errors import RepxError
+from repx.errors import RepxError, UsageError
 from repx.lab import LabOptions, open_lab
 
 
@@ -258,6 +258,11 @@ def build(targets: tuple[str, ...], options: LabOptions, dry_run: bool, as_json:
     graph = open_lab(options)
     jobs = graph.select(list(targets)) if targets else list(graph.jobs.values())
     closure = [graph.jobs[i] for i in graph.upstream_closure([j.id for j in jobs])]
+    if not dry_run:
+        raise UsageError(
+            "running jobs is not available in this version yet; the lab was built and "
+            f"validated ({len(closure)} jobs); use `repx build --dry-run` to see what would run"
+        )
     if as_json:
         click.echo(json.dumps({"would_run": [j.id for j in closure]}, indent=2))
         return
