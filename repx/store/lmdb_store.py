@@ -19,8 +19,8 @@ Concurrency rules LMDB imposes and this module hides:
 
 * an environment must be opened **once per process** (opening it twice breaks its locks), so
   environments are cached in a module dict keyed by the real path and shared by every
-  :class:`Store` on that path; a forked child drops the cache instead of reusing the parent's
-  handles (LMDB forbids using an environment across ``fork``);
+  :class:`Store` on that path; a forked child must open the store anew (LMDB forbids using an
+  environment across ``fork``), and a Store object carried across a fork says so;
 * one thread may hold only one write transaction (the writer lock is not re-entrant), so a
   :meth:`Store.batch` in progress is remembered per thread and every write of that thread
   joins it instead of deadlocking on a second ``begin``.
@@ -29,6 +29,7 @@ Concurrency rules LMDB imposes and this module hides:
 from __future__ import annotations
 
 import contextlib
+import errno
 import fnmatch
 import functools
 import gc
@@ -75,6 +76,13 @@ EXCLUDED_OUTPUTS = ("slurm-*.out",)
 #: Files at least this big are hashed with BLAKE3's multi-threaded mode; below it, threads
 #: cost more than they save.
 _PARALLEL_HASH_BYTES = 64 << 20
+
+#: A live process holding a claim's pid is taken for a *different* process only if it started
+#: this many seconds after the claim's token was made. Generous on purpose: start times are
+#: derived from the boot time, which moves when the clock is stepped (NTP, VM resume), and
+#: mistaking a live owner for a dead one would run a job twice in one ``out/``, while the
+#: opposite mistake only leaves the job waiting for that unrelated process to end.
+_PID_REUSE_SLACK = 120.0
 
 #: How many records :meth:`Store.records` reads per transaction, so that a slow consumer does
 #: not pin an old snapshot (and stop LMDB from reusing freed pages) for its whole loop.
@@ -157,7 +165,7 @@ def owner_alive(host: str, pid: int | None, owner: str = "") -> bool:
 
     A claim from another host counts as alive: we cannot look at its processes, and wrongly
     taking over a job that is still running (two writers in one ``out/``) is worse than
-    waiting for ``repx build`` to be re-run after that host's process ends. On this host, the
+    leaving it to the user to clear a claim whose process is gone. On this host, the
     owner is dead when its pid does not exist, or when the pid now belongs to a process that
     started after the token was made (pid reuse). A claim with no usable pid is treated as
     dead: :meth:`Store.claim` always records one, so such a record was not made by a live
@@ -176,9 +184,11 @@ def owner_alive(host: str, pid: int | None, owner: str = "") -> bool:
         return False
     except PermissionError:
         pass  # exists, but belongs to another user
-    if t_start is not None and t_pid == pid:
+    # Only for a start that is a plausible epoch time: a token made with some other clock
+    # (uptime, monotonic) would otherwise look older than any process, hence dead.
+    if t_start is not None and t_start > 1e9 and t_pid == pid:
         started = process_start_time(pid)
-        if started is not None and started > t_start + 2.0:
+        if started is not None and started > t_start + _PID_REUSE_SLACK:
             return False
     return True
 
@@ -204,10 +214,21 @@ _ENVS: dict[str, _Env] = {}
 _ENVS_LOCK = threading.Lock()
 
 
+#: Environments inherited across a fork, closed when the child opens that store again.
+_INHERITED: dict[str, _Env] = {}
+
+
 def _forget_envs_after_fork() -> None:
-    """A forked child must not touch its parent's environments (LMDB forbids it): forget
-    them without closing (closing would release the parent's locks)."""
+    """A forked child must not use its parent's environments (LMDB forbids it).
+
+    They are set aside rather than closed here (an at-fork hook should do no I/O) and closed
+    when the child opens the same store: py-lmdb refuses a second open of an environment
+    that is still open in the process, and the inherited one counts. Closing in the child
+    leaves the parent's locks alone (fcntl locks are not inherited) and clears only the
+    child's reader slots.
+    """
     global _ENVS_LOCK
+    _INHERITED.update(_ENVS)
     _ENVS.clear()
     _ENVS_LOCK = threading.Lock()
 
@@ -216,8 +237,14 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_envs_after_fork)
 
 
-def _open_env(path: str, want_write: bool) -> _Env:
-    writable = want_write or os.access(path, os.W_OK)
+def _open_env(path: str, writable: bool) -> _Env:
+    """Open the environment at ``path``: read-write (creating it) or strictly read-only.
+
+    Read-only matters beyond permissions: py-lmdb opens the named databases of a writable
+    environment in a *write* transaction (a read transaction's handles do not survive it), so
+    a writable open waits for the writer lock. A ``repx status`` beside a build that is
+    committing a batch must not wait, so read-only stores open the environment read-only.
+    """
     last: Exception | None = None
     env = None
     for map_size in MAP_SIZES:
@@ -229,7 +256,7 @@ def _open_env(path: str, want_write: bool) -> _Env:
                 subdir=True,
                 lock=True,
                 readonly=not writable,
-                create=want_write,
+                create=writable,
                 sync=True,
                 metasync=True,
                 max_readers=512,
@@ -242,8 +269,7 @@ def _open_env(path: str, want_write: bool) -> _Env:
     if env is None:
         raise StoreError(f"cannot map the job store at {path}: {last}")
     try:
-        if writable:
-            env.reader_check()  # free reader slots left by processes that were killed
+        env.reader_check()  # free reader slots left by processes that were killed
         dbs = [env.open_db(name, create=writable) for name in (b"jobs", b"roots", b"meta")]
     except lmdb.Error as exc:
         env.close()
@@ -254,18 +280,40 @@ def _open_env(path: str, want_write: bool) -> _Env:
 
 
 def _acquire(path: str, want_write: bool) -> _Env:
+    """Share one environment per path in this process, upgrading it to read-write if asked.
+
+    The upgrade (a read-only Store was opened first, then a writable one) closes and reopens
+    the environment under the same handle, so every Store on the path follows; a read that
+    another thread had in flight on the old environment fails with a StoreError.
+    """
     with _ENVS_LOCK:
         handle = _ENVS.get(path)
         if handle is None:
+            stale = _INHERITED.pop(path, None)
+            if stale is not None:
+                with contextlib.suppress(Exception):
+                    stale.env.close()
             handle = _open_env(path, want_write)
             _ENVS[path] = handle
         elif want_write and not handle.writable:
-            raise StoreError(
-                f"the job store at {path} is open read-only in this process and cannot be "
-                "written (no write permission on its db/ directory)"
+            fresh = _open_env_replacing(handle)
+            handle.env, handle.jobs, handle.roots, handle.meta = (
+                fresh.env, fresh.jobs, fresh.roots, fresh.meta
             )
+            handle.writable = True
         handle.users += 1
         return handle
+
+
+def _open_env_replacing(handle: _Env) -> _Env:
+    handle.env.close()  # LMDB: never two opens of one environment in a process
+    try:
+        return _open_env(handle.path, True)
+    except StoreError:
+        # Put the read-only environment back so the Stores already open keep working.
+        old = _open_env(handle.path, False)
+        handle.env, handle.jobs, handle.roots, handle.meta = old.env, old.jobs, old.roots, old.meta
+        raise
 
 
 def _release(handle: _Env) -> None:
@@ -369,45 +417,64 @@ class Store:
             )
         return h
 
+    def _located(self, exc: StoreError) -> StoreError:
+        """The same error, its message naming this store if it does not yet (a corrupt record
+        does not know which store it was read from)."""
+        if str(self.root) in exc.message:
+            return exc
+        return StoreError(f"{exc.message} (job store at {self.root})", detail=exc.detail)
+
     @contextlib.contextmanager
     def _read(self) -> Iterator[tuple[lmdb.Transaction, _Env]]:
         h = self._handle()
-        txn = getattr(h.local, "txn", None)
-        if txn is not None:  # inside a batch: read our own uncommitted writes
-            yield txn, h
-            return
         try:
+            txn = getattr(h.local, "txn", None)
+            if txn is not None:  # inside a batch: read our own uncommitted writes
+                yield txn, h
+                return
             with h.env.begin(buffers=True) as txn:
                 yield txn, h
         except lmdb.Error as exc:
             raise StoreError(f"cannot read the job store at {self.root}: {exc}") from exc
+        except StoreError as exc:
+            located = self._located(exc)
+            if located is exc:
+                raise
+            raise located from exc
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[tuple[lmdb.Transaction, _Env]]:
         h = self._handle()
         if self.readonly:
             raise StoreError(f"the job store at {self.root} was opened read-only")
-        txn = getattr(h.local, "txn", None)
-        if txn is not None:  # join the batch of this thread (a 2nd begin would deadlock)
-            yield txn, h
-            return
         try:
+            txn = getattr(h.local, "txn", None)
+            if txn is not None:  # join the batch of this thread (a 2nd begin would deadlock)
+                yield txn, h
+                return
             with h.env.begin(write=True) as txn:
                 yield txn, h
         except lmdb.MapFullError as exc:
             raise StoreError(f"the job store at {self.root} is full (map size): {exc}") from exc
         except lmdb.Error as exc:
             raise StoreError(f"cannot write the job store at {self.root}: {exc}") from exc
+        except StoreError as exc:
+            located = self._located(exc)
+            if located is exc:
+                raise
+            raise located from exc
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
         """Group every write this thread makes inside the block into one transaction.
 
-        A durable commit costs an fsync (milliseconds on most disks); a caller that finishes
-        many jobs at the same moment (a wide stage completing, a SLURM poll reporting a whole
-        array) pays it once instead of once per job. The writer lock is held for the whole
-        block, blocking other processes' writes: keep the block short, and do not run jobs
-        inside it. Nested batches join the outer one.
+        Each commit is durable, so it costs an fsync: about 0.1 ms per commit on the
+        development VM (whose virtual disk acknowledges flushes from the host's cache), but
+        milliseconds on real SSDs and tens of milliseconds on spinning or network disks. A
+        caller that finishes many jobs at the same moment (a wide stage completing, a SLURM
+        poll reporting a whole array) pays it once instead of once per job. The writer lock
+        is held for the whole block, blocking other processes' writes: keep the block short,
+        and do not run jobs inside it. Nested batches join the outer one.
 
         If the block raises, the writes already made are still committed: they are finished
         jobs whose outputs are complete, and losing them would only mean running them again.
@@ -471,7 +538,10 @@ class Store:
     def get(self, job_id: str) -> JobRecord | None:
         with self._read() as (txn, h):
             value = txn.get(job_key(job_id), db=h.jobs)
-            return None if value is None else JobRecord.from_msgpack(value)
+            try:
+                return None if value is None else JobRecord.from_msgpack(value)
+            except StoreError as exc:
+                raise StoreError(f"job {job_id}: {exc.message}") from exc
 
     def get_many(self, job_ids: Iterable[str]) -> dict[str, JobRecord]:
         """Records of the given jobs that exist, read in one snapshot (one read transaction)."""
@@ -479,10 +549,14 @@ class Store:
         out: dict[str, JobRecord] = {}
         with self._read() as (txn, h), _gc_paused():
             get = txn.cursor(db=h.jobs).get
-            for job_id in job_ids:
-                value = get(blake3.blake3(job_id.encode()).digest())
-                if value is not None:
-                    out[job_id] = decode(value)
+            job_id = ""
+            try:
+                for job_id in job_ids:
+                    value = get(blake3.blake3(job_id.encode()).digest())
+                    if value is not None:
+                        out[job_id] = decode(value)
+            except StoreError as exc:
+                raise StoreError(f"job {job_id}: {exc.message}") from exc
         return out
 
     def statuses(self, job_ids: Iterable[str]) -> dict[str, Status]:
@@ -491,12 +565,16 @@ class Store:
         out: dict[str, Status] = {}
         with self._read() as (txn, h), _gc_paused():
             get = txn.cursor(db=h.jobs).get
-            for job_id in job_ids:
-                value = get(blake3.blake3(job_id.encode()).digest())
-                if value is not None:
-                    code = value[1] if value[0] == RECORD_FORMAT else 0
-                    status = table[code] if 0 < code < 128 else None
-                    out[job_id] = status if status is not None else status_of(value)
+            job_id = ""
+            try:
+                for job_id in job_ids:
+                    value = get(blake3.blake3(job_id.encode()).digest())
+                    if value is not None:
+                        code = value[1] if value[0] == RECORD_FORMAT else 0
+                        status = table[code] if 0 < code < 128 else None
+                        out[job_id] = status if status is not None else status_of(value)
+            except StoreError as exc:
+                raise StoreError(f"job {job_id}: {exc.message}") from exc
         return out
 
     def records(self) -> Iterator[JobRecord]:
@@ -646,8 +724,8 @@ class Store:
         """Size and BLAKE3 of every file under the job's ``out/``, sorted by path.
 
         Symbolic links are followed to the file they point at (a job may link an input
-        through); links to directories are not descended (they could loop) and dangling links,
-        fifos and sockets are left out: there is no content to vouch for. SLURM's own
+        through); links to directories are not descended (they could loop) and dangling or
+        looping links, fifos and sockets are left out: there is no content to vouch for. SLURM's own
         ``slurm-*.out`` at the top of ``out/`` is not an output.
         """
         out = self.out_dir(job_id)
@@ -668,9 +746,9 @@ class Store:
                     if not stat.S_ISREG(st.st_mode):
                         continue
                     digest = hash_file(full, st.st_size)
-                except FileNotFoundError:
-                    continue
                 except OSError as exc:
+                    if exc.errno in (errno.ENOENT, errno.ELOOP):  # dangling or looping link
+                        continue
                     raise StoreError(f"cannot read output {full} of job {job_id}: {exc}") from exc
                 rel = name if top else f"{rel_dir}/{name}".replace(os.sep, "/")
                 files.append(OutputFile(rel, st.st_size, digest))

@@ -11,9 +11,11 @@ per job and never decodes the body (see :func:`status_of`).
 The body is a positional array (no key names: a store holds one record per job, tens of
 thousands of them, and key names would double their size). Fields are only ever *appended*;
 a reader takes the fields it knows and ignores the rest, and fills fields missing from an
-older record with their defaults. The format byte is bumped only for an incompatible change,
-and :func:`JobRecord.from_msgpack` keeps a decoder for every format it has ever written, so a
-store written by an older repx stays readable.
+older record with their defaults. Field 9, the output files, is itself msgpack, stored as a
+``bin`` and decoded only when ``record.outputs`` is first read (see :class:`_LazyOutputs`);
+each file is ``[path, size, 32-byte BLAKE3 digest]``. The format byte is bumped only for an
+incompatible change, and :func:`JobRecord.from_msgpack` keeps a decoder for every format it
+has ever written, so a store written by an older repx stays readable.
 """
 
 from __future__ import annotations
@@ -162,7 +164,7 @@ class JobRecord:
         except UnicodeDecodeError:  # a file name that is not UTF-8 (rare: decode slowly)
             body = _unpack(data[2:], "job")
         except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
-            raise StoreError(f"corrupt job record ({exc})") from exc
+            raise StoreError(f"corrupt job record ({type(exc).__name__}: {exc})") from exc
         if not isinstance(body, list) or not body:
             raise StoreError("corrupt job record (body is not an array)")
         # Format 1. A later format gets its own branch here; this one keeps working.
@@ -184,7 +186,7 @@ def _decode_outputs(raw: bytes) -> list[OutputFile]:
     except UnicodeDecodeError:
         items = _unpack(raw, "job outputs")
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
-        raise StoreError(f"corrupt job record (outputs: {exc})") from exc
+        raise StoreError(f"corrupt job record (outputs: {type(exc).__name__}: {exc})") from exc
     return [OutputFile(p, s, _digest_hex(d)) for p, s, d in items]
 
 
@@ -253,7 +255,7 @@ def _unpack(data: bytes | memoryview, what: str) -> Any:
     try:
         return msgpack.unpackb(data, raw=False, unicode_errors="surrogateescape")
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
-        raise StoreError(f"corrupt {what} record ({exc})") from exc
+        raise StoreError(f"corrupt {what} record ({type(exc).__name__}: {exc})") from exc
 
 
 def _digest_bytes(hexdigest: str) -> bytes | str:
