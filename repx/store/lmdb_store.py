@@ -425,44 +425,38 @@ class Store:
         return StoreError(f"{exc.message} (job store at {self.root})", detail=exc.detail)
 
     @contextlib.contextmanager
-    def _read(self) -> Iterator[tuple[lmdb.Transaction, _Env]]:
+    def _txn(self, *, write: bool) -> Iterator[tuple[lmdb.Transaction, _Env]]:
+        """A read or write transaction; inside a batch, the batch's own (open) one.
+
+        Joining the batch matters twice: reads see the batch's uncommitted writes, and
+        a second write ``begin`` on this thread would deadlock on LMDB's writer lock.
+        """
         h = self._handle()
+        if write and self.readonly:
+            raise StoreError(f"the job store at {self.root} was opened read-only")
+        action = "write" if write else "read"
         try:
             txn = getattr(h.local, "txn", None)
-            if txn is not None:  # inside a batch: read our own uncommitted writes
+            if txn is not None:
                 yield txn, h
                 return
-            with h.env.begin(buffers=True) as txn:
+            with h.env.begin(write=write, buffers=not write) as txn:
                 yield txn, h
+        except lmdb.MapFullError as exc:
+            raise StoreError(f"the job store at {self.root} is full (map size): {exc}") from exc
         except lmdb.Error as exc:
-            raise StoreError(f"cannot read the job store at {self.root}: {exc}") from exc
+            raise StoreError(f"cannot {action} the job store at {self.root}: {exc}") from exc
         except StoreError as exc:
             located = self._located(exc)
             if located is exc:
                 raise
             raise located from exc
 
-    @contextlib.contextmanager
-    def _write(self) -> Iterator[tuple[lmdb.Transaction, _Env]]:
-        h = self._handle()
-        if self.readonly:
-            raise StoreError(f"the job store at {self.root} was opened read-only")
-        try:
-            txn = getattr(h.local, "txn", None)
-            if txn is not None:  # join the batch of this thread (a 2nd begin would deadlock)
-                yield txn, h
-                return
-            with h.env.begin(write=True) as txn:
-                yield txn, h
-        except lmdb.MapFullError as exc:
-            raise StoreError(f"the job store at {self.root} is full (map size): {exc}") from exc
-        except lmdb.Error as exc:
-            raise StoreError(f"cannot write the job store at {self.root}: {exc}") from exc
-        except StoreError as exc:
-            located = self._located(exc)
-            if located is exc:
-                raise
-            raise located from exc
+    def _read(self) -> contextlib.AbstractContextManager[tuple[lmdb.Transaction, _Env]]:
+        return self._txn(write=False)
+
+    def _write(self) -> contextlib.AbstractContextManager[tuple[lmdb.Transaction, _Env]]:
+        return self._txn(write=True)
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
