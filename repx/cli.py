@@ -6,73 +6,15 @@ Every command turns a ``RepxError`` into ``repx: <message>`` and its exit code
 
 from __future__ import annotations
 
-import functools
 import json
-import sys
-import traceback
 from collections import Counter
-from collections.abc import Callable
-from typing import Any
 
 import click
 
 from repx import __version__
-from repx.errors import RepxError, UsageError
+from repx.cli_common import Context, handle_errors, lab_options, short, table
+from repx.errors import UsageError
 from repx.lab import LabOptions, open_lab
-
-
-class Context:
-    """Options shared by every command (set on the group)."""
-
-    def __init__(self, verbose: int) -> None:
-        self.verbose = verbose
-
-
-def lab_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """The options that say which lab a command works on."""
-
-    @click.option("--lab", "lab_dir", metavar="DIR",
-                  help="A built lab directory (e.g. ./result); default: build ./lab.nix first.")
-    @click.option("-f", "--file", "lab_file", metavar="FILE",
-                  help="The lab file to build (default ./lab.nix, else ./nix/lab.nix).")
-    @click.option("--nixpkgs", metavar="PATH", envvar="REPX_NIXPKGS",
-                  help="Use this nixpkgs instead of the host package set (env REPX_NIXPKGS).")
-    @functools.wraps(func)
-    def wrapper(*args: Any, lab_dir: str | None, lab_file: str | None,
-                nixpkgs: str | None, **kwargs: Any) -> Any:
-        ctx = click.get_current_context().find_object(Context)
-        options = LabOptions(lab_dir=lab_dir, lab_file=lab_file, nixpkgs=nixpkgs,
-                             show_trace=bool(ctx and ctx.verbose > 1))
-        return func(*args, options=options, **kwargs)
-
-    return wrapper
-
-
-def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Print user errors as one message; keep tracebacks for -v."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        ctx = click.get_current_context().find_object(Context)
-        verbose = ctx.verbose if ctx else 0
-        try:
-            return func(*args, **kwargs)
-        except RepxError as error:
-            click.echo(f"repx: {error.message}", err=True)
-            if verbose and error.detail:
-                click.echo(error.detail, err=True)
-            sys.exit(error.exit_code)
-        except KeyboardInterrupt:
-            click.echo("repx: interrupted", err=True)
-            sys.exit(130)
-        except Exception as error:  # noqa: BLE001 - last resort: never a bare traceback
-            if verbose:
-                traceback.print_exc()
-            click.echo(f"repx: internal error: {error!r} (run with -v for the traceback)",
-                       err=True)
-            sys.exit(3)
-
-    return wrapper
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -181,7 +123,7 @@ def list_jobs(targets: tuple[str, ...], options: LabOptions, stage: str | None,
         return
     table(["JOB", "RUN", "STAGE", "PARAMS"],
           [[job.id, job.run, job.stage,
-            " ".join(f"{k}={_short(v)}" for k, v in job.params.items())] for job in jobs])
+            " ".join(f"{k}={short(v)}" for k, v in job.params.items())] for job in jobs])
     counts = Counter(job.pname for job in jobs)
     click.echo(f"{len(jobs)} jobs: " + ", ".join(f"{n} {p}" for p, n in counts.items()))
 
@@ -271,21 +213,11 @@ def build(targets: tuple[str, ...], options: LabOptions, dry_run: bool, as_json:
     click.echo(f"{len(closure)} jobs would run")
 
 
-# --------------------------------------------------------------------------- helpers
 
+# Commands about the store (status, show, log, cache, gc) live in their own module.
+from repx import cli_inspect  # noqa: E402
 
-def _short(value: object, width: int = 40) -> str:
-    text = value if isinstance(value, str) else json.dumps(value)
-    return text if len(text) <= width else "…" + text[-(width - 1):]
-
-
-def table(header: list[str], rows: list[list[str]]) -> None:
-    """A plain aligned table (readable in a terminal and in logs)."""
-    widths = [len(h) for h in header]
-    for row in rows:
-        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
-    for row in [header, *rows]:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+cli_inspect.register(main)
 
 
 if __name__ == "__main__":

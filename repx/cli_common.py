@@ -1,0 +1,105 @@
+"""What every ``repx`` command shares: the lab and store options, error handling, tables.
+
+Commands live in :mod:`repx.cli` (lab, list, build) and :mod:`repx.cli_inspect` (status,
+show, log, cache, gc); both use these helpers so that every command reports errors and
+finds its lab and store the same way.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from repx.errors import RepxError
+from repx.lab import LabOptions
+
+#: The store used when neither --store nor REPX_STORE names one.
+DEFAULT_STORE_DIR = ".repx"
+
+
+class Context:
+    """Options shared by every command (set on the group)."""
+
+    def __init__(self, verbose: int) -> None:
+        self.verbose = verbose
+
+
+def lab_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The options that say which lab a command works on."""
+
+    @click.option("--lab", "lab_dir", metavar="DIR",
+                  help="A built lab directory (e.g. ./result); default: build ./lab.nix first.")
+    @click.option("-f", "--file", "lab_file", metavar="FILE",
+                  help="The lab file to build (default ./lab.nix, else ./nix/lab.nix).")
+    @click.option("--nixpkgs", metavar="PATH", envvar="REPX_NIXPKGS",
+                  help="Use this nixpkgs instead of the host package set (env REPX_NIXPKGS).")
+    @functools.wraps(func)
+    def wrapper(*args: Any, lab_dir: str | None, lab_file: str | None,
+                nixpkgs: str | None, **kwargs: Any) -> Any:
+        ctx = click.get_current_context().find_object(Context)
+        options = LabOptions(lab_dir=lab_dir, lab_file=lab_file, nixpkgs=nixpkgs,
+                             show_trace=bool(ctx and ctx.verbose > 1))
+        return func(*args, options=options, **kwargs)
+
+    return wrapper
+
+
+def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Print user errors as one message; keep tracebacks for -v."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        ctx = click.get_current_context().find_object(Context)
+        verbose = ctx.verbose if ctx else 0
+        try:
+            return func(*args, **kwargs)
+        except RepxError as error:
+            click.echo(f"repx: {error.message}", err=True)
+            if verbose and error.detail:
+                click.echo(error.detail, err=True)
+            sys.exit(error.exit_code)
+        except KeyboardInterrupt:
+            click.echo("repx: interrupted", err=True)
+            sys.exit(130)
+        except Exception as error:  # noqa: BLE001 - last resort: never a bare traceback
+            if verbose:
+                traceback.print_exc()
+            click.echo(f"repx: internal error: {error!r} (run with -v for the traceback)",
+                       err=True)
+            sys.exit(3)
+
+    return wrapper
+
+
+def store_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--store DIR`` (env ``REPX_STORE``, default ``./.repx``), passed on as ``store_dir``."""
+
+    @click.option("--store", "store_dir", metavar="DIR", envvar="REPX_STORE",
+                  default=DEFAULT_STORE_DIR, show_default=True,
+                  help="The job store directory (env REPX_STORE).")
+    @functools.wraps(func)
+    def wrapper(*args: Any, store_dir: str, **kwargs: Any) -> Any:
+        return func(*args, store_dir=os.path.abspath(store_dir), **kwargs)
+
+    return wrapper
+
+
+def short(value: object, width: int = 40) -> str:
+    text = value if isinstance(value, str) else json.dumps(value)
+    return text if len(text) <= width else "…" + text[-(width - 1):]
+
+
+def table(header: list[str], rows: list[list[str]]) -> None:
+    """A plain aligned table (readable in a terminal and in logs)."""
+    widths = [len(h) for h in header]
+    for row in rows:
+        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+    for row in [header, *rows]:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
