@@ -7,14 +7,20 @@ Every command turns a ``RepxError`` into ``repx: <message>`` and its exit code
 from __future__ import annotations
 
 import json
+import sys
 from collections import Counter
 
 import click
 
 from repx import __version__
-from repx.cli_common import Context, handle_errors, lab_options, short, table
+from repx.build import BuildOptions, run_build
+from repx.build import dry_run as dry_run_plan
+from repx.cli_common import Context, handle_errors, lab_options, short, store_option, table
+from repx.engine.progress import ConsoleReporter, QuietReporter
 from repx.errors import UsageError
+from repx.expand import parse_mem
 from repx.lab import LabOptions, open_lab
+from repx.store import Store
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -189,29 +195,72 @@ def trace_params(job: str, options: LabOptions, as_json: bool) -> None:
 @main.command("build")
 @click.argument("targets", nargs=-1)
 @lab_options
+@store_option
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
+              help="Jobs to run at once (default: the machine's CPUs).")
+@click.option("-k", "--keep-going", is_flag=True,
+              help="After a failure, still run everything that does not depend on it.")
+@click.option("--force", "force", multiple=True, metavar="JOB|STAGE|RUN",
+              help="Rerun these even if the store holds them (repeatable).")
+@click.option("--verify", is_flag=True,
+              help="Also compare the outputs of finished jobs with their recorded checksums.")
+@click.option("--cpus", type=click.IntRange(min=1), default=None,
+              help="CPUs the jobs' cpus hints may add up to (default: this machine's).")
+@click.option("--mem", metavar="SIZE", default=None,
+              help="Memory the jobs' mem hints may add up to, e.g. 16G (default: this "
+                   "machine's).")
 @click.option("--dry-run", is_flag=True, help="Show what would run; run nothing.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print a JSON summary (executed, up_to_date, failed, blocked, ...).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress; only failures.")
 @handle_errors
-def build(targets: tuple[str, ...], options: LabOptions, dry_run: bool, as_json: bool) -> None:
-    """Build the lab and run the jobs of RUN, @GROUP or JOB (default: every run).
+def build(targets: tuple[str, ...], options: LabOptions, store_dir: str, jobs: int | None,
+          keep_going: bool, force: tuple[str, ...], verify: bool, cpus: int | None,
+          mem: str | None, dry_run: bool, as_json: bool, quiet: bool) -> None:
+    """Build the lab and run the jobs of RUN, @GROUP or JOB that the store does not hold
+    (default: every run).
 
-    Example: repx build hyperparam-sweep --dry-run
+    Exit code 0 when everything asked for is up to date, 1 when a job failed (or could not
+    run because of one), 2 for a usage or lab error, 130 when interrupted.
+
+    Example: repx build hyperparam-sweep -j 4 --keep-going
     """
     graph = open_lab(options)
-    jobs = graph.select(list(targets)) if targets else list(graph.jobs.values())
-    closure = [graph.jobs[i] for i in graph.upstream_closure([j.id for j in jobs])]
-    if not dry_run:
-        raise UsageError(
-            "running jobs is not available in this version yet; the lab was built and "
-            f"validated ({len(closure)} jobs); use `repx build --dry-run` to see what would run"
-        )
-    if as_json:
-        click.echo(json.dumps({"would_run": [j.id for j in closure]}, indent=2))
+    build_options = BuildOptions(
+        targets=targets, jobs=jobs or 0, keep_going=keep_going, force=force, verify=verify,
+        cpus=cpus or 0, mem=_parse_mem_option(mem),
+    )
+    if dry_run:
+        store = Store(store_dir, readonly=True) if Store.exists(store_dir) else None
+        plan = dry_run_plan(graph, store, build_options)
+        if as_json:
+            click.echo(json.dumps({"would_run": plan.to_run, "up_to_date": plan.up_to_date},
+                                  indent=2))
+            return
+        for job_id in plan.to_run:
+            click.echo(f"would run {job_id} ({plan.reasons.get(job_id, '')})")
+        click.echo(f"{len(plan.to_run)} jobs would run, {len(plan.up_to_date)} up to date")
         return
-    for job in closure:
-        click.echo(f"would run {job.id}")
-    click.echo(f"{len(closure)} jobs would run")
+    reporter = QuietReporter() if quiet else ConsoleReporter()
+    with Store(store_dir) as store:
+        result = run_build(graph, store, build_options, reporter)
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+    elif not quiet:
+        click.echo(result.summary_line())
+    if result.interrupted:
+        click.echo("repx: build interrupted; running jobs were stopped and recorded as "
+                   "cancelled", err=True)
+    sys.exit(result.exit_code)
 
+
+def _parse_mem_option(value: str | None) -> int:
+    if value is None:
+        return 0
+    try:
+        return parse_mem(value)
+    except ValueError:
+        raise UsageError(f"--mem {value}: not a memory size (e.g. 512M, 16G)") from None
 
 
 # Commands about the store (status, show, log, cache, gc) live in their own module.

@@ -406,6 +406,11 @@ class Store:
         self._pid = os.getpid()
         self._h: _Env | None = _acquire(os.path.realpath(db), want_write=not readonly)
 
+    @staticmethod
+    def exists(root: Path | str) -> bool:
+        """Whether ``root`` holds a store (a dry run must not create one)."""
+        return (Path(root) / "db" / "data.mdb").is_file()
+
     # -- plumbing ---------------------------------------------------------------------------
 
     def _handle(self) -> _Env:
@@ -599,7 +604,8 @@ class Store:
             txn.put(job_key(record.job_id), record.to_msgpack(), db=h.jobs)
 
     def claim(
-        self, job_id: str, owner: str, *, host: str, pid: int, lab: str, run: str, stage: str
+        self, job_id: str, owner: str, *, host: str, pid: int, lab: str, run: str, stage: str,
+        force: bool = False,
     ) -> bool:
         """Take a job for running; False if it is done or someone alive is running it.
 
@@ -609,13 +615,14 @@ class Store:
         still be alive (:func:`owner_alive`). A claim by the same owner succeeds again (the
         token is per process; the process's scheduler already dispatches a job once).
         FAILED, CANCELLED and abandoned claims are taken over. The new record is RUNNING.
+        ``force`` takes a SUCCEEDED job too (``repx build --force``), never a live claim.
         """
         key = job_key(_check_job_id(job_id))
         with self._write() as (txn, h):
             value = txn.get(key, db=h.jobs)
             if value is not None:
                 status = status_of(value)
-                if status is Status.SUCCEEDED:
+                if status is Status.SUCCEEDED and not force:
                     return False
                 if status in (Status.RUNNING, Status.QUEUED):
                     prev = JobRecord.from_msgpack(value)

@@ -1,0 +1,169 @@
+"""``repx build`` as a library call: plan against the store, run what is missing, report.
+
+>>> graph = open_lab(LabOptions(lab_file="lab.nix"))          # doctest: +SKIP
+>>> with Store(".repx") as store:                              # doctest: +SKIP
+...     result = run_build(graph, store, BuildOptions(jobs=2))
+>>> result.exit_code, result.summary_line()                    # doctest: +SKIP
+(0, '13 executed, 0 up to date, 0 failed')
+
+The result lists graph job ids (what ``repx list jobs`` shows); a scatter-gather job counts
+as one job whatever its number of branches, and its failed units are in ``failures``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from repx.engine.local import (
+    BLOCKED,
+    CANCELLED,
+    FAILED,
+    NOT_STARTED,
+    SUCCEEDED,
+    UP_TO_DATE,
+    Failure,
+    LocalOptions,
+    LocalScheduler,
+    Reporter,
+)
+from repx.engine.plan import Plan, plan_build
+from repx.expand import JobGraph
+from repx.gc import register_build_root
+from repx.store import Store
+
+#: Exit code of a build stopped by SIGINT/SIGTERM (the shell's 128 + SIGINT).
+EXIT_INTERRUPTED = 130
+
+
+@dataclass
+class BuildOptions:
+    """What to build and how (the ``repx build`` options)."""
+
+    targets: tuple[str, ...] = ()
+    jobs: int = 0
+    keep_going: bool = False
+    force: tuple[str, ...] = ()
+    verify: bool = False
+    cpus: int = 0
+    mem: int = 0
+    grace: float = 5.0
+
+
+@dataclass
+class BuildResult:
+    """The outcome of a build, per graph job id."""
+
+    executed: list[str] = field(default_factory=list)
+    up_to_date: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    blocked: list[str] = field(default_factory=list)
+    cancelled: list[str] = field(default_factory=list)
+    not_started: list[str] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+    interrupted: bool = False
+    seconds: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        """0 when everything asked for is done, 1 when something failed or did not run,
+        130 when the build was interrupted."""
+        if self.interrupted:
+            return EXIT_INTERRUPTED
+        if self.failed or self.blocked or self.cancelled or self.not_started:
+            return 1
+        return 0
+
+    def summary_line(self) -> str:
+        """``N executed, M up to date, K failed`` (+ blocked / not started when any)."""
+        line = (f"{len(self.executed)} executed, {len(self.up_to_date)} up to date, "
+                f"{len(self.failed)} failed")
+        extra = [(self.blocked, "blocked"), (self.cancelled, "cancelled"),
+                 (self.not_started, "not started")]
+        line += "".join(f", {len(ids)} {word}" for ids, word in extra if ids)
+        return line
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``repx build --json`` object."""
+        return {
+            "executed": self.executed,
+            "up_to_date": self.up_to_date,
+            "failed": self.failed,
+            "blocked": self.blocked,
+            "cancelled": self.cancelled,
+            "not_started": self.not_started,
+            "failures": [
+                {"unit": f.unit, "job": f.job, "label": f.label, "reason": f.reason,
+                 "stderr_log": f.stderr_log, "stdout_log": f.stdout_log}
+                for f in self.failures
+            ],
+            "interrupted": self.interrupted,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def dry_run(graph: JobGraph, store: Store | None, options: BuildOptions) -> Plan:
+    """The plan without running anything; with no store, everything would run."""
+    if store is None:
+        from repx.engine.plan import selection_closure
+
+        closure = selection_closure(graph, list(options.targets))
+        return Plan(closure, [], list(closure), dict.fromkeys(closure, "not in the store"))
+    return plan_build(graph, store, list(options.targets), force=options.force,
+                      verify=options.verify)
+
+
+def run_build(
+    graph: JobGraph,
+    store: Store,
+    options: BuildOptions,
+    reporter: Reporter | None = None,
+) -> BuildResult:
+    """Run every job of the selection that the store does not hold; record each outcome."""
+    started = time.time()
+    clock = time.monotonic()
+    plan = plan_build(graph, store, list(options.targets), force=options.force,
+                      verify=options.verify)
+    result = BuildResult(up_to_date=list(plan.up_to_date))
+    register_build_root(store, graph)
+    if plan.to_run:
+        local = LocalOptions(
+            jobs=options.jobs, keep_going=options.keep_going, cpus=options.cpus,
+            mem=options.mem, forced=_forced_ids(graph, options, plan), grace=options.grace,
+        )
+        scheduler = LocalScheduler(graph, store, plan, local, reporter)
+        scheduler.run()
+        buckets = {SUCCEEDED: result.executed, FAILED: result.failed,
+                   BLOCKED: result.blocked, CANCELLED: result.cancelled,
+                   NOT_STARTED: result.not_started}
+        for job_id in plan.to_run:
+            final = scheduler.final[job_id]
+            if final.outcome == UP_TO_DATE:
+                result.up_to_date.append(job_id)
+                continue
+            buckets.get(scheduler.job_outcome(job_id), result.not_started).append(job_id)
+        result.failures = scheduler.failures
+        result.interrupted = bool(scheduler.interrupted)
+    result.seconds = time.monotonic() - clock
+    store.set_meta("last_build", {
+        "lab": str(graph.lab.path),
+        "targets": list(options.targets),
+        "started": started,
+        "finished": time.time(),
+        "executed": result.executed,
+        "up_to_date": result.up_to_date,
+        "failed": result.failed,
+        "blocked": result.blocked,
+        "cancelled": result.cancelled,
+        "not_started": result.not_started,
+    })
+    return result
+
+
+def _forced_ids(graph: JobGraph, options: BuildOptions, plan: Plan) -> set[str]:
+    if not options.force:
+        return set()
+    from repx.engine.plan import resolve_force
+
+    return resolve_force(graph, options.force, plan.closure)

@@ -1,0 +1,139 @@
+"""What a build must run: the up-to-date check, in doit's model.
+
+doit calls a task up to date when its saved state says it succeeded and its targets exist;
+a changed dependency shows up as a changed checksum. repx keeps the first half and replaces
+the second: a job's identity already covers everything it depends on (scripts, params,
+upstream identities), so a changed upstream gives a *new* id, which the store simply does
+not hold. What is left to check per job is therefore cheap — one status byte from the store
+and a ``stat`` per declared output — which is what makes a no-op rebuild of 20 000 jobs fit
+in a fraction of a second. ``--verify`` adds doit's checksum comparison (BLAKE3 of every
+output against the manifest recorded when the job finished).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from repx.errors import UsageError
+from repx.expand import Job, JobGraph
+from repx.store import Status, Store
+
+
+@dataclass
+class Plan:
+    """The jobs a build looks at, split by what must happen to them."""
+
+    #: Every job of the selection and what it needs, in topological order.
+    closure: list[str]
+    #: Jobs already done (succeeded, outputs present, not forced).
+    up_to_date: list[str]
+    #: Jobs to run, in topological order.
+    to_run: list[str]
+    #: Why each job runs ("not in the store", "failed before", "forced", "output missing",
+    #: "checksum mismatch", ...).
+    reasons: dict[str, str] = field(default_factory=dict)
+    #: Jobs the store says are running or queued (maybe by a build that died).
+    in_flight: set[str] = field(default_factory=set)
+
+
+def selection_closure(graph: JobGraph, targets: list[str]) -> list[str]:
+    """The selected jobs plus everything they need: producers, manifest runs, and every job
+    of each run that a selected run depends on (hard or soft), transitively."""
+    selected = graph.select(targets)
+    roots = [job.id for job in selected]
+    stack = [dep for run in dict.fromkeys(r for job in selected for r in job.runs)
+             for dep, _kind in graph.runs[run].dependencies]
+    dependency_runs: set[str] = set()
+    while stack:
+        name = stack.pop()
+        if name not in dependency_runs:
+            dependency_runs.add(name)
+            stack.extend(dep for dep, _kind in graph.runs[name].dependencies)
+    for name in dependency_runs:
+        roots.extend(graph.runs[name].job_ids)
+    return graph.upstream_closure(roots)
+
+
+def resolve_force(graph: JobGraph, names: tuple[str, ...], closure: list[str]) -> set[str]:
+    """Job ids named by ``--force`` values: a job id (or unique prefix), a stage (pname or
+    pipeline key) or a run. Values that match nothing are an error (a typo must not
+    silently force nothing)."""
+    forced: set[str] = set()
+    in_closure = set(closure)
+    for name in names:
+        if name in graph.runs:
+            forced.update(graph.runs[name].job_ids)
+            continue
+        stage_jobs = [j.id for j in graph.jobs.values() if name in (j.pname, j.stage)]
+        if stage_jobs:
+            forced.update(stage_jobs)
+            continue
+        try:
+            forced.add(graph.resolve_job(name).id)
+        except UsageError:
+            raise UsageError(
+                f"--force {name}: not a run, a stage (pname or pipeline key) or a job id of "
+                f"this lab; runs: {', '.join(graph.runs)}"
+            ) from None
+    return forced & in_closure
+
+
+def outputs_present(job: Job, out_dir: str) -> str | None:
+    """None when every declared output exists, else the first missing one's description."""
+    for name, template in job.outputs.items():
+        if not isinstance(template, str):
+            continue
+        if template.startswith("$out"):
+            path = out_dir + template[4:]
+        else:
+            path = os.path.join(out_dir, template)
+        if not os.path.exists(path):
+            return f"output '{name}' is missing ({path})"
+    return None
+
+
+def plan_build(
+    graph: JobGraph,
+    store: Store,
+    targets: list[str],
+    *,
+    force: tuple[str, ...] = (),
+    verify: bool = False,
+) -> Plan:
+    """Split the selection into up-to-date jobs and jobs to run."""
+    closure = selection_closure(graph, targets)
+    forced = resolve_force(graph, force, closure) if force else set()
+    statuses = store.statuses(closure)
+    outputs_root = str(store.root / "outputs")
+    jobs = graph.jobs
+    up_to_date: list[str] = []
+    to_run: list[str] = []
+    reasons: dict[str, str] = {}
+    in_flight: set[str] = set()
+    records = store.get_many([j for j in closure if statuses.get(j) is Status.SUCCEEDED]) \
+        if verify else {}
+    for job_id in closure:
+        status = statuses.get(job_id)
+        reason = None
+        if status is Status.SUCCEEDED:
+            if job_id in forced:
+                reason = "forced"
+            else:
+                reason = outputs_present(jobs[job_id], f"{outputs_root}/{job_id}/out")
+                if reason is None and verify:
+                    problems = store.verify(records[job_id], checksums=True)
+                    if problems:
+                        reason = "; ".join(problems[:3])
+        elif status is None:
+            reason = "not in the store"
+        else:
+            if status in (Status.RUNNING, Status.QUEUED):
+                in_flight.add(job_id)
+            reason = f"{status.value} before"
+        if reason is None:
+            up_to_date.append(job_id)
+        else:
+            to_run.append(job_id)
+            reasons[job_id] = reason
+    return Plan(closure, up_to_date, to_run, reasons, in_flight)
