@@ -1,0 +1,465 @@
+"""Garbage collection of the job store: gc roots, reachability, and what ``repx gc`` frees.
+
+A **gc root** is a built lab. Every real ``repx build`` registers the lab it builds
+(:func:`register_build_root`), so every lab you have built stays a root — and keeps every
+job it reaches — until you remove it with ``repx gc unpin``. ``repx gc pin`` marks a lab as
+one you want to keep: ``repx gc --keep-recent N`` drops unpinned roots beyond the N newest,
+never pinned ones. ``repx gc`` then removes every record and ``outputs/<id>`` folder that no
+root reaches.
+
+Why the job ids are recorded when a root is registered: a lab lives in ``/nix/store``, and
+``nix-collect-garbage`` deletes it once nothing links to it (``./result`` replaced by a newer
+build). gc must still know which jobs that lab reaches without expanding it, so registration
+stores them in the store's meta db under ``root-jobs:<lab store name>`` (see
+:func:`lab_jobs_meta`). The key is the lab's store name, not the root's name, so a lab
+pinned under a name of its own shares the record its build wrote.
+
+What gc keeps, besides the jobs of every root:
+
+* the units of a reachable scatter-gather job (its scatter and every branch step, listed in
+  ``outputs/<sg-id>/repx/units.json``): they have ids and records of their own that no lab
+  lists;
+* every record whose ``lab`` is a root's lab: the executor may record a unit before its
+  ``units.json`` is complete, and what a lab ran is never garbage while the lab is a root;
+* every RUNNING or QUEUED job whose owner may still be alive (:func:`owner_alive`): it may be
+  a build of a lab that registered its root after gc read the roots.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from repx.errors import UsageError
+from repx.expand import JobGraph, load_job_graph
+from repx.store import JobRecord, Root, Status, Store, StoreError, owner_alive
+
+#: Prefix of the meta keys that hold the job ids of a root's lab.
+ROOT_JOBS_PREFIX = "root-jobs:"
+
+#: Separator of the ids in a root-jobs record. Job ids are ``<hash>-<pname>-<version>`` and
+#: pnames are Nix store names (``[A-Za-z0-9+._?=-]``), so a newline never occurs in one.
+#: One joined string instead of a msgpack array: 20 000 ids pack and unpack as one string
+#: copy instead of 20 000 string objects, which keeps a new root cheap on every build.
+_SEP = "\n"
+
+#: How many jobs ``repx gc`` deletes per store transaction (the writer lock is held for one).
+_DELETE_CHUNK = 500
+
+#: ``repx gc`` re-reads the roots before deleting; if a build registered one meanwhile, it
+#: recomputes what is reachable, at most this many times.
+_MAX_REPLANS = 3
+
+
+def lab_key(lab_path: str) -> str:
+    """The name of a lab in the store: its store path's last component (``<hash>-repx-lab``).
+
+    It is also :meth:`Store.add_root`'s default root name, so a build's root and its
+    root-jobs record share it.
+    """
+    return os.path.basename(lab_path.rstrip("/")) or lab_path
+
+
+def root_jobs_key(lab_path: str) -> str:
+    return ROOT_JOBS_PREFIX + lab_key(lab_path)
+
+
+def lab_jobs_meta(graph: JobGraph) -> dict[str, Any]:
+    """What a root records about its lab: every job id, and which of them scatter-gather.
+
+    The scatter-gather ids are kept apart so that gc reads ``units.json`` for those jobs only.
+    """
+    jobs = graph.jobs
+    sg = [job_id for job_id, job in jobs.items() if job.kind == "scatter-gather"]
+    return {
+        "lab": str(graph.lab.path),
+        "count": len(jobs),
+        "ids": _SEP.join(jobs),
+        "sg": _SEP.join(sg),
+        "created": time.time(),
+    }
+
+
+def _split(text: object) -> list[str]:
+    return text.split(_SEP) if isinstance(text, str) and text else []
+
+
+def register_build_root(store: Store, graph: JobGraph) -> None:
+    """Make the lab being built a gc root (unpinned), recording the jobs it reaches.
+
+    Called by ``repx build`` at the start of every real build. When the lab already is a root
+    (a rebuild of an unchanged lab, the common case) this reads the roots and returns: the
+    same lab path means the same jobs, recorded when the root was made. Otherwise it writes
+    the lab's job ids first and the root second, so a root never exists without its ids.
+    A root the user pinned (possibly under another name) is left as it is.
+    """
+    lab_path = str(graph.lab.path)
+    for root in store.roots():
+        if root.lab_path == lab_path:
+            return
+    store.set_meta(root_jobs_key(lab_path), lab_jobs_meta(graph))
+    store.add_root(lab_path)
+
+
+def pin_lab(store: Store, graph: JobGraph, name: str | None = None) -> Root:
+    """Pin the lab of ``graph`` as a gc root called ``name`` (default: its store name).
+
+    The lab's unpinned build root, if any, is replaced by the pinned one (added first, so
+    the lab is a root at every moment). A name already used by another lab is refused rather
+    than silently repointed.
+    """
+    lab_path = str(graph.lab.path)
+    name = name if name is not None else lab_key(lab_path)
+    if not name or "\0" in name or name != name.strip():
+        raise UsageError(f"invalid gc root name {name!r}")
+    roots = store.roots()
+    for root in roots:
+        if root.name == name and root.lab_path != lab_path:
+            raise UsageError(
+                f"gc root '{name}' already holds lab {root.lab_path}; choose another name "
+                f"or unpin it first (`repx gc unpin {name}`)"
+            )
+    key = root_jobs_key(lab_path)
+    if not _has_ids(store.get_meta(key)):
+        store.set_meta(key, lab_jobs_meta(graph))
+    store.add_root(lab_path, pinned=True, name=name)
+    for root in roots:
+        if root.lab_path == lab_path and root.name != name and not root.pinned:
+            store.remove_root(root.name)
+    for root in store.roots():
+        if root.name == name:
+            return root
+    raise StoreError(f"gc root '{name}' vanished while it was being pinned in {store.root}")
+
+
+def unpin(store: Store, name_or_prefix: str) -> Root:
+    """Remove a gc root (by name, lab path or unique name prefix); returns it.
+
+    Its jobs become garbage for the next ``repx gc`` unless another root reaches them. The
+    lab's root-jobs record is dropped when no other root uses that lab.
+    """
+    root = store.remove_root(name_or_prefix)
+    if not any(r.lab_path == root.lab_path for r in store.roots()):
+        forget_lab(store, root.lab_path)
+    return root
+
+
+def forget_lab(store: Store, lab_path: str) -> None:
+    """Drop the root-jobs record of a lab.
+
+    The store has no way to delete a meta key yet; the record is then replaced by a few
+    bytes that readers take as "no ids" (and a later build of the lab writes it anew).
+    """
+    key = root_jobs_key(lab_path)
+    delete = getattr(store, "delete_meta", None)
+    if callable(delete):
+        delete(key)
+    elif store.get_meta(key) is not None:
+        store.set_meta(key, {"lab": lab_path, "removed": time.time()})
+
+
+def _has_ids(meta: dict[str, Any] | None) -> bool:
+    return meta is not None and isinstance(meta.get("ids"), str)
+
+
+@dataclass
+class RootInfo:
+    """A root as ``repx gc roots`` shows it."""
+
+    name: str
+    lab_path: str
+    pinned: bool
+    created: float
+    #: Jobs its lab reaches, None when unknown (no record, e.g. a root made by hand).
+    jobs: int | None
+    lab_exists: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "pinned": self.pinned,
+            "created": self.created,
+            "jobs": self.jobs,
+            "lab": self.lab_path,
+            "lab_exists": self.lab_exists,
+        }
+
+
+def list_roots(store: Store) -> list[RootInfo]:
+    """Every gc root, oldest first, with the number of jobs its lab reaches."""
+    out: list[RootInfo] = []
+    for root in store.roots():
+        meta = store.get_meta(root_jobs_key(root.lab_path))
+        count = meta.get("count") if _has_ids(meta) else None  # type: ignore[union-attr]
+        out.append(RootInfo(root.name, root.lab_path, root.pinned, root.created,
+                            count if isinstance(count, int) else None,
+                            os.path.isdir(root.lab_path)))
+    return out
+
+
+# --------------------------------------------------------------------------------- collect
+
+
+@dataclass
+class GcResult:
+    """What ``repx gc`` removed (or, in a dry run, would remove) and why the rest stays."""
+
+    dry_run: bool
+    roots: list[Root]
+    #: Unpinned roots dropped by ``keep_recent`` (or that would be, in a dry run).
+    dropped_roots: list[Root] = field(default_factory=list)
+    #: Records kept because a root reaches them.
+    reachable: int = 0
+    #: Unreachable RUNNING/QUEUED jobs kept because their owner may be alive.
+    kept_running: list[str] = field(default_factory=list)
+    #: (job id, bytes on disk) of the records removed with their folders.
+    removed: list[tuple[str, int]] = field(default_factory=list)
+    #: (folder name, bytes) of ``outputs/*`` folders that had no record.
+    orphans: list[tuple[str, int]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def freed_bytes(self) -> int:
+        return sum(n for _, n in self.removed) + sum(n for _, n in self.orphans)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dry_run": self.dry_run,
+            "roots": [r.name for r in self.roots],
+            "dropped_roots": [r.name for r in self.dropped_roots],
+            "reachable": self.reachable,
+            "kept_running": self.kept_running,
+            "removed": [{"id": i, "bytes": n} for i, n in self.removed],
+            "orphans": [{"folder": i, "bytes": n} for i, n in self.orphans],
+            "freed_bytes": self.freed_bytes,
+            "warnings": self.warnings,
+        }
+
+
+def dir_size(path: Path) -> int:
+    """Bytes of the regular files under ``path`` (links not followed; unreadable parts skipped)."""
+    total = 0
+    stack = [str(path)]
+    while stack:
+        top = stack.pop()
+        try:
+            with os.scandir(top) as it:
+                for entry in it:
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            stack.append(entry.path)
+                        elif entry.is_file(follow_symlinks=False):
+                            total += entry.stat(follow_symlinks=False).st_size
+                    except OSError:
+                        continue
+        except NotADirectoryError:
+            try:
+                total += os.lstat(top).st_size
+            except OSError:
+                pass
+        except OSError:
+            continue
+    return total
+
+
+def read_units(store: Store, sg_id: str) -> dict[str, Any] | None:
+    """``units.json`` of a scatter-gather job, or None if it has none yet.
+
+    Raises StoreError naming the file when it exists but is not what the executor writes.
+    """
+    path = store.meta_dir(sg_id) / "units.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise StoreError(f"cannot read {path} (units of job {sg_id}): {exc}") from exc
+    if not isinstance(data, dict):
+        raise StoreError(f"{path} (units of job {sg_id}) is not a JSON object")
+    return data
+
+
+def unit_ids(units: dict[str, Any]) -> list[str]:
+    """The job ids in a ``units.json``: the scatter, then every branch's steps in order."""
+    ids: list[str] = []
+    scatter = units.get("scatter")
+    if isinstance(scatter, str) and scatter:
+        ids.append(scatter)
+    branches = units.get("branches")
+    for branch in branches if isinstance(branches, list) else []:
+        steps = branch.get("steps") if isinstance(branch, dict) else None
+        if isinstance(steps, dict):
+            ids.extend(v for v in steps.values() if isinstance(v, str) and v)
+    return ids
+
+
+def _root_ids(store: Store, root: Root, warnings: list[str],
+              cache: dict[str, tuple[set[str], list[str]] | None], write: bool) -> (
+        tuple[set[str], list[str]] | None):
+    """(job ids, scatter-gather ids) of a root's lab, or None when they cannot be known."""
+    if root.lab_path in cache:
+        return cache[root.lab_path]
+    meta = store.get_meta(root_jobs_key(root.lab_path))
+    found: tuple[set[str], list[str]] | None = None
+    if _has_ids(meta):
+        assert meta is not None
+        found = (set(_split(meta["ids"])), _split(meta.get("sg")))
+    elif os.path.isdir(root.lab_path):
+        # A root made without its ids (by hand, or by an older repx): expand the lab once.
+        try:
+            graph = load_job_graph(root.lab_path)
+        except Exception as exc:  # noqa: BLE001 - any failure: keep going, say so
+            warnings.append(f"gc root '{root.name}': cannot expand lab {root.lab_path} "
+                            f"({exc}); it keeps only the records its lab wrote")
+        else:
+            meta = lab_jobs_meta(graph)
+            if write:
+                store.set_meta(root_jobs_key(root.lab_path), meta)
+            found = (set(graph.jobs), _split(meta["sg"]))
+    else:
+        warnings.append(f"gc root '{root.name}': lab {root.lab_path} is gone and its jobs "
+                        "were never recorded; it keeps only the records its lab wrote")
+    cache[root.lab_path] = found
+    return found
+
+
+def _reachable(store: Store, roots: list[Root], warnings: list[str],
+               cache: dict[str, tuple[set[str], list[str]] | None],
+               write: bool) -> set[str]:
+    reachable: set[str] = set()
+    sg: set[str] = set()
+    for root in roots:
+        found = _root_ids(store, root, warnings, cache, write)
+        if found is not None:
+            reachable |= found[0]
+            sg.update(found[1])
+    # Units of scatter-gather jobs; a unit may itself be listed by another SG job's units,
+    # never an SG job of its own (steps are plain scripts), so one level is enough.
+    for sg_id in sorted(sg):
+        try:
+            units = read_units(store, sg_id)
+        except StoreError as exc:
+            warnings.append(f"{exc.message}; its units are kept only if their lab is a root")
+            continue
+        except OSError:
+            continue
+        if units is not None:
+            reachable.update(unit_ids(units))
+    return reachable
+
+
+def _root_signature(roots: Iterable[Root]) -> set[tuple[str, str]]:
+    return {(r.name, r.lab_path) for r in roots}
+
+
+def _live_claim(record: JobRecord) -> bool:
+    return record.status in (Status.RUNNING, Status.QUEUED) and owner_alive(
+        record.host, record.pid, record.owner)
+
+
+def collect(store: Store, *, dry_run: bool = False, keep_recent: int | None = None) -> GcResult:
+    """Remove (or with ``dry_run`` only list) every record and output folder no root reaches.
+
+    ``keep_recent`` first drops the unpinned roots beyond the ``keep_recent`` newest; None
+    keeps every root. Safe beside a running build: jobs claimed by a live process are kept,
+    and the roots are read again just before deleting (a build that registered its lab
+    meanwhile makes gc recompute what is reachable).
+    """
+    if keep_recent is not None and keep_recent < 0:
+        raise UsageError(f"--keep-recent must be 0 or more, not {keep_recent}")
+    roots = store.roots()
+    dropped: list[Root] = []
+    if keep_recent is not None:
+        unpinned = [r for r in roots if not r.pinned]  # oldest first
+        dropped = unpinned[: max(0, len(unpinned) - keep_recent)]
+        if not dry_run:
+            for root in dropped:
+                unpin(store, root.name)
+            roots = store.roots()
+        else:
+            gone = {r.name for r in dropped}
+            roots = [r for r in roots if r.name not in gone]
+    result = GcResult(dry_run=dry_run, roots=roots, dropped_roots=dropped)
+    cache: dict[str, tuple[set[str], list[str]] | None] = {}
+    for _attempt in range(_MAX_REPLANS):
+        result.warnings = []
+        _plan(store, result, cache, write=not dry_run)
+        if dry_run:
+            return result
+        now = store.roots()
+        if _root_signature(now) == _root_signature(result.roots):
+            break
+        result.roots = now  # a build registered (or someone removed) a root: plan again
+    _delete(store, result)
+    return result
+
+
+def _plan(store: Store, result: GcResult,
+          cache: dict[str, tuple[set[str], list[str]] | None], write: bool) -> None:
+    reachable = _reachable(store, result.roots, result.warnings, cache, write)
+    root_labs = {r.lab_path for r in result.roots}
+    result.reachable = 0
+    result.kept_running = []
+    result.removed = []
+    result.orphans = []
+    recorded: set[str] = set()
+    for record in store.records():
+        recorded.add(record.job_id)
+        if record.job_id in reachable or (record.lab and record.lab in root_labs):
+            result.reachable += 1
+        elif _live_claim(record):
+            result.kept_running.append(record.job_id)
+        else:
+            result.removed.append((record.job_id, _job_bytes(store, record.job_id)))
+    outputs = store.root / "outputs"
+    try:
+        names = sorted(os.listdir(outputs))
+    except FileNotFoundError:
+        names = []
+    except OSError as exc:
+        raise StoreError(f"cannot list {outputs}: {exc}") from exc
+    for name in names:
+        if name not in recorded and name not in reachable:
+            result.orphans.append((name, dir_size(outputs / name)))
+
+
+def _job_bytes(store: Store, job_id: str) -> int:
+    try:
+        return dir_size(store.job_dir(job_id))
+    except StoreError:
+        return 0
+
+
+def _delete(store: Store, result: GcResult) -> None:
+    """Delete the planned jobs, re-checking each just before: a FAILED job may have been
+    claimed again by a build since the plan was made."""
+    ids = [i for i, _ in result.removed]
+    still: set[str] = set()
+    for start in range(0, len(ids), _DELETE_CHUNK):
+        chunk = ids[start:start + _DELETE_CHUNK]
+        now = store.get_many(chunk)
+        doomed = []
+        for job_id in chunk:
+            record = now.get(job_id)
+            if record is not None and _live_claim(record):
+                result.kept_running.append(job_id)
+            else:
+                doomed.append(job_id)
+        store.delete(doomed)
+        still.update(doomed)
+    result.removed = [(i, n) for i, n in result.removed if i in still]
+    orphans = [name for name, _ in result.orphans]
+    # An orphan folder that got a record since the plan belongs to a new claim: keep it.
+    claimed = store.get_many(orphans)
+    keep = set(claimed)
+    store.delete([name for name in orphans if name not in keep and _valid_name(name)])
+    result.orphans = [(n, b) for n, b in result.orphans if n not in keep and _valid_name(n)]
+
+
+def _valid_name(name: str) -> bool:
+    return name not in (".", "..") and "/" not in name and "\0" not in name

@@ -1,0 +1,554 @@
+"""What the store knows about a lab's jobs, as plain data: the library behind ``repx status``,
+``show``, ``log`` and ``cache`` (the CLI in :mod:`repx.cli_inspect` only prints it).
+
+Everything here reads the store in as few transactions as it can (``statuses`` and
+``get_many`` take one snapshot for any number of jobs) because these commands run beside a
+build that is writing, on stores of tens of thousands of jobs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from repx.errors import UsageError
+from repx.expand import Job, JobGraph
+from repx.gc import dir_size, read_units, unit_ids
+from repx.store import JobRecord, Status, Store, StoreError, owner_alive
+
+#: Statuses of a job someone may still be working on.
+ACTIVE = (Status.RUNNING, Status.QUEUED)
+
+#: How often ``repx log -f`` looks for new output and for the job's end.
+FOLLOW_POLL = 0.2
+
+
+# ----------------------------------------------------------------------------- formatting
+
+
+def human_bytes(n: int | None) -> str:
+    """``1.5 MiB``: sizes as people read them (powers of 1024, like du -h)."""
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"  # pragma: no cover - the loop always returns
+
+
+def fmt_time(t: float | None) -> str:
+    """An epoch time in local time, to the second; ``-`` when unknown."""
+    if t is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+# ---------------------------------------------------------------------------------- store
+
+
+def no_store_message(store_dir: str | os.PathLike[str]) -> str:
+    return f"no repx store at {store_dir}; run `repx build` first or pass --store"
+
+
+def open_store(store_dir: str | os.PathLike[str], *, readonly: bool = True,
+               create: bool = False) -> Store:
+    """Open the store at ``store_dir``; a missing store is a clear error unless ``create``.
+
+    Checked here rather than left to :class:`Store`: a writable Store creates a missing
+    store, and ``repx gc`` or ``repx cache rm`` with a mistyped ``--store`` must say so
+    instead of creating an empty one and reporting that it freed nothing.
+    """
+    root = Path(os.path.abspath(store_dir))
+    if not create and not Store.exists(root):
+        raise StoreError(no_store_message(root))
+    return Store(root, readonly=readonly)
+
+
+def live_claim(record: JobRecord) -> bool:
+    """Is the job RUNNING or QUEUED under an owner that may still be alive?"""
+    return record.status in ACTIVE and owner_alive(record.host, record.pid, record.owner)
+
+
+def stored_ids(store: Store) -> set[str]:
+    """Ids of every job the store holds: records, and ``outputs/*`` folders without one."""
+    ids = {r.job_id for r in store.records()}
+    try:
+        ids.update(os.listdir(store.root / "outputs"))
+    except OSError:
+        pass
+    return ids
+
+
+def resolve_stored_job(store: Store, prefix: str) -> str:
+    """The id of the stored job whose id is ``prefix`` or uniquely starts with it.
+
+    Looks at records and at output folders (a folder whose record is gone still holds logs).
+    An ambiguous prefix is an error that lists the candidates.
+    """
+    if not prefix:
+        raise UsageError("an empty job id matches every job; give an id or a prefix of one")
+    if "/" in prefix or "\0" in prefix:
+        raise UsageError(f"'{prefix}' is not a job id (job ids contain no '/')")
+    if store.get(prefix) is not None or store.job_dir(prefix).exists():
+        return prefix
+    found = sorted(i for i in stored_ids(store) if i.startswith(prefix))
+    if not found:
+        raise UsageError(f"no job in the store at {store.root} has an id starting with "
+                         f"'{prefix}'")
+    if len(found) > 1:
+        shown = ", ".join(found[:10])
+        more = f" and {len(found) - 10} more" if len(found) > 10 else ""
+        raise UsageError(f"job id prefix '{prefix}' is ambiguous in the store at {store.root}: "
+                         f"it matches {len(found)} jobs: {shown}{more}; give more characters")
+    return found[0]
+
+
+# --------------------------------------------------------------------------------- status
+
+#: Keys of a status count, in the order the JSON gives them.
+COUNT_KEYS = ("jobs", "succeeded", "failed", "cancelled", "running", "queued", "stale",
+              "not_run")
+
+
+def select_runs(graph: JobGraph, names: Iterable[str]) -> list[str]:
+    """Run names for ``names`` (runs or ``@group``s); every run when none is given."""
+    chosen: dict[str, None] = {}
+    for name in names:
+        if name.startswith("@"):
+            members = graph.groups.get(name[1:])
+            if members is None:
+                raise UsageError(f"unknown group '{name}'; groups: "
+                                 f"{', '.join('@' + g for g in graph.groups) or '(none)'}")
+            chosen.update(dict.fromkeys(members))
+        elif name in graph.runs:
+            chosen[name] = None
+        else:
+            raise UsageError(f"unknown run '{name}' in lab {graph.lab.path}; runs: "
+                             f"{', '.join(graph.runs) or '(none)'}")
+    return list(chosen) if chosen else list(graph.runs)
+
+
+def job_states(store: Store, job_ids: Iterable[str]) -> dict[str, str]:
+    """A state per job that has a record: a :class:`Status` value, or ``stale`` for a
+    RUNNING/QUEUED claim whose owner is gone (the next build runs it again)."""
+    statuses = store.statuses(job_ids)
+    active = [i for i, s in statuses.items() if s in ACTIVE]
+    states: dict[str, str] = {i: s.value for i, s in statuses.items()}
+    if active:
+        for job_id, record in store.get_many(active).items():
+            if not live_claim(record):
+                states[job_id] = "stale"
+    return states
+
+
+def _count(ids: Iterable[str], states: dict[str, str]) -> dict[str, int]:
+    counts = Counter(states.get(i, "not_run") for i in ids)
+    out = {k: counts.get(k, 0) for k in COUNT_KEYS[1:]}
+    out["jobs"] = sum(counts.values())
+    return {k: out[k] for k in COUNT_KEYS}
+
+
+def run_status(graph: JobGraph, store: Store, runs: Iterable[str] = ()) -> dict[str, Any]:
+    """Per-run counts of the lab's jobs by what the store says about them, plus totals.
+
+    The total counts each job once, though a job shared by two runs counts in both rows.
+    """
+    names = select_runs(graph, runs)
+    ids: dict[str, None] = {}
+    for name in names:
+        ids.update(dict.fromkeys(graph.runs[name].job_ids))
+    states = job_states(store, ids)
+    return {
+        "lab": str(graph.lab.path),
+        "store": str(store.root),
+        "runs": [{"run": name, **_count(graph.runs[name].job_ids, states)} for name in names],
+        "total": _count(ids, states),
+    }
+
+
+# ----------------------------------------------------------------------------------- show
+
+
+def _record_dict(record: JobRecord) -> dict[str, Any]:
+    duration = None
+    if record.started is not None and record.finished is not None:
+        duration = record.finished - record.started
+    return {
+        "status": record.status.value,
+        "exit_code": record.exit_code,
+        "reason": record.reason,
+        "started": record.started,
+        "finished": record.finished,
+        "duration": duration,
+        "host": record.host,
+        "pid": record.pid,
+        "owner": record.owner,
+        "owner_alive": live_claim(record) if record.status in ACTIVE else None,
+        "slurm_id": record.slurm_id,
+        "lab": record.lab,
+        "run": record.run,
+        "stage": record.stage,
+    }
+
+
+def _file_info(path: Path) -> dict[str, Any]:
+    try:
+        st = path.stat()
+    except OSError:
+        return {"path": str(path), "exists": False, "size": None}
+    size = dir_size(path) if path.is_dir() else st.st_size
+    return {"path": str(path), "exists": True, "size": size}
+
+
+def log_paths(store: Store, job_id: str, record: JobRecord | None) -> dict[str, Path]:
+    """Where a job's stdout and stderr are: as recorded, else the store's usual place."""
+    meta = store.meta_dir(job_id)
+    return {
+        "stdout": Path(record.stdout_log) if record and record.stdout_log
+        else meta / "stdout.log",
+        "stderr": Path(record.stderr_log) if record and record.stderr_log
+        else meta / "stderr.log",
+    }
+
+
+def output_path(store: Store, job_id: str, template: object) -> Path | None:
+    """The path an output template (``$out/x.csv``) names inside the job's ``out/``."""
+    if not isinstance(template, str):
+        return None
+    out = store.out_dir(job_id)
+    for var in ("${out}", "$out"):
+        if template == var:
+            return out
+        if template.startswith(var + "/"):
+            return out / template[len(var) + 1:]
+    return None
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return {"error": f"cannot read {path}: {exc}"}
+
+
+def stored_detail(store: Store, job_id: str) -> dict[str, Any]:
+    """What the store alone knows about a job: record, output files, logs, run-time JSON.
+
+    ``repx cache show``, and ``repx show`` for a job no lab lists (a scatter-gather unit, a
+    job of an older lab).
+    """
+    record = store.get(job_id)
+    files = [{"path": f.path, "size": f.size, "blake3": f.blake3}
+             for f in (record.outputs if record else [])]
+    detail: dict[str, Any] = {
+        "id": job_id,
+        "status": record.status.value if record else "not run",
+        "record": _record_dict(record) if record else None,
+        "job_dir": str(store.job_dir(job_id)),
+        "job_dir_exists": store.job_dir(job_id).is_dir(),
+        "files": files,
+        "outputs_bytes": sum(f["size"] for f in files),
+        "logs": {k: _file_info(p) for k, p in log_paths(store, job_id, record).items()},
+        "params_json": _read_json(store.meta_dir(job_id) / "params.json"),
+        "inputs_json": _read_json(store.meta_dir(job_id) / "inputs.json"),
+    }
+    units = _units(store, job_id)
+    if units is not None:
+        detail["units"] = units
+    return detail
+
+
+def _units(store: Store, job_id: str) -> dict[str, Any] | None:
+    """A scatter-gather job's units with their states, if its ``units.json`` exists."""
+    try:
+        units = read_units(store, job_id)
+    except StoreError as exc:
+        return {"error": exc.message}
+    if units is None:
+        return None
+    ids = unit_ids(units)
+    states = job_states(store, ids)
+    scatter = units.get("scatter")
+    branches = units.get("branches") if isinstance(units.get("branches"), list) else []
+    return {
+        "scatter": {"id": scatter, "status": states.get(scatter, "not run")}
+        if isinstance(scatter, str) else None,
+        "branches": [
+            {"item": b.get("item"),
+             "steps": {step: {"id": uid, "status": states.get(uid, "not run")}
+                       for step, uid in (b.get("steps") or {}).items()
+                       if isinstance(uid, str)}}
+            for b in branches if isinstance(b, dict)
+        ],
+        "counts": dict(Counter(states.get(i, "not run") for i in ids)),
+    }
+
+
+def job_detail(graph: JobGraph, store: Store, job: Job) -> dict[str, Any]:
+    """Everything ``repx show`` prints about a job of the lab: what the lab says it is
+    (params and where they came from, resources, inputs, declared outputs) joined with what
+    the store says happened (status, timings, output files and sizes, logs)."""
+    dependents = [j.id for j in graph.jobs.values() if job.id in j.depends_on]
+    states = job_states(store, [job.id, *job.depends_on, *dependents])
+    detail = stored_detail(store, job.id)
+    inputs: dict[str, Any] = {}
+    for name, source in job.inputs.items():
+        entry: dict[str, Any] = dict(source)
+        if "job" in source:
+            producer = graph.jobs.get(source["job"])
+            template = producer.outputs.get(source.get("output", "")) if producer else None
+            path = output_path(store, source["job"], template)
+            entry["path"] = str(path) if path else None
+            entry["status"] = states.get(source["job"], "not run")
+        elif "file" in source:
+            entry["path"] = source["file"]
+        elif "run_manifest" in source:
+            entry = {"run_manifest": source["run_manifest"], "jobs": len(source["jobs"])}
+        inputs[name] = entry
+    outputs: dict[str, Any] = {}
+    for name, template in job.outputs.items():
+        path = output_path(store, job.id, template)
+        info = _file_info(path) if path else {"path": None, "exists": False, "size": None}
+        outputs[name] = {"template": template, **info}
+    detail.update({
+        "in_lab": True,
+        "run": job.run,
+        "runs": list(job.runs),
+        "stage": job.stage,
+        "pname": job.pname,
+        "version": job.version,
+        "kind": job.kind,
+        "hash_mode": job.hash_mode,
+        "params": job.params,
+        "param_sources": job.param_sources,
+        "resources": dict(job.resources),
+        "inputs": inputs,
+        "outputs": outputs,
+        "depends_on": [{"id": i, "status": states.get(i, "not run")} for i in job.depends_on],
+        "dependents": [{"id": i, "status": states.get(i, "not run")} for i in dependents],
+        "scripts": {name: e.script for name, e in job.executables.items()},
+    })
+    detail["status"] = states.get(job.id, "not run")
+    return dict(sorted(detail.items(), key=lambda kv: _SHOW_ORDER.get(kv[0], 99)))
+
+
+_SHOW_ORDER = {k: i for i, k in enumerate((
+    "id", "in_lab", "status", "run", "runs", "stage", "pname", "version", "kind", "hash_mode",
+    "params", "param_sources", "resources", "inputs", "outputs", "files", "outputs_bytes",
+    "record", "logs", "job_dir", "job_dir_exists", "depends_on", "dependents", "scripts",
+    "units", "params_json", "inputs_json",
+))}
+
+
+# ------------------------------------------------------------------------------------ log
+
+
+def log_file(store: Store, job_id: str, *, stderr: bool = False) -> tuple[Path, JobRecord | None]:
+    """The job's stdout (or stderr) log path and its record (None if it has none)."""
+    record = store.get(job_id)
+    return log_paths(store, job_id, record)["stderr" if stderr else "stdout"], record
+
+
+def copy_log(path: Path, pos: int, write: Callable[[bytes], object]) -> int:
+    """Write what ``path`` holds beyond ``pos``; returns the new position.
+
+    A file shorter than ``pos`` was truncated (the job was run again): start over.
+    """
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size < pos:
+                pos = 0
+            fh.seek(pos)
+            while chunk := fh.read(1 << 16):
+                write(chunk)
+                pos += len(chunk)
+    except FileNotFoundError:
+        pass
+    return pos
+
+
+def follow_log(store: Store, job_id: str, path: Path, write: Callable[[bytes], object], *,
+               poll: float = FOLLOW_POLL,
+               sleep: Callable[[float], object] = time.sleep) -> JobRecord | None:
+    """Copy ``path`` to ``write`` as it grows until the job is no longer running.
+
+    The job's state is read *before* each copy: once a read shows it ended, the log is
+    complete (the executor closes it before recording the outcome), so one last copy gets
+    everything. A claim whose owner died counts as ended. Returns the last record seen.
+    """
+    pos = 0
+    while True:
+        record = store.get(job_id)
+        running = record is not None and live_claim(record)
+        pos = copy_log(path, pos, write)
+        if not running:
+            return record
+        sleep(poll)
+
+
+# ---------------------------------------------------------------------------------- cache
+
+
+def record_row(record: JobRecord) -> dict[str, Any]:
+    """One line of ``repx cache ls``."""
+    return {
+        "id": record.job_id,
+        "status": record.status.value,
+        "run": record.run,
+        "stage": record.stage,
+        "bytes": sum(f.size for f in record.outputs),
+        "files": len(record.outputs),
+        "started": record.started,
+        "finished": record.finished,
+    }
+
+
+def cache_list(store: Store, *, statuses: Iterable[str] = (), run: str | None = None,
+               stage: str | None = None) -> list[dict[str, Any]]:
+    """The store's records, oldest first, filtered by status, run and stage."""
+    wanted = {Status(s) for s in statuses}
+    rows = [
+        record_row(r) for r in store.records()
+        if (not wanted or r.status in wanted)
+        and (run is None or r.run == run)
+        and (stage is None or r.stage == stage or r.stage.split("/", 1)[0] == stage)
+    ]
+    rows.sort(key=lambda r: (r["finished"] or r["started"] or 0.0, r["id"]))
+    return rows
+
+
+def cache_stats(store: Store) -> dict[str, Any]:
+    """What the store holds (records by status and run, recorded output sizes, roots,
+    orphan folders) and how the last build went (its hit rate)."""
+    by_status: Counter[str] = Counter()
+    by_run: dict[str, dict[str, int]] = {}
+    sizes: dict[str, int] = {}
+    for record in store.records():
+        size = sum(f.size for f in record.outputs)
+        sizes[record.job_id] = size
+        by_status[record.status.value] += 1
+        row = by_run.setdefault(record.run or "(none)", {"records": 0, "bytes": 0})
+        row["records"] += 1
+        row["bytes"] += size
+    try:
+        folders = set(os.listdir(store.root / "outputs"))
+    except OSError:
+        folders = set()
+    roots = store.roots()
+    stats: dict[str, Any] = {
+        "store": str(store.root),
+        "records": len(sizes),
+        "by_status": {s.value: by_status.get(s.value, 0) for s in Status},
+        "outputs_bytes": sum(sizes.values()),
+        "by_run": dict(sorted(by_run.items())),
+        "orphan_folders": len(folders - sizes.keys()),
+        "roots": len(roots),
+        "pinned_roots": sum(r.pinned for r in roots),
+        "last_build": None,
+    }
+    last = store.get_meta("last_build")
+    if last is not None:
+        stats["last_build"] = last_build_summary(last, sizes)
+    return stats
+
+
+def last_build_summary(last: dict[str, Any], sizes: dict[str, int]) -> dict[str, Any]:
+    """Counts, sizes and hit rate of the ``last_build`` meta record the executor writes.
+
+    hit rate = up to date / (up to date + executed + failed): the share of the jobs the
+    build needed that it could take from the store. Blocked and cancelled jobs never got the
+    chance either way and are left out.
+    """
+    def ids(key: str) -> list[str]:
+        value = last.get(key)
+        return [i for i in value if isinstance(i, str)] if isinstance(value, list) else []
+
+    lists = {k: ids(k) for k in ("executed", "up_to_date", "failed", "blocked", "cancelled",
+                                 "not_started")}
+    hit, ran, failed = (len(lists[k]) for k in ("up_to_date", "executed", "failed"))
+    started, finished = last.get("started"), last.get("finished")
+    duration = None
+    if isinstance(started, int | float) and isinstance(finished, int | float):
+        duration = finished - started
+    return {
+        "lab": last.get("lab"),
+        "targets": last.get("targets") or [],
+        "started": started,
+        "finished": finished,
+        "duration": duration,
+        **{k: len(v) for k, v in lists.items()},
+        "hit_rate": hit / (hit + ran + failed) if hit + ran + failed else None,
+        "executed_bytes": sum(sizes.get(i, 0) for i in lists["executed"]),
+        "reused_bytes": sum(sizes.get(i, 0) for i in lists["up_to_date"]),
+    }
+
+
+def verify_jobs(store: Store, job_ids: Iterable[str] | None = None, *,
+                checksums: bool = True) -> list[dict[str, Any]]:
+    """Check recorded outputs against the disk: every SUCCEEDED record, or the jobs named.
+
+    A named job without a record is a problem; so is a SUCCEEDED record whose files are
+    missing, changed in size or (with ``checksums``) in content.
+    """
+    if job_ids is None:
+        records = [r for r in store.records() if r.status is Status.SUCCEEDED]
+        named: list[str] = []
+    else:
+        named = list(dict.fromkeys(job_ids))
+        found = store.get_many(named)
+        records = [found[i] for i in named if i in found]
+    results: list[dict[str, Any]] = []
+    for record in records:
+        results.append({
+            "id": record.job_id,
+            "status": record.status.value,
+            "files": len(record.outputs),
+            "bytes": sum(f.size for f in record.outputs),
+            "problems": store.verify(record, checksums=checksums),
+        })
+    have = {r.job_id for r in records}
+    for job_id in named:
+        if job_id not in have:
+            results.append({"id": job_id, "status": "no record", "files": 0, "bytes": 0,
+                            "problems": [f"job {job_id} has no record in {store.root}"]})
+    return results
+
+
+def remove_jobs(store: Store, job_ids: Iterable[str]) -> list[tuple[str, int]]:
+    """Delete records and output folders of the given jobs; returns (id, bytes freed).
+
+    Refuses, before deleting anything, a job that is RUNNING or QUEUED under a live owner:
+    removing its folder would pull the ground from under the process writing it.
+    """
+    ids = list(dict.fromkeys(job_ids))
+    records = store.get_many(ids)
+    for job_id in ids:
+        record = records.get(job_id)
+        if record is not None and live_claim(record):
+            raise UsageError(
+                f"job {job_id} is {record.status.value} (owner {record.owner or '?'}, pid "
+                f"{record.pid} on {record.host or '?'}); stop that build before removing it"
+            )
+    sizes = [(i, dir_size(store.job_dir(i))) for i in ids]
+    store.delete(ids)
+    return sizes

@@ -1,0 +1,296 @@
+"""gc roots and ``repx gc``: what is kept, what is removed, and what it costs a build.
+
+Real labs (real Nix) and real LMDB stores; store state is written as the executor writes it
+(:func:`tests.test_inspect.record_job`).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from repx import gc
+from repx.errors import UsageError
+from repx.expand import load_job_graph
+from repx.store import Status, Store
+from tests.test_inspect import (
+    BuiltLab,
+    build_example,
+    dead_pid,
+    record_graph_job,
+    record_job,
+    run_repx,
+)
+
+
+@pytest.fixture(scope="module")
+def simple(tmp_path_factory: pytest.TempPathFactory) -> BuiltLab:
+    return build_example("simple", tmp_path_factory.mktemp("gc"))
+
+
+@pytest.fixture(scope="module")
+def sg_lab(tmp_path_factory: pytest.TempPathFactory) -> BuiltLab:
+    return build_example("scatter-gather", tmp_path_factory.mktemp("gc-sg"))
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = Store(tmp_path / ".repx")
+    yield s
+    s.close()
+
+
+def files_of(store: Store) -> set[str]:
+    return set(p.name for p in (store.root / "outputs").iterdir())
+
+
+# ----------------------------------------------------------------------- build roots
+
+
+@pytest.mark.nix
+def test_register_build_root_records_the_labs_jobs_once(simple: BuiltLab, store: Store) -> None:
+    gc.register_build_root(store, simple.graph)
+    (root,) = store.roots()
+    assert root.lab_path == simple.path and not root.pinned
+    assert root.name == Path(simple.path).name
+    meta = store.get_meta(gc.root_jobs_key(simple.path))
+    assert meta is not None
+    assert set(meta["ids"].split("\n")) == set(simple.graph.jobs)
+    assert meta["count"] == 3 and meta["sg"] == ""
+    # A rebuild of the same lab changes nothing (not even the root's time).
+    gc.register_build_root(store, simple.graph)
+    assert store.roots() == [root]
+    # A pinned root (under its own name) is not joined by an unpinned one on rebuild.
+    gc.pin_lab(store, simple.graph, "paper")
+    gc.register_build_root(store, simple.graph)
+    assert [(r.name, r.pinned) for r in store.roots()] == [("paper", True)]
+
+
+@pytest.mark.nix
+def test_register_build_root_lists_scatter_gather_jobs(sg_lab: BuiltLab, store: Store) -> None:
+    gc.register_build_root(store, sg_lab.graph)
+    meta = store.get_meta(gc.root_jobs_key(sg_lab.path))
+    assert meta is not None
+    assert sorted(meta["sg"].split("\n")) == sorted(
+        j.id for j in sg_lab.graph.jobs.values() if j.kind == "scatter-gather")
+    assert len(meta["sg"].split("\n")) == 2
+
+
+def fake_graph(n: int, lab: str) -> SimpleNamespace:
+    """What register_build_root reads of a graph (lab.path, jobs with kind), for n jobs."""
+    jobs = {f"{i:032d}-stage{i % 7}-1.0": SimpleNamespace(kind="simple") for i in range(n)}
+    return SimpleNamespace(lab=SimpleNamespace(path=Path(lab)), jobs=jobs)
+
+
+def test_register_build_root_is_cheap_for_20000_jobs(store: Store) -> None:
+    for i in range(50):  # a store that has seen many labs
+        gc.register_build_root(store, fake_graph(10, f"/nix/store/{i:032d}-repx-lab"))
+    graph = fake_graph(20_000, "/nix/store/" + "z" * 32 + "-repx-lab")
+    started = time.perf_counter()
+    gc.register_build_root(store, graph)  # type: ignore[arg-type]
+    new = time.perf_counter() - started
+    noop = []
+    for _ in range(5):
+        started = time.perf_counter()
+        gc.register_build_root(store, graph)  # type: ignore[arg-type]
+        noop.append(time.perf_counter() - started)
+    meta = store.get_meta(gc.root_jobs_key(str(graph.lab.path)))
+    assert meta is not None and meta["count"] == 20_000
+    assert len(store.roots()) == 51
+    # The build's whole budget for a no-op rebuild of 20 000 jobs is 0.5 s.
+    assert min(noop) < 0.01, noop
+    assert new < 0.2, new
+
+
+# -------------------------------------------------------------------------------- collect
+
+
+@pytest.mark.nix
+def test_gc_removes_what_no_root_reaches_and_frees_the_bytes(
+        simple: BuiltLab, store: Store, tmp_path: Path) -> None:
+    g = simple.graph
+    gc.register_build_root(store, g)
+    for job in g.jobs.values():
+        record_graph_job(store, g, job, size=1000)
+    old = [record_job(store, f"{c * 32}-old-1.0", lab="/nix/store/gone-repx-lab",
+                      files={"big.bin": b"o" * 4096}, stdout=b"12345")
+           for c in "ab"]
+    orphan = store.root / "outputs" / "orphan-folder"
+    (orphan / "out").mkdir(parents=True)
+    (orphan / "out" / "junk").write_bytes(b"j" * 10)
+    expected_bytes = 2 * (4096 + 5) + 10
+
+    dry = gc.collect(store, dry_run=True)
+    assert sorted(i for i, _ in dry.removed) == sorted(r.job_id for r in old)
+    assert dry.orphans == [("orphan-folder", 10)]
+    assert dry.freed_bytes == expected_bytes and dry.reachable == 3
+    assert len(list(store.records())) == 5 and orphan.exists()  # nothing removed
+
+    out, _ = run_repx("gc", "--store", str(store.root), cwd=tmp_path)
+    assert "gc: removed 2 jobs and 1 orphan folders, freed 8.0 KiB; kept 3 jobs reachable " \
+           "from 1 roots" in out
+    assert {r.job_id for r in store.records()} == set(g.jobs)
+    assert files_of(store) == set(g.jobs)
+    out, _ = run_repx("gc", "--dry-run", "--json", "--store", str(store.root), cwd=tmp_path)
+    assert json.loads(out)["freed_bytes"] == 0
+
+
+@pytest.mark.nix
+def test_gc_keeps_the_jobs_of_a_lab_nix_has_deleted(simple: BuiltLab, store: Store,
+                                                    tmp_path: Path) -> None:
+    # A lab outside /nix/store stands in for one nix-collect-garbage removes later.
+    copy = tmp_path / "lab-copy"
+    shutil.copytree(simple.path, copy, symlinks=True)
+    graph = load_job_graph(copy)
+    assert set(graph.jobs) == set(simple.graph.jobs)
+    gc.register_build_root(store, graph)
+    for job in graph.jobs.values():
+        record_graph_job(store, simple.graph, job)  # records name another lab
+    shutil.rmtree(copy)
+    result = gc.collect(store)
+    assert result.removed == [] and result.reachable == 3
+    assert {r.job_id for r in store.records()} == set(graph.jobs)
+    out, _ = run_repx("gc", "roots", "--store", str(store.root), cwd=tmp_path)
+    assert f"{copy} (gone from disk)" in out and "  3  " in out
+
+
+@pytest.mark.nix
+def test_gc_keeps_scatter_gather_units(sg_lab: BuiltLab, store: Store) -> None:
+    g = sg_lab.graph
+    sg = next(j for j in g.jobs.values() if j.pname == "partial-sums")
+    gc.register_build_root(store, g)
+    record_graph_job(store, g, sg)
+    other_lab = "/nix/store/" + "o" * 32 + "-repx-lab"
+    # Units listed in units.json; their records name another lab (run by an earlier lab
+    # whose root is gone), so only units.json keeps them.
+    listed = {"scatter": "s" * 32 + "-partial-sums-scatter",
+              "branches": [{"item": 1, "steps": {"square": "q" * 32 + "-square",
+                                                 "double": "d" * 32 + "-double"}}]}
+    for unit_id in gc.unit_ids(listed):
+        record_job(store, unit_id, lab=other_lab, run=sg.run, stage="partial-sums/x",
+                   files={"v": b"1"})
+    (store.meta_dir(sg.id) / "units.json").write_text(json.dumps(listed))
+    # A unit of this lab not (yet) in units.json: kept because its lab is a root.
+    pending = record_job(store, "p" * 32 + "-square", lab=str(g.lab.path), files={"v": b"2"})
+    stray = record_job(store, "x" * 32 + "-square", lab=other_lab, files={"v": b"3"})
+    result = gc.collect(store)
+    assert [i for i, _ in result.removed] == [stray.job_id]
+    kept = {r.job_id for r in store.records()}
+    assert kept == {sg.id, pending.job_id, *gc.unit_ids(listed)}
+
+    # Once the lab is no root, the SG job and its units go too.
+    gc.unpin(store, Path(sg_lab.path).name)
+    assert "ids" not in (store.get_meta(gc.root_jobs_key(sg_lab.path)) or {})
+    result = gc.collect(store)
+    assert len(result.removed) == 5
+    assert list(store.records()) == [] and files_of(store) == set()
+
+
+def test_gc_never_removes_a_job_running_under_a_live_process(store: Store,
+                                                             tmp_path: Path) -> None:
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        live = record_job(store, "l" * 32 + "-live-1.0", status=Status.RUNNING,
+                          pid=sleeper.pid, files={"x": b"1"})
+        queued = record_job(store, "q" * 32 + "-queued-1.0", status=Status.QUEUED,
+                            pid=sleeper.pid)
+        stale = record_job(store, "s" * 32 + "-stale-1.0", status=Status.RUNNING,
+                           pid=dead_pid(), files={"x": b"22"})
+        result = gc.collect(store)
+        assert sorted(result.kept_running) == sorted([live.job_id, queued.job_id])
+        assert [i for i, _ in result.removed] == [stale.job_id]
+        assert store.get(live.job_id) is not None and store.out_dir(live.job_id).exists()
+        out, _ = run_repx("gc", "--dry-run", "--store", str(store.root), cwd=tmp_path)
+        assert "and 2 running" in out
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    result = gc.collect(store)
+    assert sorted(i for i, _ in result.removed) == sorted([live.job_id, queued.job_id])
+
+
+@pytest.mark.nix
+def test_a_root_without_recorded_ids_is_expanded_once(simple: BuiltLab, store: Store) -> None:
+    store.add_root(simple.path)  # as an older repx, or a hand, would
+    for job in simple.graph.jobs.values():
+        record_graph_job(store, simple.graph, job)
+    record_job(store, "z" * 32 + "-junk-1.0")
+    dry = gc.collect(store, dry_run=True)
+    assert [i for i, _ in dry.removed] == ["z" * 32 + "-junk-1.0"]
+    assert store.get_meta(gc.root_jobs_key(simple.path)) is None  # a dry run writes nothing
+    gc.collect(store)
+    meta = store.get_meta(gc.root_jobs_key(simple.path))
+    assert meta is not None and meta["count"] == 3
+    assert {r.job_id for r in store.records()} == set(simple.graph.jobs)
+
+
+# ---------------------------------------------------------------------- pin, unpin, roots
+
+
+@pytest.mark.nix
+def test_pin_unpin_roots_and_keep_recent_from_the_cli(simple: BuiltLab, store: Store,
+                                                      tmp_path: Path) -> None:
+    g = simple.graph
+    st = ["--store", str(store.root)]
+    # Three older labs (unpinned build roots), each with one job of its own.
+    for i in range(3):
+        lab = f"/nix/store/{i:032d}-repx-lab"
+        graph = SimpleNamespace(lab=SimpleNamespace(path=Path(lab)),
+                                jobs={f"{i:032d}-old-1.0": SimpleNamespace(kind="simple")})
+        gc.register_build_root(store, graph)  # type: ignore[arg-type]
+        record_job(store, f"{i:032d}-old-1.0", lab=lab, files={"f": b"x" * 100})
+        time.sleep(0.01)
+    gc.register_build_root(store, g)
+    for job in g.jobs.values():
+        record_graph_job(store, g, job)
+
+    out, _ = run_repx("gc", "pin", "paper-v1", "--lab", "result", *st, cwd=simple.folder)
+    assert out.strip() == f"pinned paper-v1 ({simple.path}, 3 jobs)"
+    roots = json.loads(run_repx("gc", "roots", "--json", *st, cwd=tmp_path)[0])
+    assert [(r["name"], r["pinned"], r["jobs"]) for r in roots] == [
+        (f"{i:032d}-repx-lab", False, 1) for i in range(3)] + [("paper-v1", True, 3)]
+    assert roots[-1]["lab"] == simple.path and roots[-1]["lab_exists"]
+
+    _, err = run_repx("gc", "pin", f"{0:032d}-repx-lab", "--lab", "result", *st,
+                      cwd=simple.folder, code=2)
+    assert "already holds lab /nix/store/" in err
+
+    # --keep-recent 1 drops the two oldest unpinned roots; the pinned one stays.
+    out, _ = run_repx("gc", "--keep-recent", "1", "--dry-run", *st, cwd=tmp_path)
+    assert out.count("would remove gc root") == 2 and "would remove 2 jobs" in out
+    assert len(store.roots()) == 4
+    out, _ = run_repx("gc", "--keep-recent", "1", *st, cwd=tmp_path)
+    assert "removed 2 jobs" in out
+    assert [r.name for r in store.roots()] == [f"{2:032d}-repx-lab", "paper-v1"]
+    assert {r.job_id for r in store.records()} == {f"{2:032d}-old-1.0", *g.jobs}
+
+    _, err = run_repx("gc", "unpin", "nope", *st, cwd=tmp_path, code=2)
+    assert "no gc root named 'nope'" in err
+    out, _ = run_repx("gc", "unpin", "paper", *st, cwd=tmp_path)
+    assert out.strip() == f"removed gc root paper-v1 ({simple.path})"
+    out, _ = run_repx("gc", *st, cwd=tmp_path)
+    assert "removed 3 jobs" in out
+    assert {r.job_id for r in store.records()} == {f"{2:032d}-old-1.0"}
+    _, err = run_repx("gc", "--keep-recent", "-1", *st, cwd=tmp_path, code=2)
+    assert "--keep-recent must be 0 or more" in err
+
+
+def test_pin_refuses_bad_names(store: Store) -> None:
+    graph = SimpleNamespace(lab=SimpleNamespace(path=Path("/nix/store/x-repx-lab")), jobs={})
+    with pytest.raises(UsageError, match="invalid gc root name"):
+        gc.pin_lab(store, graph, " padded ")  # type: ignore[arg-type]
+    root = gc.pin_lab(store, graph)  # type: ignore[arg-type]
+    assert root.name == "x-repx-lab" and root.pinned
+
+
+def test_gc_help_says_every_built_lab_stays_a_root(tmp_path: Path) -> None:
+    out, _ = run_repx("gc", "--help", cwd=tmp_path)
+    assert "Every lab you build stays a gc root" in " ".join(out.split())
+    assert "Example: repx gc --dry-run" in out
