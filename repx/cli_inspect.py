@@ -25,6 +25,9 @@ from repx.store import Status
 
 _STATUS_CHOICES = click.Choice([s.value for s in Status])
 
+#: Units ``repx show`` prints of a scatter-gather job (a sweep may have thousands).
+_MAX_UNIT_LINES = 30
+
 
 def _echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
@@ -185,9 +188,13 @@ def _print_detail(d: dict[str, Any]) -> None:
             echo(f"units     {len(units['branches'])} branches; {counts}")
             if units["scatter"]:
                 echo(f"  scatter {units['scatter']['id']}  {units['scatter']['status']}")
-            for i, branch in enumerate(units["branches"]):
-                for step, unit in branch["steps"].items():
-                    echo(f"  [{i}] {step} {unit['id']}  {unit['status']}")
+            lines = [f"  [{i}] {step} {unit['id']}  {unit['status']}"
+                     for i, branch in enumerate(units["branches"])
+                     for step, unit in branch["steps"].items()]
+            for line in lines[:_MAX_UNIT_LINES]:
+                echo(line)
+            if len(lines) > _MAX_UNIT_LINES:
+                echo(f"  … {len(lines) - _MAX_UNIT_LINES} more units (--json lists them all)")
 
 
 # ------------------------------------------------------------------------------- log

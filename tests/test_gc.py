@@ -20,6 +20,7 @@ from repx import gc
 from repx.errors import UsageError
 from repx.expand import load_job_graph
 from repx.store import Status, Store
+from tests.conftest import EXAMPLES, require_nix
 from tests.test_inspect import (
     BuiltLab,
     build_example,
@@ -294,3 +295,44 @@ def test_gc_help_says_every_built_lab_stays_a_root(tmp_path: Path) -> None:
     out, _ = run_repx("gc", "--help", cwd=tmp_path)
     assert "Every lab you build stays a gc root" in " ".join(out.split())
     assert "Example: repx gc --dry-run" in out
+
+
+# --------------------------------------------------------------------- with repx build
+
+
+@pytest.mark.nix
+def test_gc_after_repx_build_keeps_scatter_gather_units_until_unpinned(
+        tmp_path: Path) -> None:
+    require_nix()
+    folder = tmp_path / "scatter-gather"
+    shutil.copytree(EXAMPLES / "scatter-gather", folder, symlinks=True,
+                    ignore=shutil.ignore_patterns("result", "result-*"))
+    run_repx("build", cwd=folder)
+    with Store(folder / ".repx", readonly=True) as store:
+        records = {r.job_id: r for r in store.records()}
+        (root,) = store.roots()
+        graph = load_job_graph(root.lab_path)
+        sg_units = [i for j in graph.jobs.values() if j.kind == "scatter-gather"
+                    for i in gc.unit_ids(gc.read_units(store, j.id) or {})]
+    # 4 lab jobs plus every unit of its two scatter-gather jobs, each a record of its own.
+    assert len(records) == 4 + len(sg_units) and set(sg_units) <= set(records)
+    roots = json.loads(run_repx("gc", "roots", "--json", cwd=folder)[0])
+    assert [(r["jobs"], r["pinned"]) for r in roots] == [(4, False)]
+
+    out, _ = run_repx("gc", cwd=folder)
+    assert f"removed 0 jobs and 0 orphan folders, freed 0 B; kept {len(records)} jobs" in out
+    run_repx("gc", "pin", "keep", cwd=folder)
+    assert [(r["name"], r["pinned"]) for r in
+            json.loads(run_repx("gc", "roots", "--json", cwd=folder)[0])] == [("keep", True)]
+    run_repx("build", cwd=folder)  # a rebuild adds no unpinned twin of the pinned root
+    assert len(json.loads(run_repx("gc", "roots", "--json", cwd=folder)[0])) == 1
+
+    run_repx("gc", "unpin", "keep", cwd=folder)
+    out, _ = run_repx("gc", "--dry-run", cwd=folder)
+    assert f"would remove {len(records)} jobs" in out
+    out, _ = run_repx("gc", cwd=folder)
+    assert f"removed {len(records)} jobs" in out
+    assert list((folder / ".repx" / "outputs").iterdir()) == []
+    # The next build registers the lab again and runs everything anew.
+    out, _ = run_repx("build", cwd=folder)
+    assert "4 executed, 0 up to date" in out

@@ -508,3 +508,75 @@ def test_human_sizes_and_durations() -> None:
     assert ins.fmt_duration(2.5) == "2.5s"
     assert ins.fmt_duration(125) == "2m05s"
     assert ins.fmt_duration(3 * 3600 + 61) == "3h01m01s"
+
+
+# ----------------------------------------------------------------------- with repx build
+
+FLAKY_STAGE = """
+{ pkgs }:
+{
+  pname = "flaky";
+  version = "1.0";
+  params = { ok = "yes"; };
+  outputs = { result = "$out/result.txt"; };
+  runDependencies = [ pkgs.coreutils ];
+  run = { outputs, params, ... }: ''
+    ok="${params.ok}"
+    echo "working on $ok"
+    echo "complaint $ok" >&2
+    if [ "$ok" != "yes" ]; then exit 3; fi
+    echo finished > "${outputs.result}"
+  '';
+}
+"""
+
+FLAKY_RUN = """
+{ pkgs, repx-lib, ... }:
+{ name = "main"; pipelines = [ ./pipe.nix ]; params = { ok = [ "yes" "no" ]; }; }
+"""
+
+
+@pytest.mark.nix
+def test_commands_on_what_repx_build_recorded(make_lab, tmp_path: Path) -> None:
+    require_nix()
+    folder = make_lab({"stage.nix": FLAKY_STAGE, "run.nix": FLAKY_RUN})
+    result = repx("build", cwd=folder, check=False)
+    assert result.returncode == 1, result.stderr
+    jobs = {j["params"]["ok"]: j["id"] for j in
+            json.loads(repx("list", "jobs", "--json", "--lab", "result", cwd=folder).stdout)}
+    good, bad = jobs["yes"], jobs["no"]
+
+    status = json.loads(run_repx("status", "--json", "--lab", "result", cwd=folder)[0])
+    assert status["total"]["succeeded"] == 1 and status["total"]["failed"] == 1
+    assert run_repx("log", good, cwd=folder)[0] == "working on yes\n"
+    stderr_log = run_repx("log", bad[:8], "--stderr", "-f", cwd=folder)[0]
+    assert "\ncomplaint no\n" in stderr_log and "exit 3" in stderr_log  # with the xtrace
+    out, _ = run_repx("show", bad, "--lab", "result", cwd=folder)
+    assert "status    failed, exit code 3" in out
+    assert 'ok = "no"    [sweep:ok]' in out
+    detail = json.loads(run_repx("show", good, "--json", "--lab", "result", cwd=folder)[0])
+    assert detail["outputs"]["result"]["size"] == len("finished\n")
+    assert detail["record"]["run"] == "main" and detail["record"]["stage"] == "flaky"
+    failed = json.loads(run_repx("cache", "ls", "--status", "failed", "--json", cwd=folder)[0])
+    assert [r["id"] for r in failed] == [bad]
+    run_repx("cache", "verify", cwd=folder)
+    stats = json.loads(run_repx("cache", "stats", "--json", cwd=folder)[0])
+    assert stats["last_build"]["hit_rate"] == 0.0  # nothing was up to date
+    repx("build", cwd=folder, check=False)  # the failed job runs (and fails) again
+    stats = json.loads(run_repx("cache", "stats", "--json", cwd=folder)[0])
+    assert stats["last_build"]["up_to_date"] == 1 and stats["last_build"]["failed"] == 1
+    assert stats["last_build"]["hit_rate"] == 0.5
+
+
+def test_every_store_command_has_an_example_in_its_help() -> None:
+    from click.testing import CliRunner
+
+    from repx.cli import main
+
+    commands = [["status"], ["show"], ["log"], ["cache"], ["cache", "ls"], ["cache", "stats"],
+                ["cache", "show"], ["cache", "verify"], ["cache", "rm"], ["gc"],
+                ["gc", "roots"], ["gc", "pin"], ["gc", "unpin"]]
+    for words in commands:
+        result = CliRunner().invoke(main, [*words, "--help"])
+        assert result.exit_code == 0, words
+        assert f"Example: repx {words[0]}" in result.output, words
