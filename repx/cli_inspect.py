@@ -91,17 +91,18 @@ def show(job: str, options: LabOptions, store_dir: str, as_json: bool) -> None:
     """
     graph = _maybe_lab(options)
     with ins.open_store(store_dir) as store:
-        target = None
-        if graph is not None:
-            try:
-                target = graph.resolve_job(job)
-            except UsageError as exc:
-                if "ambiguous" in exc.message:
-                    raise
-        if target is not None and graph is not None:
-            data = ins.job_detail(graph, store, target)
+        if graph is not None and any(i.startswith(job) for i in graph.jobs):
+            # Unique, or an error listing the lab's candidates.
+            data = ins.job_detail(graph, store, graph.resolve_job(job))
         else:
-            data = ins.stored_detail(store, ins.resolve_stored_job(store, job))
+            try:
+                job_id = ins.resolve_stored_job(store, job)
+            except UsageError as exc:
+                if graph is None or "ambiguous" in exc.message:
+                    raise
+                raise UsageError(f"no job of lab {graph.lab.path} and none in the store at "
+                                 f"{store.root} has an id starting with '{job}'") from None
+            data = ins.stored_detail(store, job_id)
             data["in_lab"] = False
     if as_json:
         _echo_json(data)

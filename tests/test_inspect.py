@@ -249,7 +249,8 @@ def test_show_joins_the_lab_and_the_store(sweep: BuiltLab, store: Store) -> None
 
     _, err = run_repx("show", "zzzz", "--lab", "result", "--store", str(store.root),
                       cwd=sweep.folder, code=2)
-    assert "no job in the store" in err and "'zzzz'" in err
+    assert err.strip() == (f"repx: no job of lab {sweep.path} and none in the store at "
+                           f"{store.root} has an id starting with 'zzzz'")
 
 
 @pytest.mark.nix
