@@ -263,10 +263,12 @@ def _parse_mem_option(value: str | None) -> int:
         raise UsageError(f"--mem {value}: not a memory size (e.g. 512M, 16G)") from None
 
 
-# Commands about the store (status, show, log, cache, gc) live in their own module.
-from repx import cli_inspect  # noqa: E402
+# Commands about the store (status, show, log, cache, gc) and the tools around a build
+# (viz, makefile, init) live in their own modules.
+from repx import cli_inspect, cli_tools  # noqa: E402
 
 cli_inspect.register(main)
+cli_tools.register(main)
 
 
 if __name__ == "__main__":
