@@ -76,4 +76,5 @@ demo: setup
 	cd examples/simple && ../../$(VENV)/bin/repx build --dry-run --lab result
 
 bench: setup
+	$(VPY) -m pip install -q -e '.[bench]'
 	$(VPY) bench/run.py

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCHES = ["bench_expand.py"]
+BENCHES = ["bench_expand.py", "bench_peers.py"]
 
 
 def main() -> int:
