@@ -9,17 +9,20 @@ from __future__ import annotations
 import json
 import sys
 from collections import Counter
+from dataclasses import replace
 
 import click
 
 from repx import __version__
-from repx.build import BuildOptions, run_build
+from repx.build import BuildOptions, BuildResult, run_build, run_noop_build
 from repx.build import dry_run as dry_run_plan
 from repx.cli_common import Context, handle_errors, lab_options, short, store_option, table
+from repx.engine.plan import selection_closure
 from repx.engine.progress import ConsoleReporter, QuietReporter
 from repx.errors import UsageError
 from repx.expand import parse_mem
-from repx.lab import LabOptions, open_lab
+from repx.graph_index import index_path, write_index
+from repx.lab import LabOptions, cache_dir, locate_lab, open_lab
 from repx.store import Store
 
 
@@ -225,11 +228,21 @@ def build(targets: tuple[str, ...], options: LabOptions, store_dir: str, jobs: i
 
     Example: repx build hyperparam-sweep -j 4 --keep-going
     """
-    graph = open_lab(options)
     build_options = BuildOptions(
         targets=targets, jobs=jobs or 0, keep_going=keep_going, force=force, verify=verify,
         cpus=cpus or 0, mem=_parse_mem_option(mem),
     )
+    lab_dir = locate_lab(options)
+    index = index_path(cache_dir(), lab_dir, targets)
+    if not (dry_run or force or verify) and Store.exists(store_dir):
+        with Store(store_dir) as store:
+            result = run_noop_build(str(lab_dir), store, index, targets)
+        if result is not None:
+            _report(result, as_json=as_json, quiet=quiet)
+            return
+    graph = open_lab(replace(options, lab_dir=str(lab_dir)))
+    if not index.exists():
+        write_index(index, graph, selection_closure(graph, list(targets)))
     if dry_run:
         store = Store(store_dir, readonly=True) if Store.exists(store_dir) else None
         plan = dry_run_plan(graph, store, build_options)
@@ -244,6 +257,11 @@ def build(targets: tuple[str, ...], options: LabOptions, store_dir: str, jobs: i
     reporter = QuietReporter() if quiet else ConsoleReporter()
     with Store(store_dir) as store:
         result = run_build(graph, store, build_options, reporter)
+    _report(result, as_json=as_json, quiet=quiet)
+
+
+def _report(result: BuildResult, *, as_json: bool, quiet: bool) -> None:
+    """The last words of ``repx build``: the summary (or JSON), then the exit code."""
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
     elif not quiet:

@@ -87,6 +87,40 @@ def machine_mem() -> int:
     return 0
 
 
+def kill_orphans(out: str) -> int:
+    """Stop processes a killed ``repx build`` left running for a unit; how many were found.
+
+    The unit's claim was abandoned (its owner is dead and we hold it now), but the job's
+    process may still be writing into ``out/``. It is recognised by its command line, whose
+    first argument is ``out/`` itself, so no unrelated process is ever touched. Such a
+    process leads its own session (the scheduler starts every job with ``setsid``), so its
+    whole process group goes. This scans ``/proc`` — milliseconds — and only runs for units
+    whose previous claim was abandoned.
+    """
+    needle = b"\0" + out.encode() + b"\0"
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                cmdline = handle.read()
+        except OSError:
+            continue
+        if needle in cmdline:
+            found.append(int(entry))
+    for pid in found:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    alive = found
+    while alive and time.monotonic() < deadline:
+        alive = [pid for pid in alive if os.path.exists(f"/proc/{pid}")]
+        if alive:
+            time.sleep(0.02)
+    return len(found)
+
+
 @dataclass
 class LocalOptions:
     """How the local scheduler runs a build."""
@@ -411,10 +445,10 @@ class LocalScheduler:
             for record in finishes:
                 store.finish(record)
             if starts:
-                sub = [u.id for u in starts if u.role in ("scatter", "step")]
-                done = store.statuses(sub) if sub else {}
+                before = store.statuses([u.id for u in starts])
                 for unit in starts:
-                    if (done.get(unit.id) is Status.SUCCEEDED
+                    status = before.get(unit.id)
+                    if (status is Status.SUCCEEDED and unit.role in ("scatter", "step")
                             and unit.job.id not in self.options.forced
                             and self._outputs_missing(unit) is None):
                         refused.append(unit)
@@ -424,6 +458,8 @@ class LocalScheduler:
                                        lab=self.lab, run=unit.job.run, stage=self._stage(unit),
                                        force=unit.job.id in self.options.forced):
                         refused.append(unit)
+                    elif status in (Status.RUNNING, Status.QUEUED):
+                        unit.maybe_orphan = True  # an abandoned claim: see kill_orphans
         for unit in refused:
             starts.remove(unit)
             self.cpus_in_use -= unit.cpus
@@ -488,16 +524,11 @@ class LocalScheduler:
         out = job_dir + "/out"
         meta = job_dir + "/repx"
         try:
-            existed = False
-            try:
-                os.mkdir(job_dir)
-            except FileExistsError:
-                existed = True
-            for path in (out, meta):
+            for path in (job_dir, out, meta):
                 with contextlib.suppress(FileExistsError):
                     os.mkdir(path)
-            if existed or unit.maybe_orphan:
-                self._kill_orphan(meta, out)
+            if unit.maybe_orphan:
+                kill_orphans(out)
             inputs = self._inputs_for(unit, meta)
             inputs_json = meta + "/inputs.json"
             params_json = meta + "/params.json"
@@ -521,34 +552,10 @@ class LocalScheduler:
             self._fail(unit, reason)
             return
         pidfd = os.pidfd_open(pid)
-        with open(meta + "/pid", "w", encoding="ascii") as handle:
-            handle.write(f"{pid}\n")
         epoll.register(pidfd, select.EPOLLIN)
         unit.state = "running"
         self.running[pidfd] = _Running(unit, pid, pidfd, time.monotonic())
         self.reporter.started(unit)
-
-    def _kill_orphan(self, meta: str, out: str) -> None:
-        """Stop a process a killed ``repx build`` left running for this unit.
-
-        Its claim was abandoned (we hold it now), but the process may still write into
-        ``out/``; it is recognised by its pid file and its command line (which names
-        ``out/``), so an unrelated process that reused the pid is never touched.
-        """
-        try:
-            with open(meta + "/pid", encoding="ascii") as handle:
-                pid = int(handle.read().strip() or 0)
-            with open(f"/proc/{pid}/cmdline", "rb") as handle:
-                cmdline = handle.read().split(b"\0")
-        except (OSError, ValueError):
-            return
-        if pid <= 0 or out.encode() not in cmdline:
-            return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 5
-        while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
-            time.sleep(0.02)
 
     def _reap(self, running: _Running, epoll: select.epoll) -> None:
         unit = running.unit
