@@ -6,63 +6,46 @@ and only repx decides when), its stdout and stderr going straight to the unit's 
 The loop sleeps in ``epoll`` on one pidfd per running process plus a wakeup pipe for
 signals, so it reacts to an exit at once without polling.
 
-Store discipline (DESIGN decision 12): a unit is *claimed* in the store before its process
-starts (two ``repx build`` on one store never run the same unit: the second waits for the
-first's outcome) and its outcome is recorded as soon as it is reaped — after its outputs
-were checked and hashed, so a record never says "succeeded" for incomplete outputs. Each
-loop iteration writes all of its finishes and claims in one transaction: one commit, not
-one per job.
-
 Ordering: ready units are started by run (runs in the lab's order), then in topological
 order; admission counts the units' ``cpus`` and ``mem`` hints against the machine; a unit
-bigger than the machine still runs when nothing else does. Inter-run dependencies are gate
-nodes: a hard gate opens when every job of the run it waits for succeeded, a soft gate when
-they all finished, whatever the outcome.
+bigger than the machine still runs when nothing else does. Claims, outcome records and
+scatter-gather expansion are the shared :class:`~repx.engine.scheduler.UnitScheduler`'s.
 """
 
 from __future__ import annotations
 
 import contextlib
 import heapq
-import json
 import os
 import select
 import signal
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
-from repx.engine.jobfiles import (
-    InputResolver,
-    declared_outputs,
-    output_path,
-    write_json,
-    write_json_lines,
-)
+from repx.engine.jobfiles import write_json_lines
 from repx.engine.plan import Plan
-from repx.engine.units import (
-    Unit,
-    branch_plan,
-    read_work_items,
-    scatter_id,
-    step_inputs,
-    units_manifest,
-    write_text,
+from repx.engine.scheduler import (
+    BLOCKED,
+    CANCELLED,
+    FAILED,
+    FOREIGN_POLL_SECONDS,
+    NOT_STARTED,
+    SUCCEEDED,
+    UP_TO_DATE,
+    Failure,
+    Reporter,
+    SchedulerOptions,
+    UnitScheduler,
 )
+from repx.engine.units import Unit
 from repx.errors import RepxError
-from repx.expand import Job, JobGraph, validate_resources
-from repx.store import JobRecord, Status, Store, owner_alive, owner_token, this_host
+from repx.expand import JobGraph
+from repx.store import Store
 
-SUCCEEDED = "succeeded"
-UP_TO_DATE = "up to date"
-FAILED = "failed"
-BLOCKED = "blocked"
-CANCELLED = "cancelled"
-NOT_STARTED = "not started"
-
-#: How often units claimed by another live ``repx build`` are looked up again.
-FOREIGN_POLL_SECONDS = 0.25
+__all__ = [
+    "BLOCKED", "CANCELLED", "FAILED", "NOT_STARTED", "SUCCEEDED", "UP_TO_DATE", "Failure",
+    "LocalOptions", "LocalScheduler", "Reporter", "kill_orphans", "machine_cpus", "machine_mem",
+]
 
 _SPAWN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
 
@@ -122,63 +105,16 @@ def kill_orphans(out: str) -> int:
 
 
 @dataclass
-class LocalOptions:
+class LocalOptions(SchedulerOptions):
     """How the local scheduler runs a build."""
 
     #: Units running at once (``-j``); default: the machine's CPUs.
     jobs: int = 0
-    #: Keep running everything independent of a failure (``--keep-going``).
-    keep_going: bool = False
     #: Machine budgets for admission (default: this machine).
     cpus: int = 0
     mem: int = 0
-    #: Job ids whose units run even when the store holds them (``--force``).
-    forced: set[str] = field(default_factory=set)
     #: Seconds between SIGTERM and SIGKILL when a build is interrupted.
     grace: float = 5.0
-
-
-@dataclass
-class Failure:
-    """A unit that did not succeed, for the report: what, why, and where its logs are."""
-
-    unit: str
-    job: str
-    label: str
-    reason: str
-    stdout_log: str
-    stderr_log: str
-
-
-class Reporter:
-    """What the scheduler tells its display; the base class shows nothing."""
-
-    def begin(self, total: int) -> None:
-        """The build starts with ``total`` units to run (scatter-gather adds more later)."""
-
-    def add_units(self, count: int) -> None:
-        """A scatter expanded into ``count`` more units."""
-
-    def started(self, unit: Unit) -> None:
-        """A unit's process started."""
-
-    def finished(self, unit: Unit, seconds: float) -> None:
-        """A unit reached its outcome (``unit.outcome``); ``seconds`` it ran (0 if not)."""
-
-    def failed(self, failure: Failure) -> None:
-        """A unit failed (called once per failed unit, right away)."""
-
-    def message(self, text: str) -> None:
-        """A line worth showing (interrupts, waits on another build)."""
-
-    def tick(self) -> None:
-        """Periodic refresh (live displays redraw here)."""
-
-    def close(self) -> None:
-        """The build is over."""
-
-    #: Seconds between ticks while something runs; None when the display needs none.
-    tick_interval: float | None = None
 
 
 @dataclass
@@ -189,8 +125,10 @@ class _Running:
     started: float
 
 
-class LocalScheduler:
-    """Runs the ``to_run`` jobs of a plan; see the module docstring."""
+class LocalScheduler(UnitScheduler):
+    """Runs the ``to_run`` jobs of a plan on this machine; see the module docstring."""
+
+    options: LocalOptions
 
     def __init__(
         self,
@@ -200,162 +138,14 @@ class LocalScheduler:
         options: LocalOptions,
         reporter: Reporter | None = None,
     ) -> None:
-        self.graph = graph
-        self.store = store
-        self.plan = plan
-        self.options = options
-        self.reporter = reporter or Reporter()
+        super().__init__(graph, store, plan, options, reporter)
         self.max_jobs = options.jobs or machine_cpus()
         self.cpu_budget = max(options.cpus or machine_cpus(), self.max_jobs)
         self.mem_budget = options.mem or machine_mem()
-        self.owner = owner_token()
-        self.host = this_host()
-        self.pid = os.getpid()
-        self.lab = str(graph.lab.path)
-        self.outputs_root = str(store.root / "outputs")
-        self.resolver = InputResolver(graph.jobs, self.outputs_root, str(store.root))
-        self.run_index = {name: i for i, name in enumerate(graph.runs)}
-        self.units: dict[str, Unit] = {}
-        #: graph job id -> the unit whose outcome is the job's (simple unit or gather)
-        self.final: dict[str, Unit] = {}
-        #: graph job id -> every unit of that job (scatter-gather jobs have many)
-        self.job_units: dict[str, list[Unit]] = {}
-        self.gates: dict[tuple[str, str], Unit] = {}
-        self.ready: list[tuple[int, int, int, Unit]] = []
         self.running: dict[int, _Running] = {}
-        self.foreign: dict[str, Unit] = {}
         self.cpus_in_use = 0
         self.mem_in_use = 0
-        self.failures: list[Failure] = []
-        self.stopping = False
-        self.interrupted = 0
-        self.unit_seconds: dict[str, float] = {}
-        self._order = 0
-        self._seq = 0
-        self._finishes: list[JobRecord] = []
-        self._static_inputs: dict[str, dict[str, str]] = {}
-        self._branch_ids: dict[tuple[str, int], dict[str, str]] = {}
-        self._up_to_date = set(plan.up_to_date)
         self._env = dict(os.environ)
-
-    # ------------------------------------------------------------------ graph of units
-
-    def _new_unit(self, job: Job, role: str, uid: str, label: str, script: str,
-                  outputs: dict[str, Any], resources: Any, **extra: Any) -> Unit:
-        parsed = validate_resources(resources, f"stage '{job.pname}' (file {job.stage_file})") \
-            if isinstance(resources, dict) and not hasattr(resources, "mem_bytes") else resources
-        cpus = (getattr(parsed, "cpu_count", None) or job.resources.cpu_count or 1)
-        mem = (getattr(parsed, "mem_bytes", None) or job.resources.mem_bytes or 0)
-        self._order += 1
-        unit = Unit(
-            id=uid, job=job, role=role, label=label, script=script, outputs=outputs,
-            cpus=int(cpus), mem=int(mem), run_index=self.run_index.get(job.run, 0),
-            order=self._order, **extra,
-        )
-        self.units[uid] = unit
-        self.job_units.setdefault(job.id, []).append(unit)
-        return unit
-
-    def _build_units(self) -> None:
-        jobs = self.graph.jobs
-        firsts: dict[str, Unit] = {}
-        for job_id in self.plan.to_run:
-            job = jobs[job_id]
-            if job.kind == "scatter-gather":
-                scatter_exe = job.executables["scatter"]
-                gather_exe = job.executables["gather"]
-                scatter = self._new_unit(
-                    job, "scatter", scatter_id(job), f"{job.pname}/scatter", scatter_exe.script,
-                    scatter_exe.outputs, scatter_exe.resources or job.resources)
-                gather = self._new_unit(
-                    job, "gather", job.id, f"{job.pname}/gather", gather_exe.script,
-                    job.outputs, gather_exe.resources or job.resources)
-                self._link(gather, [scatter])
-                firsts[job_id] = scatter
-                self.final[job_id] = gather
-            else:
-                unit = self._new_unit(job, "job", job.id, job.pname,
-                                      job.executables["main"].script, job.outputs, job.resources)
-                firsts[job_id] = unit
-                self.final[job_id] = unit
-        for job_id in self.plan.to_run:
-            job = jobs[job_id]
-            deps = [self.final[d] for d in job.depends_on if d in self.final]
-            deps.extend(self._gates_of(job))
-            self._link(firsts[job_id], deps)
-
-    def _gates_of(self, job: Job) -> list[Unit]:
-        """The inter-run gates a job waits on: the dependencies shared by all its runs."""
-        runs = self.graph.runs
-        common: set[tuple[str, str]] | None = None
-        for name in job.runs:
-            deps = set(runs[name].dependencies) if name in runs else set()
-            common = deps if common is None else common & deps
-        gates = []
-        for dep_run, kind in sorted(common or ()):
-            key = (dep_run, kind)
-            gate = self.gates.get(key)
-            if gate is None:
-                self._order += 1
-                gate = Unit(id=f"gate:{kind}:{dep_run}", job=job, role="gate",
-                            label=f"{kind} dependency on run {dep_run}", script="", outputs={},
-                            cpus=0, mem=0, run_index=0, order=self._order, gate=True,
-                            soft=kind == "soft")
-                self.gates[key] = gate
-                members = [self.final[j] for j in runs[dep_run].job_ids if j in self.final]
-                self._link(gate, members)
-            gates.append(gate)
-        return gates
-
-    def _link(self, unit: Unit, deps: list[Unit]) -> None:
-        """Make ``unit`` wait for ``deps`` (those already done count at once)."""
-        for dep in dict.fromkeys(deps):
-            if dep.state == "done":
-                if dep.outcome in (SUCCEEDED, UP_TO_DATE) or unit.soft:
-                    continue
-                self._resolve(unit, BLOCKED, f"{dep.label} {dep.id} {dep.outcome}")
-                return
-            unit.deps_left += 1
-            dep.dependents.append(unit)
-        if unit.deps_left == 0 and unit.state == "waiting":
-            self._make_ready(unit)
-
-    def _make_ready(self, unit: Unit) -> None:
-        if unit.gate:
-            self._resolve(unit, SUCCEEDED, "")
-            return
-        unit.state = "ready"
-        self._seq += 1
-        heapq.heappush(self.ready, (unit.run_index, unit.order, self._seq, unit))
-
-    def _resolve(self, unit: Unit, outcome: str, reason: str) -> None:
-        """Give ``unit`` its outcome and pass it on: dependents become ready or blocked."""
-        stack = [(unit, outcome, reason)]
-        while stack:
-            u, oc, why = stack.pop()
-            if u.state == "done":
-                continue
-            u.state = "done"
-            u.outcome = oc
-            u.reason = why
-            if not u.gate:
-                self.reporter.finished(u, self.unit_seconds.get(u.id, 0.0))
-            ok = oc in (SUCCEEDED, UP_TO_DATE)
-            for dep in u.dependents:
-                if dep.state == "done":
-                    continue
-                if ok or dep.soft:
-                    dep.deps_left -= 1
-                    if dep.deps_left == 0:
-                        if dep.gate:
-                            stack.append((dep, SUCCEEDED, ""))
-                        else:
-                            self._make_ready(dep)
-                else:
-                    stack.append((dep, BLOCKED, f"{u.label} {u.id} {oc}"
-                                  if oc != BLOCKED else u.reason))
-
-    # ------------------------------------------------------------------ main loop
 
     def run(self) -> None:
         """Run every unit to its outcome (or until interrupted)."""
@@ -430,95 +220,6 @@ class LocalScheduler:
             starts.append(unit)
         return starts
 
-    def _commit(self, starts: list[Unit]) -> None:
-        """One transaction: the outcomes reaped so far, then claims for ``starts``.
-
-        Units whose claim is refused are taken out of ``starts``: done by another build
-        (up to date) or being run by one (waited for).
-        """
-        store = self.store
-        finishes, self._finishes = self._finishes, []
-        if not finishes and not starts:
-            return
-        refused: list[Unit] = []
-        with store.batch():
-            for record in finishes:
-                store.finish(record)
-            if starts:
-                before = store.statuses([u.id for u in starts])
-                for unit in starts:
-                    status = before.get(unit.id)
-                    if (status is Status.SUCCEEDED and unit.role in ("scatter", "step")
-                            and unit.job.id not in self.options.forced
-                            and self._outputs_missing(unit) is None):
-                        refused.append(unit)
-                        unit.state = "cached"
-                        continue
-                    if not store.claim(unit.id, self.owner, host=self.host, pid=self.pid,
-                                       lab=self.lab, run=unit.job.run, stage=self._stage(unit),
-                                       force=unit.job.id in self.options.forced):
-                        refused.append(unit)
-                    elif status in (Status.RUNNING, Status.QUEUED):
-                        unit.maybe_orphan = True  # an abandoned claim: see kill_orphans
-        for unit in refused:
-            starts.remove(unit)
-            self.cpus_in_use -= unit.cpus
-            self.mem_in_use -= unit.mem
-            if unit.state == "cached":
-                self._done_elsewhere(unit)
-            else:
-                self._claimed_elsewhere(unit)
-
-    def _stage(self, unit: Unit) -> str:
-        if unit.role == "scatter":
-            return f"{unit.job.pname}/scatter"
-        if unit.role == "step":
-            return f"{unit.job.pname}/{unit.step}"
-        return unit.job.pname
-
-    def _done_elsewhere(self, unit: Unit) -> None:
-        """The store already holds this unit: take it as done without running it."""
-        unit.state = "ready"
-        if unit.role == "scatter":
-            try:
-                self._expand(unit)
-            except RepxError as exc:
-                self._fail(unit, exc.message, record=False)
-                return
-        self._resolve(unit, UP_TO_DATE, "")
-
-    def _claimed_elsewhere(self, unit: Unit) -> None:
-        record = self.store.get(unit.id)
-        if record is not None and record.status is Status.SUCCEEDED:
-            self._done_elsewhere(unit)
-            return
-        unit.state = "foreign"
-        self.foreign[unit.id] = unit
-        who = f"{record.host} pid {record.pid}" if record else "another build"
-        self.reporter.message(f"{unit.label} {unit.id} is being run by another repx build "
-                              f"({who}); waiting for it")
-
-    def _poll_foreign(self) -> None:
-        records = self.store.get_many(list(self.foreign))
-        for uid, unit in list(self.foreign.items()):
-            record = records.get(uid)
-            if record is not None and record.status is Status.SUCCEEDED:
-                del self.foreign[uid]
-                self._done_elsewhere(unit)
-            elif record is not None and record.status in (Status.FAILED, Status.CANCELLED):
-                del self.foreign[uid]
-                self._fail(unit, f"{record.status.value} in another repx build "
-                                 f"({record.host} pid {record.pid}): {record.reason}",
-                           record=False)
-            elif record is None or not owner_alive(record.host, record.pid, record.owner):
-                del self.foreign[uid]
-                unit.state = "ready"
-                unit.maybe_orphan = True
-                self._seq += 1
-                heapq.heappush(self.ready, (unit.run_index, unit.order, self._seq, unit))
-
-    # ------------------------------------------------------------------ processes
-
     def _spawn(self, unit: Unit, epoll: select.epoll) -> None:
         job_dir = f"{self.outputs_root}/{unit.id}"
         out = job_dir + "/out"
@@ -570,195 +271,11 @@ class LocalScheduler:
         if self.interrupted:
             self._cancel(unit, code)
             return
+        failure = None
         if code != 0:
-            reason = f"exit code {code}" if code > 0 else \
+            failure = f"exit code {code}" if code > 0 else \
                 f"killed by signal {signal.Signals(-code).name}"
-            self._fail(unit, reason, exit_code=code)
-            return
-        problem = self._outputs_missing(unit)
-        if problem is not None:
-            self._fail(unit, f"exited 0 but {problem}", exit_code=0)
-            return
-        try:
-            manifest = self.store.manifest(unit.id)
-            if unit.role == "scatter":
-                self._expand(unit)
-        except RepxError as exc:
-            self._fail(unit, exc.message, exit_code=0)
-            return
-        meta = f"{self.outputs_root}/{unit.id}/repx"
-        self._finishes.append(JobRecord(
-            unit.id, Status.SUCCEEDED, exit_code=0, outputs=manifest, owner=self.owner,
-            stdout_log=meta + "/stdout.log", stderr_log=meta + "/stderr.log",
-        ))
-        self._resolve(unit, SUCCEEDED, "")
-
-    def _outputs_missing(self, unit: Unit) -> str | None:
-        out = f"{self.outputs_root}/{unit.id}/out"
-        for name, path in declared_outputs(unit.outputs, out, unit.id).items():
-            if not os.path.exists(path):
-                return f"did not write its declared output '{name}' ({path})"
-        return None
-
-    def _fail(self, unit: Unit, reason: str, exit_code: int | None = None, *,
-              record: bool = True) -> None:
-        meta = f"{self.outputs_root}/{unit.id}/repx"
-        failure = Failure(unit.id, unit.job.id, unit.label, reason,
-                          meta + "/stdout.log", meta + "/stderr.log")
-        self.failures.append(failure)
-        if record and unit.state in ("running", "ready"):
-            self._finishes.append(JobRecord(
-                unit.id, Status.FAILED, exit_code=exit_code, owner=self.owner, reason=reason,
-                stdout_log=failure.stdout_log, stderr_log=failure.stderr_log,
-            ))
-        self.reporter.failed(failure)
-        self._resolve(unit, FAILED, reason)
-        if not self.options.keep_going:
-            self.stopping = True
-
-    def _cancel(self, unit: Unit, code: int) -> None:
-        name = signal.Signals(self.interrupted).name if self.interrupted else "interrupt"
-        reason = f"interrupted ({name})"
-        meta = f"{self.outputs_root}/{unit.id}/repx"
-        self._finishes.append(JobRecord(
-            unit.id, Status.CANCELLED, exit_code=code, owner=self.owner, reason=reason,
-            stdout_log=meta + "/stdout.log", stderr_log=meta + "/stderr.log",
-        ))
-        self._resolve(unit, CANCELLED, reason)
-
-    def _finish_remaining(self) -> None:
-        """Units that never started: blocked by a failure, or left after a stop."""
-        if self._finishes:
-            self._commit([])
-        why = ("interrupted" if self.interrupted
-               else "stopped after a failure (--keep-going runs it)")
-        for unit in self.units.values():
-            if unit.state != "done" and not unit.gate:
-                self._resolve(unit, NOT_STARTED, why)
-
-    # ------------------------------------------------------------------ inputs
-
-    def _inputs_for(self, unit: Unit, meta: str) -> dict[str, str]:
-        job = unit.job
-        if unit.role == "job":
-            return self.resolver.resolve(job, self._manifest_writer(meta))
-        static = self._static(job, meta)
-        if unit.role == "scatter":
-            return static
-        if unit.role == "step":
-            assert unit.step is not None and unit.branch is not None
-            item_path = meta + "/worker_item.json"
-            write_json(item_path, unit.item)
-            ids = self._branch_ids[(job.id, unit.branch)]
-            exe = job.stage_def.steps[unit.step]
-            dep_dirs = {d.stage: f"{self.outputs_root}/{ids[d.stage]}/out" for d in exe.deps}
-            return step_inputs(job, exe, static_inputs=static, item_path=item_path,
-                               dep_out_dirs=dep_dirs)
-        # gather: the job's inputs plus worker__outs
-        resolved = dict(static)
-        resolved["worker__outs"] = meta + "/worker_outs.json"
-        return resolved
-
-    def _static(self, job: Job, meta: str) -> dict[str, str]:
-        static = self._static_inputs.get(job.id)
-        if static is None:
-            static = self.resolver.resolve(job, self._manifest_writer(meta))
-            self._static_inputs[job.id] = static
-        return static
-
-    def _manifest_writer(self, meta: str) -> Callable[[str, list[str]], str]:
-        def write(run: str, job_ids: list[str]) -> str:
-            path = f"{meta}/metadata__{run}.json"
-            statuses = {j: self.job_outcome(j) for j in job_ids}
-            write_json(path, self.resolver.manifest_entries(job_ids, statuses))
-            return path
-
-        return write
-
-    def job_outcome(self, job_id: str) -> str:
-        """A graph job's outcome in this build, as manifests and summaries name it."""
-        if job_id in self._up_to_date:
-            return SUCCEEDED
-        final = self.final.get(job_id)
-        if final is None:
-            return NOT_STARTED
-        if final.outcome == UP_TO_DATE:
-            return SUCCEEDED
-        if final.outcome == BLOCKED and any(
-                u.outcome == FAILED for u in self.job_units.get(job_id, ())):
-            return FAILED
-        return final.outcome or NOT_STARTED
-
-    # ------------------------------------------------------------------ scatter-gather
-
-    def _expand(self, scatter: Unit) -> None:
-        """After the scatter: one unit per (branch, step), and the gather's inputs."""
-        job = scatter.job
-        sg = job.stage_def.scatter_gather
-        assert sg is not None
-        gather = self.final[job.id]
-        template = job.executables["scatter"].outputs.get("work__items", sg.work_items)
-        items_path = output_path(template, f"{self.outputs_root}/{scatter.id}/out",
-                                 job=scatter.id, name="work__items")
-        items = read_work_items(items_path, job)
-        branches = [(item, branch_plan(job, item)) for item in items]
-        job_meta = f"{self.outputs_root}/{job.id}/repx"
-        os.makedirs(job_meta, exist_ok=True)
-        write_text(job_meta + "/units.json", units_manifest(scatter.id, branches))
-        steps = job.stage_def.steps
-        sinks: list[Unit] = []
-        sink_outputs: list[dict[str, str]] = []
-        new = 0
-        for index, (item, plans) in enumerate(branches):
-            self._branch_ids[(job.id, index)] = {p.step: p.id for p in plans}
-            for p in plans:
-                unit = self.units.get(p.id)
-                if unit is None:
-                    exe = steps[p.step]
-                    unit = self._new_unit(
-                        job, "step", p.id, f"{job.pname}/{p.step}[{index}]", exe.script,
-                        exe.outputs, exe.resources or job.resources,
-                        step=p.step, branch=index, item=item)
-                    new += 1
-                    self._link(unit, [self.units[d] for d in p.deps])
-                if p.step == sg.sink:
-                    sinks.append(unit)
-                    template = steps[p.step].outputs[sg.sink_output]
-                    sink_outputs.append({sg.sink_output: output_path(
-                        template, f"{self.outputs_root}/{p.id}/out", job=p.id,
-                        name=sg.sink_output)})
-        write_json(job_meta + "/worker_outs.json", sink_outputs)
-        self.reporter.add_units(new)
-        # The gather waits for the scatter (resolved by the caller) and every sink; the
-        # sinks were all created above, so none has an outcome yet.
-        for sink in dict.fromkeys(sinks):
-            gather.deps_left += 1
-            sink.dependents.append(gather)
-
-    # ------------------------------------------------------------------ signals
-
-    def _install_signals(self, wake_w: int) -> dict[int, Any]:
-        previous: dict[int, Any] = {}
-
-        def handler(signum: int, _frame: Any) -> None:
-            if self.interrupted:
-                self._kill_all(signal.SIGKILL)
-            self.interrupted = signum
-
-        try:
-            previous[-1] = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
-            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-                previous[sig] = signal.signal(sig, handler)
-        except ValueError:  # not the main thread: no signal handling, no wakeup fd
-            previous.clear()
-        return previous
-
-    def _restore_signals(self, previous: dict[int, Any]) -> None:
-        if not previous:
-            return
-        signal.set_wakeup_fd(previous.pop(-1))
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+        self._complete(unit, code, failure)
 
     def _kill_all(self, sig: int) -> None:
         for running in self.running.values():
@@ -791,9 +308,3 @@ class LocalScheduler:
                     self._reap(running, epoll)
         self.foreign.clear()
         self._commit([])
-
-    # ------------------------------------------------------------------ results
-
-    def manifest_json(self) -> str:
-        """Every unit and outcome (debugging aid for ``repx build -vv``)."""
-        return json.dumps({u.id: u.outcome for u in self.units.values()}, indent=1)

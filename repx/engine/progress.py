@@ -14,7 +14,7 @@ import time
 from collections import deque
 from typing import TextIO
 
-from repx.engine.local import BLOCKED, FAILED, SUCCEEDED, UP_TO_DATE, Failure, Reporter
+from repx.engine.scheduler import BLOCKED, FAILED, SUCCEEDED, UP_TO_DATE, Failure, Reporter
 from repx.engine.units import Unit
 
 #: Lines of a failed job's stderr shown under the failure.

@@ -49,7 +49,11 @@ class Unit:
     gate: bool = False
     soft: bool = False
     deps_left: int = 0
+    #: What this unit waits for, and who waits for it.
+    deps: list[Unit] = field(default_factory=list)
     dependents: list[Unit] = field(default_factory=list)
+    #: The SLURM job id (``123`` or ``123_4`` for an array task) once submitted.
+    slurm_id: str | None = None
     #: waiting | ready | running | foreign | done
     state: str = "waiting"
     outcome: str = ""
