@@ -30,6 +30,8 @@ from repx.engine.local import (
     Reporter,
 )
 from repx.engine.plan import Plan, plan_build
+from repx.engine.scheduler import UnitScheduler
+from repx.errors import UsageError
 from repx.expand import JobGraph
 from repx.gc import register_build_root
 from repx.graph_index import up_to_date_ids
@@ -51,6 +53,14 @@ class BuildOptions:
     cpus: int = 0
     mem: int = 0
     grace: float = 5.0
+    #: "local" (this machine) or "slurm" (submit with sbatch and watch).
+    scheduler: str = "local"
+    #: SLURM: return after submitting instead of watching the jobs to their end.
+    wait: bool = True
+    #: SLURM: per-cluster resource overrides (resources.toml).
+    resources_file: Path | None = None
+    #: SLURM: seconds between two looks at squeue.
+    poll: float = 1.0
 
 
 @dataclass
@@ -63,6 +73,8 @@ class BuildResult:
     blocked: list[str] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
     not_started: list[str] = field(default_factory=list)
+    #: SLURM --no-wait: jobs queued or running on SLURM when repx returned.
+    submitted: list[str] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
     interrupted: bool = False
     seconds: float = 0.0
@@ -82,7 +94,7 @@ class BuildResult:
         line = (f"{len(self.executed)} executed, {len(self.up_to_date)} up to date, "
                 f"{len(self.failed)} failed")
         extra = [(self.blocked, "blocked"), (self.cancelled, "cancelled"),
-                 (self.not_started, "not started")]
+                 (self.not_started, "not started"), (self.submitted, "submitted to SLURM")]
         line += "".join(f", {len(ids)} {word}" for ids, word in extra if ids)
         return line
 
@@ -95,6 +107,7 @@ class BuildResult:
             "blocked": self.blocked,
             "cancelled": self.cancelled,
             "not_started": self.not_started,
+            "submitted": self.submitted,
             "failures": [
                 {"unit": f.unit, "job": f.job, "label": f.label, "reason": f.reason,
                  "stderr_log": f.stderr_log, "stdout_log": f.stdout_log}
@@ -130,11 +143,7 @@ def run_build(
     result = BuildResult(up_to_date=list(plan.up_to_date))
     register_build_root(store, graph)
     if plan.to_run:
-        local = LocalOptions(
-            jobs=options.jobs, keep_going=options.keep_going, cpus=options.cpus,
-            mem=options.mem, forced=_forced_ids(graph, options, plan), grace=options.grace,
-        )
-        scheduler = LocalScheduler(graph, store, plan, local, reporter)
+        scheduler = _scheduler(graph, store, plan, options, reporter)
         scheduler.run()
         buckets = {SUCCEEDED: result.executed, FAILED: result.failed,
                    BLOCKED: result.blocked, CANCELLED: result.cancelled,
@@ -143,6 +152,9 @@ def run_build(
             final = scheduler.final[job_id]
             if final.outcome == UP_TO_DATE:
                 result.up_to_date.append(job_id)
+                continue
+            if not options.wait and final.slurm_id and final.state != "done":
+                result.submitted.append(job_id)
                 continue
             buckets.get(scheduler.job_outcome(job_id), result.not_started).append(job_id)
         result.failures = scheduler.failures
@@ -187,6 +199,25 @@ def _record_last_build(store: Store, lab: str, targets: tuple[str, ...], started
         "cancelled": result.cancelled,
         "not_started": result.not_started,
     })
+
+
+def _scheduler(graph: JobGraph, store: Store, plan: Plan, options: BuildOptions,
+               reporter: Reporter | None) -> UnitScheduler:
+    forced = _forced_ids(graph, options, plan)
+    if options.scheduler == "slurm":
+        from repx.engine.slurm import ResourceRules, SlurmOptions, SlurmScheduler
+
+        slurm = SlurmOptions(keep_going=options.keep_going, forced=forced, wait=options.wait,
+                             poll=options.poll,
+                             resources=ResourceRules.load(options.resources_file))
+        return SlurmScheduler(graph, store, plan, slurm, reporter)
+    if options.scheduler != "local":
+        raise UsageError(f"unknown scheduler '{options.scheduler}' (use local or slurm)")
+    local = LocalOptions(
+        jobs=options.jobs, keep_going=options.keep_going, cpus=options.cpus,
+        mem=options.mem, forced=forced, grace=options.grace,
+    )
+    return LocalScheduler(graph, store, plan, local, reporter)
 
 
 def _forced_ids(graph: JobGraph, options: BuildOptions, plan: Plan) -> set[str]:

@@ -10,6 +10,7 @@ import json
 import sys
 from collections import Counter
 from dataclasses import replace
+from pathlib import Path
 
 import click
 
@@ -212,6 +213,17 @@ def trace_params(job: str, options: LabOptions, as_json: bool) -> None:
 @click.option("--mem", metavar="SIZE", default=None,
               help="Memory the jobs' mem hints may add up to, e.g. 16G (default: this "
                    "machine's).")
+@click.option("--scheduler", type=click.Choice(["local", "slurm"]), default="local",
+              envvar="REPX_SCHEDULER", show_default=True,
+              help="Run jobs here, or submit them to SLURM (env REPX_SCHEDULER).")
+@click.option("--no-wait", is_flag=True,
+              help="SLURM: return once the jobs are submitted (a later build adopts them).")
+@click.option("--resources", "resources_file", metavar="FILE",
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="SLURM: resources.toml with [defaults] and [[rules]] (default: "
+                   "./resources.toml if it exists).")
+@click.option("--poll", type=click.FloatRange(min=0.1), default=1.0, show_default=True,
+              help="SLURM: seconds between two looks at squeue.")
 @click.option("--dry-run", is_flag=True, help="Show what would run; run nothing.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print a JSON summary (executed, up_to_date, failed, blocked, ...).")
@@ -219,7 +231,8 @@ def trace_params(job: str, options: LabOptions, as_json: bool) -> None:
 @handle_errors
 def build(targets: tuple[str, ...], options: LabOptions, store_dir: str, jobs: int | None,
           keep_going: bool, force: tuple[str, ...], verify: bool, cpus: int | None,
-          mem: str | None, dry_run: bool, as_json: bool, quiet: bool) -> None:
+          mem: str | None, scheduler: str, no_wait: bool, resources_file: Path | None,
+          poll: float, dry_run: bool, as_json: bool, quiet: bool) -> None:
     """Build the lab and run the jobs of RUN, @GROUP or JOB that the store does not hold
     (default: every run).
 
@@ -230,7 +243,8 @@ def build(targets: tuple[str, ...], options: LabOptions, store_dir: str, jobs: i
     """
     build_options = BuildOptions(
         targets=targets, jobs=jobs or 0, keep_going=keep_going, force=force, verify=verify,
-        cpus=cpus or 0, mem=_parse_mem_option(mem),
+        cpus=cpus or 0, mem=_parse_mem_option(mem), scheduler=scheduler, wait=not no_wait,
+        resources_file=resources_file or _default_resources(), poll=poll,
     )
     lab_dir = locate_lab(options)
     index = index_path(cache_dir(), lab_dir, targets)
@@ -270,6 +284,11 @@ def _report(result: BuildResult, *, as_json: bool, quiet: bool) -> None:
         click.echo("repx: build interrupted; running jobs were stopped and recorded as "
                    "cancelled", err=True)
     sys.exit(result.exit_code)
+
+
+def _default_resources() -> Path | None:
+    path = Path("resources.toml")
+    return path if path.is_file() else None
 
 
 def _parse_mem_option(value: str | None) -> int:

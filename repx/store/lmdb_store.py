@@ -674,6 +674,7 @@ class Store:
                 lab=record.lab or prev.lab,
                 run=record.run or prev.run,
                 stage=record.stage or prev.stage,
+                slurm_id=record.slurm_id if record.slurm_id is not None else prev.slurm_id,
             )
             txn.put(key, merged.to_msgpack(), db=h.jobs)
             return merged
