@@ -286,6 +286,29 @@ def _report(result: BuildResult, *, as_json: bool, quiet: bool) -> None:
     sys.exit(result.exit_code)
 
 
+@main.command("cancel")
+@click.argument("targets", nargs=-1)
+@lab_options
+@store_option
+@handle_errors
+def cancel(targets: tuple[str, ...], options: LabOptions, store_dir: str) -> None:
+    """Cancel the SLURM jobs repx submitted: all of them, or those of RUN, @GROUP or JOB.
+
+    Example: repx cancel hyperparam-sweep
+    """
+    from repx.engine.slurm import cancel_jobs
+
+    with Store(store_dir) as store:
+        ids = None
+        if targets:
+            graph = open_lab(options)
+            ids = [job.id for job in graph.select(list(targets))]
+        closed = cancel_jobs(store, ids)
+    for record in closed:
+        click.echo(f"cancelled {record.job_id} (SLURM job {record.slurm_id})")
+    click.echo(f"{len(closed)} SLURM jobs cancelled")
+
+
 def _default_resources() -> Path | None:
     path = Path("resources.toml")
     return path if path.is_file() else None

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import json
 import math
 import os
 import select
@@ -39,7 +40,7 @@ import signal
 import subprocess
 import time
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,7 @@ from repx.engine.units import Unit
 from repx.errors import RepxError, UsageError
 from repx.expand import JobGraph, parse_mem, parse_time, validate_resources
 from repx.identity import canonical_json, hash_part
-from repx.store import JobRecord, Status, Store, owner_alive
+from repx.store import JobRecord, Status, Store, owner_alive, owner_token, this_host
 
 #: SLURM states after which a job never changes again.
 FINAL_STATES = frozenset({
@@ -328,8 +329,8 @@ class SlurmScheduler(UnitScheduler):
             if self.interrupted:
                 self._cancel_all(f"interrupted ({signal.Signals(self.interrupted).name})")
                 break
-            if not self.stopping:
-                self._submit_round()
+            while not self.stopping and self._submit_round():
+                pass  # each round can make the next stage submittable
             self._commit([])
             if not self.options.wait:
                 break
@@ -437,11 +438,12 @@ class SlurmScheduler(UnitScheduler):
             names.append(f"{job.pname}/{unit.step}")
         return self.options.resources.apply(hints, names)
 
-    def _submit_round(self) -> None:
-        """Claim and submit every unit that can be submitted now, grouped into arrays."""
+    def _submit_round(self) -> bool:
+        """Claim and submit every unit that can be submitted now, grouped into arrays;
+        whether anything was."""
         ready = self._submittable()
         if not ready:
-            return
+            return False
         groups: dict[tuple[Any, ...], list[tuple[Unit, list[str], list[str]]]] = {}
         for unit, afterok, afterany in ready:
             directives = sbatch_directives(self._resources(unit))
@@ -454,6 +456,7 @@ class SlurmScheduler(UnitScheduler):
             if members:
                 self._submit_group(list(key[4]), members)
         self._commit([])
+        return True
 
     def _claim(self, units: list[Unit]) -> set[str]:
         """Claim ``units`` in one transaction; the ids we hold. Units another build holds are
@@ -589,9 +592,15 @@ class SlurmScheduler(UnitScheduler):
                     self._ended(unit, state, reason)
             self._commit([])
 
+    def _make_ready(self, unit: Unit) -> None:
+        """As the base class, but a unit already on SLURM stays as it is (its upstream
+        finishing is what SLURM was waiting for)."""
+        if unit.state in ("submitted", "running-slurm"):
+            return
+        super()._make_ready(unit)
+
     def _ended(self, unit: Unit, state: str, reason: str) -> None:
-        if unit.state == "done":  # blocked by an upstream failure meanwhile
-            self._record_cancelled(unit, unit.reason or "blocked")
+        if unit.state == "done":  # already given an outcome (blocked, cancelled)
             return
         unit.state = "running"
         meta = f"{self.outputs_root}/{unit.id}/repx"
@@ -747,3 +756,51 @@ def _corresponding(
         indexed[int(index)] = unit
     assert array is not None
     return array, indexed
+
+
+def cancel_jobs(store: Store, job_ids: Iterable[str] | None = None,
+                cli: SlurmCli | None = None) -> list[JobRecord]:
+    """``repx cancel``: scancel what repx submitted (all, or ``job_ids`` and their
+    scatter-gather units) and record it as cancelled; the records cancelled.
+
+    A build still watching these jobs records the outcome itself when it sees SLURM cancel
+    them; records whose build is gone (``--no-wait``) are taken over and closed here.
+    """
+    cli = cli or SlurmCli()
+    if job_ids is None:
+        records = [r for r in store.records() if r.status in (Status.QUEUED, Status.RUNNING)]
+    else:
+        wanted = list(dict.fromkeys(_with_units(store, job_ids)))
+        records = list(store.get_many(wanted).values())
+    active = [r for r in records if r.status in (Status.QUEUED, Status.RUNNING) and r.slurm_id]
+    if not active:
+        return []
+    cli.scancel(r.slurm_id for r in active if r.slurm_id)
+    me = owner_token()
+    closed = []
+    with store.batch():
+        for record in active:
+            if owner_alive(record.host, record.pid, record.owner):
+                closed.append(record)  # its build records the cancellation
+                continue
+            if store.claim(record.job_id, me, host=this_host(), pid=os.getpid(),
+                           lab=record.lab, run=record.run, stage=record.stage):
+                store.finish(JobRecord(record.job_id, Status.CANCELLED, owner=me,
+                                       reason="cancelled with `repx cancel`",
+                                       slurm_id=record.slurm_id))
+                closed.append(record)
+    return closed
+
+
+def _with_units(store: Store, job_ids: Iterable[str]) -> Iterator[str]:
+    """Job ids plus the scatter/step units listed in each one's ``repx/units.json``."""
+    for job_id in job_ids:
+        yield job_id
+        path = store.meta_dir(job_id) / "units.json"
+        try:
+            units = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        yield units.get("scatter", "")
+        for branch in units.get("branches", []):
+            yield from branch.get("steps", {}).values()

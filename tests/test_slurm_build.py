@@ -1,0 +1,261 @@
+"""`repx build --scheduler slurm` on the real one-node cluster (tests/slurm/cluster.sh).
+
+What is pinned: the examples give the same job ids and outputs as the local scheduler; a
+second build submits nothing; a job over its time limit is recorded as TIMEOUT and its
+downstream never runs; a second build while the first's jobs are queued submits nothing
+new and adopts them; `repx cancel` leaves nothing queued; a wide sweep is submitted as one
+array per stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from repx.engine.slurm import ResourceRules, sbatch_directives
+from repx.errors import UsageError
+from repx.store import Status, Store
+from tests.conftest import EXAMPLES, REPO, require_nix, write_files
+from tests.slurm_cluster import slurm_cluster_fixture
+
+slurm = slurm_cluster_fixture()
+
+pytestmark = [pytest.mark.slurm, pytest.mark.nix]
+
+
+def repx(*args: str, cwd: Path, check: bool = True,
+         timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([sys.executable, "-m", "repx.cli", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    if check and proc.returncode not in (0,):
+        raise AssertionError(f"repx {' '.join(args)} exited {proc.returncode}:\n"
+                             f"{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def build_json(folder: Path, *args: str, check: bool = True) -> dict:
+    proc = repx("build", "--store", str(folder / ".repx"), "--json", "-q", *args, cwd=folder,
+                check=check)
+    return json.loads(proc.stdout)
+
+
+def outputs_digest(store: Path) -> dict[str, str]:
+    """Every output file under the store, by path relative to outputs/, with its md5."""
+    found = {}
+    for path in sorted((store / "outputs").glob("*/out/**/*")):
+        if path.is_file():
+            found[str(path.relative_to(store / "outputs"))] = \
+                hashlib.md5(path.read_bytes()).hexdigest()
+    return found
+
+
+def sbatch_scripts(store: Path) -> int:
+    folder = store / "slurm"
+    return len(list(folder.glob("*.sbatch"))) if folder.is_dir() else 0
+
+
+def copy_example(name: str, dest: Path) -> Path:
+    folder = dest / name
+    shutil.copytree(EXAMPLES / name, folder, ignore=shutil.ignore_patterns("result", ".repx"))
+    return folder
+
+
+@pytest.mark.parametrize("example", ["simple", "scatter-gather", "inter-run", "param-sweep"])
+def test_example_matches_local_and_second_build_submits_nothing(
+        slurm, example: str, tmp_path: Path) -> None:
+    require_nix()
+    on_slurm = copy_example(example, tmp_path / "slurm")
+    local = copy_example(example, tmp_path / "local")
+    done = build_json(on_slurm, "--scheduler", "slurm", "--poll", "0.3")
+    assert done["failed"] == [] and done["blocked"] == [], done["failures"]
+    here = build_json(local)
+    assert sorted(done["executed"]) == sorted(here["executed"])  # same identities
+    assert outputs_digest(on_slurm / ".repx") == outputs_digest(local / ".repx")
+    records = Store(on_slurm / ".repx", readonly=True).get_many(done["executed"])
+    assert all(r.status is Status.SUCCEEDED and r.slurm_id for r in records.values())
+    scripts = sbatch_scripts(on_slurm / ".repx")
+    again = build_json(on_slurm, "--scheduler", "slurm")
+    assert again["executed"] == [] and sorted(again["up_to_date"]) == sorted(done["executed"])
+    assert sbatch_scripts(on_slurm / ".repx") == scripts
+
+
+SLOW_LAB = {
+    "run.nix": """
+        { pkgs, repx-lib, ... }:
+        { name = "main"; pipelines = [ ./pipe.nix ]; params = { n = [ 1 2 3 ]; }; }
+    """,
+    "pipe.nix": """
+        { repx, pkgs, ... }:
+        repx.mkPipe rec {
+          slow = repx.callStage ./slow.nix [ ];
+          after = repx.callStage ./after.nix [ slow ];
+        }
+    """,
+    "slow.nix": """
+        { pkgs }:
+        {
+          pname = "slow"; version = "1";
+          params = { n = 0; seconds = SECONDS; };
+          outputs = { out = "$out/out.txt"; };
+          resources = { time = "00:05:00"; };
+          runDependencies = [ pkgs.coreutils ];
+          run = { outputs, params, ... }: ''
+            sleep "${toString params.seconds}"
+            echo "${toString params.n}" > "${outputs.out}"
+          '';
+        }
+    """,
+    "after.nix": """
+        { pkgs }:
+        {
+          pname = "after"; version = "1";
+          inputs = { out = ""; };
+          outputs = { done = "$out/done.txt"; };
+          runDependencies = [ pkgs.coreutils ];
+          run = { inputs, outputs, ... }: ''
+            cat "${inputs.out}" > "${outputs.done}"
+          '';
+        }
+    """,
+}
+
+
+def slow_lab(make_lab, seconds: int) -> Path:
+    files = {k: v.replace("SECONDS", str(seconds)) for k, v in SLOW_LAB.items()}
+    return make_lab(files)
+
+
+def active_tasks(store: Path) -> list[str]:
+    """SLURM ids of the store's records still queued or running on SLURM."""
+    records = Store(store, readonly=True).records()
+    ids = [r.slurm_id for r in records if r.status in (Status.QUEUED, Status.RUNNING)]
+    if not ids:
+        return []
+    out = subprocess.run(["squeue", "-h", "-r", "-j", ",".join({i.split("_")[0] for i in ids
+                                                              if i}), "-o", "%i %T"],
+                         capture_output=True, text=True).stdout
+    return [line.split()[0] for line in out.splitlines()
+            if line.split()[1] in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING")]
+
+
+def test_second_build_while_queued_submits_nothing_and_adopts(slurm, make_lab) -> None:
+    require_nix()
+    folder = slow_lab(make_lab, 4)
+    store = folder / ".repx"
+    first = build_json(folder, "--scheduler", "slurm", "--no-wait")
+    assert len(first["submitted"]) == 6 and first["executed"] == []
+    scripts = sbatch_scripts(store)
+    assert scripts == 2  # one array per stage
+    second = build_json(folder, "--scheduler", "slurm", "--no-wait")
+    assert second["executed"] == [] and sorted(second["submitted"]) == sorted(first["submitted"])
+    assert sbatch_scripts(store) == scripts, "the second build submitted again"
+    watched = build_json(folder, "--scheduler", "slurm", "--poll", "0.3")
+    assert sorted(watched["executed"]) == sorted(first["submitted"])
+    assert sbatch_scripts(store) == scripts
+    done = Store(store, readonly=True).records()
+    assert sorted(r.status.value for r in done) == ["succeeded"] * 6
+
+
+def test_cancel_leaves_nothing_queued(slurm, make_lab) -> None:
+    require_nix()
+    folder = slow_lab(make_lab, 120)
+    store = folder / ".repx"
+    build_json(folder, "--scheduler", "slurm", "--no-wait")
+    assert len(active_tasks(store)) == 6
+    out = repx("cancel", "--store", str(store), cwd=folder).stdout
+    assert "6 SLURM jobs cancelled" in out
+    deadline = time.monotonic() + 30
+    while active_tasks(store) and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert active_tasks(store) == []
+    records = Store(store, readonly=True).records()
+    assert {r.status for r in records} == {Status.CANCELLED}
+
+
+def test_timeout_is_recorded_and_downstream_never_runs(slurm, make_lab) -> None:
+    require_nix()
+    folder = slow_lab(make_lab, 300)
+    store = folder / ".repx"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "repx.cli", "build", "--scheduler", "slurm", "--store",
+         str(store), "--json", "-q", "--keep-going", "--poll", "0.3"], cwd=folder,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        # Once the slow tasks run, lower their limit so SLURM's next check (every 30 s)
+        # kills them as TIMEOUT, instead of waiting out a real minute-long limit.
+        deadline = time.monotonic() + 60
+        running: list[str] = []
+        while time.monotonic() < deadline and len(running) < 3:
+            time.sleep(0.5)
+            if not store.joinpath("db", "data.mdb").exists():
+                continue
+            recs = Store(store, readonly=True).records()
+            running = [r.slurm_id for r in recs if r.status is Status.RUNNING and r.slurm_id]
+        assert len(running) == 3, "the slow jobs never started"
+        for task in running:
+            subprocess.run(["scontrol", "update", f"JobId={task}", "TimeLimit=0"], check=True,
+                           capture_output=True)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, err
+    result = json.loads(out)
+    assert len(result["failed"]) == 3
+    assert all(f["reason"] == "TIMEOUT" for f in result["failures"]), result["failures"]
+    records = Store(store, readonly=True).get_many(result["failed"])
+    assert all(r.status is Status.FAILED and r.reason == "TIMEOUT" for r in records.values())
+    assert not list(store.glob("outputs/*-after-1/out/done.txt")), "downstream ran"
+    assert any("TIME LIMIT" in Path(r.stderr_log).read_text() for r in records.values())
+
+
+def test_wide_sweep_is_one_array_per_stage(slurm, make_lab) -> None:
+    require_nix()
+    files = {k: v.replace("SECONDS", "0") for k, v in SLOW_LAB.items()}
+    files["run.nix"] = files["run.nix"].replace("[ 1 2 3 ]", "(builtins.genList (x: x) 500)")
+    folder = make_lab(files)
+    store = folder / ".repx"
+    first = build_json(folder, "--scheduler", "slurm", "--no-wait")
+    try:
+        assert len(first["submitted"]) == 1000
+        assert sbatch_scripts(store) == 2, "expected one sbatch per stage"
+        assert len(active_tasks(store)) == 1000
+        tables = sorted((store / "slurm").glob("*.tsv"))
+        assert sorted(len(t.read_text().splitlines()) for t in tables) == [500, 500]
+    finally:
+        repx("cancel", "--store", str(store), cwd=folder)
+
+
+def test_resources_toml_overrides_and_errors(tmp_path: Path) -> None:
+    path = tmp_path / "resources.toml"
+    write_files(tmp_path, {"resources.toml": """
+        [defaults]
+        partition = "debug"
+        time = "00:10:00"
+
+        [[rules]]
+        match = "train-*"
+        mem = "8G"
+        sbatch_opts = ["--gres=gpu:1"]
+    """})
+    rules = ResourceRules.load(path)
+    train = rules.apply({"mem": "1G", "cpus": 2}, ["train-model", "train", "abc-train-1"])
+    assert sbatch_directives(train) == ["--mem=8192M", "--cpus-per-task=2",
+                                        "--time=0-00:10:00", "--partition=debug",
+                                        "--gres=gpu:1"]
+    other = rules.apply({"mem": "1G", "time": "2-00:00:00"}, ["evaluate"])
+    assert sbatch_directives(other) == ["--mem=1024M", "--time=2-00:00:00",
+                                        "--partition=debug"]
+    write_files(tmp_path, {"bad.toml": "[defaults]\nmemory = \"1G\"\n"})
+    with pytest.raises(UsageError, match=r"bad.toml: defaults: unknown key 'memory'"):
+        ResourceRules.load(tmp_path / "bad.toml")
