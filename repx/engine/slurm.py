@@ -547,15 +547,13 @@ class SlurmScheduler(UnitScheduler):
             for _i, unit in tasks:
                 self._fail(unit, f"sbatch refused it: {exc.message}")
             return
-        with self.store.batch():
-            for index, unit in tasks:
-                unit.slurm_id = job_id if single else f"{job_id}_{index}"
-                unit.state = "submitted"
-                self.watching[unit.slurm_id] = unit
-                self.submitted.append(unit)
-                self.store.update(JobRecord(unit.id, Status.QUEUED, owner=self.owner,
-                                            slurm_id=unit.slurm_id))
-                self.reporter.started(unit)
+        for index, unit in tasks:
+            unit.slurm_id = job_id if single else f"{job_id}_{index}"
+            unit.state = "submitted"
+            self.watching[unit.slurm_id] = unit
+            self.submitted.append(unit)
+            self.reporter.started(unit)
+        self.store.mark_queued(self.owner, {u.id: u.slurm_id or "" for _i, u in tasks})
 
     def _inputs_for(self, unit: Unit, meta: str, prepare: bool = False) -> dict[str, str]:
         """As the base class, making sure the folder for the files it writes exists."""

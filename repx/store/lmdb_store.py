@@ -57,6 +57,7 @@ from repx.store.records import (
     Root,
     Status,
     pack_meta,
+    restamp,
     status_of,
     unpack_meta,
 )
@@ -678,6 +679,18 @@ class Store:
             )
             txn.put(key, merged.to_msgpack(), db=h.jobs)
             return merged
+
+    def mark_queued(self, owner: str, slurm_ids: dict[str, str]) -> None:
+        """Record jobs ``owner`` claimed as QUEUED on SLURM under ``{job id: SLURM id}``, in
+        one transaction (a 10 000-task array takes tens of milliseconds)."""
+        with self._write() as (txn, h):
+            for job_id, slurm_id in slurm_ids.items():
+                key = job_key(_check_job_id(job_id))
+                value = txn.get(key, db=h.jobs)
+                if value is None:
+                    raise StoreError(f"job {job_id} cannot be marked queued: it is not claimed "
+                                     f"in the store at {self.root}")
+                txn.put(key, restamp(value, Status.QUEUED, slurm_id, owner), db=h.jobs)
 
     def finish(self, record: JobRecord) -> None:
         """Record a job's outcome (SUCCEEDED, FAILED or CANCELLED); only its claimer may.

@@ -180,6 +180,26 @@ class JobRecord:
         return record
 
 
+def restamp(data: bytes | memoryview, status: Status, slurm_id: str | None,
+            owner: str) -> bytes:
+    """A record's bytes with a new status and SLURM id, if ``owner`` holds it.
+
+    The SLURM executor marks every task of a submitted array QUEUED; going through
+    :class:`JobRecord` (decode, merge, encode) costs ~0.1 ms a record, which for a
+    10 000-task array is most of the submission budget. This touches the body array only.
+    """
+    try:
+        body = msgpack.unpackb(data[2:])
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+        raise StoreError(f"corrupt job record ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(body, list) or len(body) < 15:
+        raise StoreError("corrupt job record (body is not a full array)")
+    if body[14] != owner:
+        raise StoreError(f"job {body[0]} is claimed by {body[14] or 'nobody'}, not {owner}")
+    body[13] = slurm_id
+    return bytes((data[0], _STATUS_CODE[status])) + _pack(body)
+
+
 def _decode_outputs(raw: bytes) -> list[OutputFile]:
     try:
         items = msgpack.unpackb(raw)
