@@ -1,6 +1,6 @@
 # repx: one entry point from a fresh Debian machine to a running lab.
 #
-#   make demo    build the example lab and list its jobs
+#   make demo    build the example lab and run it end to end
 #   make test    run the test suite (starts the one-node SLURM test cluster first)
 #   make slurm-up    start that cluster alone (root; docs/slurm-cluster.md)
 #   make lint    ruff
@@ -73,7 +73,10 @@ lint: $(STAMP)
 demo: setup
 	cd examples/simple && ../../$(VENV)/bin/repx lab build
 	cd examples/simple && ../../$(VENV)/bin/repx list jobs --lab result
-	cd examples/simple && ../../$(VENV)/bin/repx build --dry-run --lab result
+	cd examples/simple && ../../$(VENV)/bin/repx build --lab result -j 2
+	cd examples/simple && ../../$(VENV)/bin/repx build --lab result
+	cd examples/simple && ../../$(VENV)/bin/repx status --lab result
+	cd examples/simple && cat .repx/outputs/*-consumer-*/out/sum.txt
 
 bench: setup
 	$(VPY) -m pip install -q -e '.[bench]'

@@ -22,7 +22,9 @@ from __future__ import annotations
 import heapq
 import json
 import os
+import shutil
 import signal
+import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -296,6 +298,9 @@ class UnitScheduler:
                         refused.append(unit)
                         unit.state = "cached"
                         continue
+                    if status in (Status.RUNNING, Status.QUEUED) and self._on_slurm(unit.id):
+                        refused.append(unit)
+                        continue
                     if not store.claim(unit.id, self.owner, host=self.host, pid=self.pid,
                                        lab=self.lab, run=unit.job.run, stage=self._stage(unit),
                                        force=unit.job.id in self.options.forced):
@@ -310,6 +315,22 @@ class UnitScheduler:
                 self._done_elsewhere(unit)
             else:
                 self._claimed_elsewhere(unit)
+
+    def _on_slurm(self, unit_id: str) -> bool:
+        """Whether the unit's record names a SLURM job that is still pending or running
+        (submitted by a ``--no-wait`` build nobody watches): such a unit is waited for,
+        never run a second time here."""
+        record = self.store.get(unit_id)
+        if record is None or not record.slurm_id or shutil.which("squeue") is None:
+            return False
+        proc = subprocess.run(["squeue", "-h", "-r", "-j", record.slurm_id.split("_")[0],
+                               "-o", "%i %T"], capture_output=True, text=True, check=False)
+        for line in proc.stdout.splitlines():
+            task, _, state = line.strip().partition(" ")
+            if task == record.slurm_id and state in ("PENDING", "RUNNING", "CONFIGURING",
+                                                     "COMPLETING", "SUSPENDED"):
+                return True
+        return False
 
     def _stage(self, unit: Unit) -> str:
         if unit.role == "scatter":
