@@ -1,0 +1,134 @@
+"""``repx viz``: DOT of runs, stages and jobs with status colours, rendered by Graphviz."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from repx.lab import LabOptions, open_lab
+from repx.viz import STATUS_COLOURS, group_status, lab_dot
+from tests.conftest import EXAMPLES, require_nix
+from tests.test_examples import repx
+
+
+def require_dot() -> str:
+    """Fail (never skip) without Graphviz: `make setup` installs it."""
+    dot = shutil.which("dot")
+    if dot is None:
+        pytest.fail("Graphviz `dot` is not installed: run `make setup` (installs Debian's "
+                    "graphviz)")
+    return dot
+
+
+@pytest.fixture
+def inter_run(tmp_path: Path) -> Path:
+    require_nix()
+    folder = tmp_path / "inter-run"
+    shutil.copytree(EXAMPLES / "inter-run", folder, ignore=shutil.ignore_patterns("result"))
+    return folder
+
+
+def fill_of(dot: str, label_start: str) -> str:
+    match = re.search(r'\[label="' + re.escape(label_start) + r'[^"]*", fillcolor="([^"]+)"',
+                      dot)
+    assert match, f"no node labelled {label_start!r} in:\n{dot}"
+    return match.group(1)
+
+
+@pytest.mark.nix
+def test_stage_graph_before_and_after_a_build_renders_to_svg(inter_run: Path) -> None:
+    dot_exe = require_dot()
+    before = repx("viz", cwd=inter_run).stdout
+    assert before.startswith("digraph repx {")
+    assert fill_of(before, "simulate\\n3 jobs") == STATUS_COLOURS["not run"]
+
+    repx("build", "-j2", "--quiet", "--lab", "result", cwd=inter_run)
+    dot = repx("viz", "--lab", "result", cwd=inter_run).stdout
+    for run, jobs in (("simulation", "6 jobs"), ("analysis", "2 jobs"), ("report", "1 job")):
+        count = jobs.split()[0]
+        assert f'label="run {run} ({jobs}: {count} succeeded; hash pure)"' in dot
+    assert fill_of(dot, "simulate\\n3 jobs: 3 succeeded") == STATUS_COLOURS["succeeded"]
+    assert fill_of(dot, "write-report\\n1 job: 1 succeeded") == STATUS_COLOURS["succeeded"]
+    # The pipeline edge carries the input it feeds; inter-run edges their manifest and type.
+    assert re.search(r'"stage:simulation:0:simulate" -> "stage:simulation:0:summarize" '
+                     r'\[label="samples"\]', dot)
+    assert re.search(r'-> "stage:report:0:write-report" \[label="metadata__simulation \(soft\)"'
+                     r', style="dashed"', dot)
+    assert re.search(r'-> "stage:analysis:0:aggregate" \[label="metadata__simulation \(hard\)"'
+                     r', style="solid"', dot)
+
+    # Graphviz renders the DOT text as it is...
+    svg = subprocess.run([dot_exe, "-Tsvg"], input=dot, capture_output=True, text=True,
+                         check=True).stdout
+    assert "<svg" in svg and "aggregate" in svg and "write&#45;report" in svg
+    # ...and repx viz renders it itself, by extension or --format.
+    repx("viz", "--lab", "result", "-o", "lab.svg", cwd=inter_run)
+    text = (inter_run / "lab.svg").read_text()
+    assert text.lstrip().startswith("<?xml") and "<svg" in text and "aggregate" in text
+    repx("viz", "--lab", "result", "--jobs", "-o", "jobs.out", "--format", "png",
+         cwd=inter_run)
+    assert (inter_run / "jobs.out").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    repx("viz", "--lab", "result", "-o", "lab.dot", cwd=inter_run)
+    assert (inter_run / "lab.dot").read_text() == dot
+
+
+@pytest.mark.nix
+def test_job_graph_shows_varying_params_and_collapses_large_stages(inter_run: Path) -> None:
+    require_dot()
+    repx("build", "-j2", "--quiet", "simulation", cwd=inter_run)
+    dot = repx("viz", "--jobs", "simulation", "--lab", "result", cwd=inter_run).stdout
+    nodes = re.findall(r'"job:([^"]+)" \[label="([^"]+)"', dot)
+    assert len(nodes) == 6
+    labels = sorted(label for _, label in nodes)
+    # summarize declares no param: its seed is its upstream simulate job's.
+    assert [lb.split("\\n")[2] for lb in labels if lb.startswith("summarize")] == \
+        ["seed=1", "seed=2", "seed=3"]
+    assert "run analysis" not in dot
+    assert dot.count(" -> \"job:") == 3  # simulate -> summarize, per seed
+
+    collapsed = repx("viz", "--jobs", "--max-jobs", "2", "--lab", "result",
+                     cwd=inter_run).stdout
+    assert "simulate ×3\\n3 jobs: 3 succeeded" in collapsed
+    assert "summarize ×3" in collapsed
+    assert "aggregate\\n" in collapsed and "job:" in collapsed  # small stages stay jobs
+    assert fill_of(collapsed, "aggregate") == STATUS_COLOURS["not run"]
+    # One edge per pair of nodes, however many jobs a collapsed node stands for.
+    assert collapsed.count('"group:simulation:') >= 2
+    edges = re.findall(r'^  ("[^"]+") -> ("[^"]+")', collapsed, re.M)
+    assert len(edges) == len(set(edges))
+    assert subprocess.run(["dot", "-Tsvg", "-o", "/dev/null"], input=collapsed, text=True,
+                          check=False).returncode == 0
+
+
+@pytest.mark.nix
+def test_status_colours_of_partial_and_failed_stages(tmp_path: Path) -> None:
+    require_nix()
+    graph = open_lab(LabOptions(lab_file=str(EXAMPLES / "param-sweep" / "lab.nix"),
+                                out_link=None), validate=False)
+    train = [j.id for j in graph.jobs.values() if j.pname == "train-model"]
+    evaluate = [j.id for j in graph.jobs.values() if j.pname == "evaluate"]
+    generate = [j.id for j in graph.jobs.values() if j.pname == "generate"]
+    statuses = {generate[0]: "succeeded", train[0]: "failed", evaluate[0]: "succeeded",
+                **{t: "succeeded" for t in train[1:]}}
+    dot = lab_dot(graph, statuses)
+    assert fill_of(dot, "train-model\\n6 jobs: 5 succeeded, 1 failed") == \
+        STATUS_COLOURS["failed"]
+    assert fill_of(dot, "evaluate\\n6 jobs: 1 succeeded, 5 not run") == \
+        STATUS_COLOURS["partial"]
+    assert group_status({"running": 1, "succeeded": 3}) == "running"
+    assert group_status({}) == "not run"
+
+
+@pytest.mark.nix
+def test_errors(inter_run: Path) -> None:
+    bad = repx("viz", "no-such-run", cwd=inter_run, check=False)
+    assert bad.returncode == 2 and "unknown run 'no-such-run'" in bad.stderr
+    assert "simulation" in bad.stderr and "@compute" in bad.stderr
+    needs_file = repx("viz", "--format", "svg", "--lab", "result", cwd=inter_run, check=False)
+    assert needs_file.returncode == 2 and "needs an output file" in needs_file.stderr
+    group = repx("viz", "@compute", "--lab", "result", cwd=inter_run).stdout
+    assert "run simulation" in group and "run report" not in group
