@@ -58,7 +58,8 @@ TARGET_RSS_MB = 150.0
 _RUSAGE_CHILD = (
     "import resource, subprocess, sys\n"
     "code = subprocess.run(sys.argv[2:]).returncode\n"
-    "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))\n"
+    "r = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+    "open(sys.argv[1], 'w').write(f'{r.ru_maxrss} {r.ru_utime + r.ru_stime}')\n"
     "sys.exit(code)\n"
 )
 
@@ -69,10 +70,15 @@ class BenchError(RuntimeError):
 
 @dataclass
 class Sample:
-    """One timed command: wall seconds, peak RSS of its largest process, exit status."""
+    """One timed command: wall and CPU seconds, peak RSS of its largest process, exit status.
+
+    CPU time (user + system of the whole tree) is the steadier figure when other work shares
+    the machine; wall time is what a user waits.
+    """
 
     seconds: float
     rss_kib: int
+    cpu_s: float
     returncode: int
     stdout: str
     stderr: str
@@ -87,6 +93,7 @@ class Result:
     n: int
     jobs: int
     cold_s: float | None = None
+    cold_cpu_s: float | None = None
     noop_s: float | None = None
     noop_samples: list[float] = field(default_factory=list)
     one_change_s: float | None = None
@@ -102,6 +109,7 @@ class Result:
     def to_dict(self) -> dict[str, Any]:
         return {
             "tool": self.tool, "n": self.n, "jobs": self.jobs, "cold_s": self.cold_s,
+            "cold_cpu_s": self.cold_cpu_s,
             "noop_s": self.noop_s, "noop_samples": self.noop_samples,
             "one_change_s": self.one_change_s, "dry_run_s": self.dry_run_s,
             "peak_rss_mib": self.peak_rss_mib,
@@ -139,12 +147,18 @@ def measure(argv: Sequence[str], cwd: Path, *, env: dict[str, str] | None = None
         stdout, stderr = out.read(), err.read()
     text = Path(rss_file).read_text()
     os.unlink(rss_file)
-    match = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
-    rss = int(match.group(1)) if match else int(text.strip() or 0)
+    if GNU_TIME.exists():
+        match = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
+        rss = int(match.group(1)) if match else 0
+        cpu = sum(float(m) for m in re.findall(r"(?:User|System) time \(seconds\): ([\d.]+)",
+                                               text))
+    else:
+        fields = text.split()
+        rss, cpu = (int(fields[0]), float(fields[1])) if len(fields) == 2 else (0, 0.0)
     code = proc.returncode
     if GNU_TIME.exists() and "Command exited with non-zero status" in text:
         code = int(re.search(r"non-zero status (\d+)", text).group(1))  # type: ignore[union-attr]
-    return Sample(seconds, rss, code, stdout, stderr, timed_out)
+    return Sample(seconds, rss, cpu, code, stdout, stderr, timed_out)
 
 
 def checked(sample: Sample, what: str) -> Sample:
@@ -235,6 +249,7 @@ def file_tool(result: Result, work: Path, command: list[str], *, state: Sequence
     reset_outputs(work, state)
     cold = checked(measure(command, work, env=env, timeout=timeout), "cold run")
     result.cold_s, result.rss_kib["cold"] = cold.seconds, cold.rss_kib
+    result.cold_cpu_s = cold.cpu_s
     check_outputs(work, n)
 
     def noop() -> Sample:
@@ -335,6 +350,7 @@ def bench_baseline_a(root: Path, n: int) -> Result:
     cold = checked(measure([sys.executable, script, "run", str(jobs_file), str(WORKERS)], work),
                    "baseline cold")
     result.cold_s, result.rss_kib["cold"] = cold.seconds, cold.rss_kib
+    result.cold_cpu_s = cold.cpu_s
     check_outputs(work, n)
     median_noop(lambda: checked(measure([sys.executable, script, "stat", str(stat_file)], work),
                                 "stat floor"), result, lambda _s: None)
@@ -462,6 +478,7 @@ def bench_repx(root: Path, n: int, name: str = "repx") -> tuple[Result, RepxStat
         raise BenchError("repx build cannot run jobs yet: " + cold.stderr.strip().splitlines()[-1])
     expect_counts(repx_json(cold, "repx cold build"), "cold", executed=2 * n, up_to_date=0)
     result.cold_s, result.rss_kib["cold"] = cold.seconds, cold.rss_kib
+    result.cold_cpu_s = cold.cpu_s
 
     def noop() -> Sample:
         sample = measure(command, folder)
@@ -522,6 +539,7 @@ def bench_baseline_b(root: Path, state: RepxState) -> Result:
     cold = checked(measure([sys.executable, str(PEERS / "baseline.py"), "run", str(jobs_file),
                             str(WORKERS)], root), "baseline (b) cold")
     result.cold_s, result.rss_kib["cold"] = cold.seconds, cold.rss_kib
+    result.cold_cpu_s = cold.cpu_s
     missing = [j["id"] for j in state.jobs
                if not any((outputs / j["id"] / "out").glob("*.txt"))]
     if missing:
@@ -544,7 +562,8 @@ def report(results: list[Result]) -> list[str]:
     """The table, the ratios against repx at the same N, and the repx targets."""
     repx = {r.n: r for r in results if r.tool == "repx" and not r.error}
     lines = [f"{'tool':<11} {'N':>6} {'jobs':>6} {'cold s':>8} {'no-op s':>8} "
-             f"{'1-change s':>10} {'peak RSS MiB':>12} {'vs repx (cold/no-op)':>21}"]
+             f"{'1-change s':>10} {'peak RSS MiB':>12} {'vs repx (cold/no-op)':>21} "
+             f"{'cold CPU s':>10}"]
     for r in results:
         if r.error:
             lines.append(f"{r.tool:<11} {r.n:>6} {r.jobs:>6}  FAILED: {r.error.splitlines()[0]}")
@@ -553,10 +572,12 @@ def report(results: list[Result]) -> list[str]:
         vs = "–" if ref is None or r.tool == "repx" else (
             f"{ratio(r.cold_s, ref.cold_s)} / {ratio(r.noop_s, ref.noop_s)}")
         lines.append(f"{r.tool:<11} {r.n:>6} {r.jobs:>6} {fmt(r.cold_s):>8} {fmt(r.noop_s, 3):>8} "
-                     f"{fmt(r.one_change_s, 3):>10} {fmt(r.peak_rss_mib, 1):>12} {vs:>21}")
+                     f"{fmt(r.one_change_s, 3):>10} {fmt(r.peak_rss_mib, 1):>12} {vs:>21} "
+                     f"{fmt(r.cold_cpu_s, 1):>10}")
     lines.append("")
     lines.append("ratios: tool / repx at the same N (>1 means repx is faster or smaller)")
-    lines.append(f"{'tool':<11} {'N':>6} {'cold':>7} {'no-op':>7} {'1-change':>9} {'RSS':>7}")
+    lines.append(f"{'tool':<11} {'N':>6} {'cold':>7} {'no-op':>7} {'1-change':>9} {'RSS':>7} "
+                 f"{'cold CPU':>9}")
     for r in results:
         ref = repx.get(r.n)
         if r.error or ref is None or r.tool == "repx":
@@ -564,7 +585,8 @@ def report(results: list[Result]) -> list[str]:
         lines.append(f"{r.tool:<11} {r.n:>6} {ratio(r.cold_s, ref.cold_s):>7} "
                      f"{ratio(r.noop_s, ref.noop_s):>7} "
                      f"{ratio(r.one_change_s, ref.one_change_s):>9} "
-                     f"{ratio(r.peak_rss_mib, ref.peak_rss_mib):>7}")
+                     f"{ratio(r.peak_rss_mib, ref.peak_rss_mib):>7} "
+                     f"{ratio(r.cold_cpu_s, ref.cold_cpu_s):>9}")
     lines += ["", *targets(results)]
     return lines
 

@@ -6,7 +6,8 @@ Usage: ``python baseline.py run JOBS.json THREADS`` or ``python baseline.py stat
 A job starts once every job it depends on has succeeded; a job made ready by a finishing job
 runs next (depth first), so chains are walked chain by chain as the peer measurements did.
 With ``log`` the job's stdout and stderr go to ``<log>stdout.log`` / ``<log>stderr.log``
-(what an engine that keeps logs pays), else to /dev/null. No store, no status check, no
+(what an engine that keeps logs pays), else to /dev/null; stdin is /dev/null and each job
+leads its own session, as repx starts its jobs. No store, no status check, no
 hashing: whatever an engine spends above this is its own overhead.
 
 ``stat`` is the make-style no-op floor: one ``os.stat`` per file and an mtime comparison.
@@ -48,11 +49,13 @@ def run_jobs(jobs: list[dict[str, Any]], threads: int) -> int:
             if job.get("log"):
                 with open(job["log"] + "stdout.log", "wb") as out, \
                         open(job["log"] + "stderr.log", "wb") as err:
-                    code = subprocess.run(job["argv"], stdout=out, stderr=err,
+                    code = subprocess.run(job["argv"], stdin=subprocess.DEVNULL, stdout=out,
+                                          stderr=err, start_new_session=True,
                                           check=False).returncode
             else:
-                code = subprocess.run(job["argv"], stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.DEVNULL, check=False).returncode
+                code = subprocess.run(job["argv"], stdin=subprocess.DEVNULL,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                      start_new_session=True, check=False).returncode
             with lock:
                 state["running"] -= 1
                 if code:
