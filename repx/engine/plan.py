@@ -35,6 +35,9 @@ class Plan:
     reasons: dict[str, str] = field(default_factory=dict)
     #: Jobs the store says are running or queued (maybe by a build that died).
     in_flight: set[str] = field(default_factory=set)
+    #: Jobs recorded as succeeded that run again (forced, an output missing or changed):
+    #: their claim must take over the succeeded record.
+    stale: set[str] = field(default_factory=set)
 
 
 def selection_closure(graph: JobGraph, targets: list[str]) -> list[str]:
@@ -136,4 +139,5 @@ def plan_build(
         else:
             to_run.append(job_id)
             reasons[job_id] = reason
-    return Plan(closure, up_to_date, to_run, reasons, in_flight)
+    stale = {j for j in to_run if statuses.get(j) is Status.SUCCEEDED}
+    return Plan(closure, up_to_date, to_run, reasons, in_flight, stale)

@@ -20,7 +20,6 @@ for succeeded, a soft gate when they all finished, whatever the outcome.
 from __future__ import annotations
 
 import heapq
-import json
 import os
 import shutil
 import signal
@@ -303,7 +302,7 @@ class UnitScheduler:
                         continue
                     if not store.claim(unit.id, self.owner, host=self.host, pid=self.pid,
                                        lab=self.lab, run=unit.job.run, stage=self._stage(unit),
-                                       force=unit.job.id in self.options.forced):
+                                       force=self._takes_over(unit, status)):
                         refused.append(unit)
                     elif status in (Status.RUNNING, Status.QUEUED):
                         unit.maybe_orphan = True  # an abandoned claim: see kill_orphans
@@ -315,6 +314,16 @@ class UnitScheduler:
                 self._done_elsewhere(unit)
             else:
                 self._claimed_elsewhere(unit)
+
+    def _takes_over(self, unit: Unit, status: Status | None) -> bool:
+        """Whether claiming ``unit`` may replace a *succeeded* record: when it was forced, when
+        the plan found the job's outputs missing or changed, or for a scatter/step unit that
+        reaches the claim (a complete one is taken as cached before). A job another build
+        finished since the plan is not taken over (it is up to date)."""
+        if status is not Status.SUCCEEDED:
+            return False
+        return (unit.job.id in self.options.forced or unit.id in self.plan.stale
+                or unit.role in ("scatter", "step"))
 
     def _on_slurm(self, unit_id: str) -> bool:
         """Whether the unit's record names a SLURM job that is still pending or running
@@ -542,9 +551,6 @@ class UnitScheduler:
         for sig, old in previous.items():
             signal.signal(sig, old)
 
-    def manifest_json(self) -> str:
-        """Every unit and outcome (debugging aid for ``repx build -vv``)."""
-        return json.dumps({u.id: u.outcome for u in self.units.values()}, indent=1)
 
     def _complete(self, unit: Unit, exit_code: int | None, failure: str | None = None) -> None:
         """A unit's work ended: record it as failed (``failure`` says why), or check its

@@ -475,7 +475,7 @@ class SlurmScheduler(UnitScheduler):
                     cached.append(unit)
                 elif store.claim(unit.id, self.owner, host=self.host, pid=self.pid,
                                  lab=self.lab, run=unit.job.run, stage=self._stage(unit),
-                                 force=unit.job.id in self.options.forced):
+                                 force=self._takes_over(unit, status)):
                     held.add(unit.id)
                 else:
                     refused.append(unit)
@@ -683,14 +683,6 @@ class SlurmScheduler(UnitScheduler):
     def _expand(self, scatter: Unit) -> None:
         super()._expand(scatter)
         self._expanded.add(scatter.job.id)
-
-    def outcome_counts(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for unit in self.units.values():
-            if not unit.gate:
-                counts[unit.outcome or unit.state] = counts.get(unit.outcome or unit.state,
-                                                                0) + 1
-        return counts
 
 
 # ------------------------------------------------------------------------------ helpers
