@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from repx.store import JobRecord, Status, Store
+from repx.store import JobRecord, Status, Store, StoreError
 from tests.conftest import EXAMPLES, REPO
 
 REPX = [sys.executable, "-m", "repx.cli"]
@@ -54,8 +54,9 @@ def repx_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 def repx(*args: str, cwd: Path, check: bool = True, timeout: float = 180,
          env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run ``repx ARGS`` in ``cwd``; fail the test with its stderr when ``check`` and it fails."""
+    # A line on repx's stdin: a job that could read it would show it (jobs get /dev/null).
     result = subprocess.run([*REPX, *args], cwd=cwd, env=repx_env(env), capture_output=True,
-                            text=True, check=False, timeout=timeout)
+                            input="stdin of repx\n", text=True, check=False, timeout=timeout)
     if check and result.returncode != 0:
         pytest.fail(f"repx {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
     return result
@@ -186,11 +187,22 @@ def output_file(store: Path, job: dict[str, Any], name: str) -> Path:
 
 
 def records(store: Path) -> dict[str, JobRecord]:
-    """Every record of the store, read-only (safe while a build writes)."""
-    if not Store.exists(store):
-        return {}
-    with Store(store, readonly=True) as handle:
-        return {record.job_id: record for record in handle.records()}
+    """Every record of the store, read-only (safe while a build writes).
+
+    A store that a build is creating right now has its data file before its databases;
+    a read-only open in that instant fails, so it is retried for a moment.
+    """
+    for attempt in range(50):
+        if not Store.exists(store):
+            return {}
+        try:
+            with Store(store, readonly=True) as handle:
+                return {record.job_id: record for record in handle.records()}
+        except StoreError:
+            if attempt == 49:
+                raise
+            time.sleep(0.02)
+    raise AssertionError("unreachable")
 
 
 def statuses(store: Path) -> dict[str, Status]:

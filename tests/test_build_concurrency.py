@@ -245,6 +245,61 @@ def test_interrupt_stops_running_jobs_and_their_children(tmp_path: Path,
     assert all(r.status is Status.SUCCEEDED for r in records(store).values())
 
 
+# Ignores SIGTERM (so do its children: an ignored signal stays ignored across exec).
+STUBBORN = """
+{ pkgs }:
+{
+  pname = "stubborn";
+  params = { pids = "@PIDS@"; };
+  outputs = { result = "$out/result.txt"; };
+  run = { outputs, params, ... }: ''
+    trap "" TERM
+    sleep 30 &
+    echo "$!" > "${params.pids}/child"
+    echo "$$" > "${params.pids}/job"
+    wait
+    echo late > "${outputs.result}"
+  '';
+}
+"""
+
+
+@pytest.mark.nix
+@pytest.mark.parametrize("second_sigint", [False, True], ids=["grace", "twice"])
+def test_job_ignoring_sigterm_is_killed_after_the_grace_or_a_second_ctrl_c(
+        tmp_path: Path, second_sigint: bool) -> None:
+    """SIGTERM first, SIGKILL after the 5 s grace; a second Ctrl-C does not wait."""
+    require_nix()
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    folder = one_stage_lab(tmp_path, STUBBORN, "", PIDS=str(pids))
+    store = tmp_path / ".repx"
+    running = start_build(folder, store, name="stubborn")
+    try:
+        wait_for(lambda: (pids / "job").exists(), "the job to start")
+        job_pid, child = int((pids / "job").read_text()), int((pids / "child").read_text())
+        sent = time.monotonic()
+        os.kill(running.proc.pid, signal.SIGINT)
+        if second_sigint:
+            time.sleep(0.5)
+            assert running.proc.poll() is None, "SIGTERM is ignored: the build must wait"
+            os.kill(running.proc.pid, signal.SIGINT)
+        result = running.wait(timeout=30)
+        took = time.monotonic() - sent
+    finally:
+        running.kill()
+    assert result.code == 130, result.stderr
+    if second_sigint:
+        assert took < 3.5, f"a second Ctrl-C should kill at once, took {took:.1f} s"
+    else:
+        assert 4.5 < took < 9, f"expected SIGKILL after the 5 s grace, took {took:.1f} s"
+    wait_for(lambda: not process_alive(job_pid) and not process_alive(child),
+             "the job and its child to be gone", timeout=3)
+    (job,) = list_jobs(folder)
+    assert result["cancelled"] == [job["id"]]
+    assert records(store)[job["id"]].status is Status.CANCELLED
+
+
 # ---------------------------------------------------------------- two builds, one store
 
 COUNTED = """
@@ -316,7 +371,7 @@ TIMED = """
   outputs = { result = "$out/result.txt"; };
   run = { outputs, params, ... }: ''
     echo "start NAME-${toString params.i} $(date +%s.%N)" >> "${params.log}"
-    sleep 0.3
+    sleep 0.4
     echo "${toString params.i}" > "${outputs.result}"
     echo "end NAME-${toString params.i} $(date +%s.%N)" >> "${params.log}"
   '';
@@ -341,11 +396,13 @@ def test_memory_and_cpu_hints_limit_what_runs_at_once(tmp_path: Path) -> None:
     require_nix()
     log = tmp_path / "times.log"
     huge = f"{machine_mem_mib() * 6 // 10}M"  # more than half of this machine
+    giant = f"{machine_mem_mib() * 2}M"  # more than all of it: runs alone, but runs
     kinds = {
         "small": 'mem = "100M"; cpus = 1;',
         "big": 'mem = "600M"; cpus = 1;',
         "huge": f'mem = "{huge}"; cpus = 1;',
         "wide": 'mem = "10M"; cpus = 2;',
+        "giant": f'mem = "{giant}"; cpus = 1;',
     }
     files = {
         "lab.nix": """
@@ -358,6 +415,7 @@ def test_memory_and_cpu_hints_limit_what_runs_at_once(tmp_path: Path) -> None:
                 big = repx-lib.callRun ./run-big.nix [ ];
                 huge = repx-lib.callRun ./run-huge.nix [ ];
                 wide = repx-lib.callRun ./run-wide.nix [ ];
+                giant = repx-lib.callRun ./run-giant.nix [ ];
               };
             }
         """,
@@ -386,6 +444,7 @@ def test_memory_and_cpu_hints_limit_what_runs_at_once(tmp_path: Path) -> None:
     assert not overlap(*pair("big", "--mem", "1G")), "600M + 600M > --mem 1G"
     assert not overlap(*pair("huge")), f"{huge} twice is more than this machine's memory"
     assert not overlap(*pair("wide", "--cpus", "2")), "2 + 2 cpus > --cpus 2"
+    assert not overlap(*pair("giant")), "a job bigger than the machine runs alone"
     jobs = list_jobs(folder)
     assert by_pname(jobs, "huge")[0]["resources"]["mem"] == huge
     assert by_pname(jobs, "big")[0]["resources"]["mem"] == "600M"

@@ -74,6 +74,7 @@ PROBE = """
     else
       echo "missing $?" > tool.txt
     fi
+    if read -r line; then echo "stdin: $line" > stdin.txt; else echo "stdin: eof" > stdin.txt; fi
     label="${params.label}"
     { cat "${inputs.data}"; echo "$label"; } > "${outputs.result}"
   '';
@@ -105,6 +106,7 @@ def test_arguments_input_and_param_arrays_and_cwd(probed: tuple[Path, dict, dict
     assert json.loads((meta / "params.json").read_text()) == {"label": "x y"}
     assert (out / "arrays.txt").read_text().splitlines() == [data, "x y"]
     assert (out / "cwd.txt").read_text().strip() == str(out)
+    assert (out / "stdin.txt").read_text() == "stdin: eof\n"  # stdin is /dev/null
     assert (out / "result.txt").read_text() == "payload\nx y\n"
 
 

@@ -175,3 +175,64 @@ def test_keep_going_runs_independent_jobs_then_a_fix_reruns_only_the_failed_part
     assert after[flaky].status is Status.SUCCEEDED and after[down].status is Status.SUCCEEDED
     assert all(after[o].finished == before[o].finished for o in others)
     assert (lab.store / "outputs" / down / "out" / "result.txt").read_text() == "fixed\n"
+
+
+ONE_RUN = """
+{ pkgs, repx-lib, ... }:
+{ name = "main"; pipelines = [ ./pipe.nix ]; params = { }; }
+"""
+
+TWO_STAGES = """
+{ repx, ... }:
+repx.mkPipe rec {
+  liar = repx.callStage ./liar.nix [ ];
+  killed = repx.callStage ./killed.nix [ ];
+}
+"""
+
+
+@pytest.mark.nix
+def test_missing_declared_output_or_a_signal_is_a_failure(tmp_path: Path) -> None:
+    """Exit code 0 is not enough: a job that did not write a declared output failed (and
+    its record must not say succeeded); a job killed by a signal failed, named by it."""
+    require_nix()
+    files = {
+        "run.nix": ONE_RUN,
+        "pipe.nix": TWO_STAGES,
+        "liar.nix": """
+            { pkgs }:
+            {
+              pname = "liar";
+              outputs = { result = "$out/result.txt"; other = "$out/other.txt"; };
+              run = { outputs, ... }: ''
+                echo "only one of two" > "${outputs.result}"
+              '';
+            }
+        """,
+        "killed.nix": """
+            { pkgs }:
+            {
+              pname = "killed";
+              outputs = { result = "$out/result.txt"; };
+              run = { outputs, ... }: ''
+                kill -KILL $$
+                echo "not reached" > "${outputs.result}"
+              '';
+            }
+        """,
+    }
+    folder = write_lab(tmp_path / "lab", files)
+    store = tmp_path / ".repx"
+    result = build(folder, store, "--keep-going", expect=1)
+    jobs = list_jobs(folder)
+    (liar,), (killed,) = by_pname(jobs, "liar"), by_pname(jobs, "killed")
+    assert sorted(result["failed"]) == sorted([liar["id"], killed["id"]])
+    reasons = {f["job"]: f["reason"] for f in result["failures"]}
+    assert reasons[liar["id"]].startswith("exited 0 but did not write its declared output "
+                                          "'other'")
+    assert reasons[killed["id"]] == "killed by signal SIGKILL"
+    stored = records(store)
+    assert stored[liar["id"]].status is Status.FAILED
+    assert stored[killed["id"]].status is Status.FAILED
+    again = build(folder, store, "--keep-going", expect=1)
+    assert sorted(again["failed"]) == sorted([liar["id"], killed["id"]])

@@ -196,3 +196,20 @@ def test_deleted_output_file_reruns_that_job(lab: Lab) -> None:
     assert (executed, ran) == ([producer["id"]], ["producer 2"])
     assert output_file(lab.store, producer, "data").read_text() == "WORD 2\n"
     assert records(lab.store)[producer["id"]].status is Status.SUCCEEDED
+
+
+@pytest.mark.nix
+def test_deleted_upstream_output_is_rebuilt_for_a_consumer_that_must_run(lab: Lab) -> None:
+    """The consumer's script changes (new ids) while its producer's output was deleted:
+    the producer must run again first, else the consumer waits for an input that nobody
+    will write and fails ("inputs not readable after ...")."""
+    (producer,) = [j for j in lab.jobs("producer") if j["params"]["a"] == 1]
+    output_file(lab.store, producer, "data").unlink()
+    consumer_nix = lab.folder / "consumer.nix"
+    consumer_nix.write_text(consumer_nix.read_text().replace('"consumer $a"',
+                                                             '"consumer v2 $a"'))
+    result = build(lab.folder, lab.store, "-j", "2")
+    consumers = lab.ids("consumer")
+    assert sorted(result.executed) == sorted([producer["id"], *consumers])
+    for consumer in lab.jobs("consumer"):
+        assert output_file(lab.store, consumer, "result").read_text().startswith("WORD ")

@@ -10,12 +10,22 @@ outside the store, which is how "only branch 7 ran" is observed.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from repx.store import Status
-from tests.buildutil import build, by_pname, list_jobs, log_lines, out_dir, records, write_lab
+from tests.buildutil import (
+    build,
+    by_pname,
+    list_jobs,
+    log_lines,
+    out_dir,
+    records,
+    start_build,
+    write_lab,
+)
 from tests.conftest import require_nix
 
 FILES = {
@@ -171,3 +181,68 @@ def test_failed_branch_blocks_gather_then_only_that_branch_reruns(tmp_path: Path
     assert (out_dir(store, sums["id"]) / "total.txt").read_text() == "395\n"
     assert (out_dir(store, report["id"]) / "report.txt").read_text() == "total 395\n"
     assert build(folder, store).executed == []
+
+
+@pytest.mark.nix
+def test_scatter_with_no_items_gathers_an_empty_list(tmp_path: Path) -> None:
+    """Zero branches is a valid scatter (the gather still runs, on ``[]``)."""
+    require_nix()
+    files = dict(FILES)
+    files["run.nix"] = """
+        { pkgs, repx-lib, ... }:
+        { name = "main"; pipelines = [ ./pipe.nix ]; params = { chunks = [ 0 3 ]; }; }
+    """
+    log = tmp_path / "units.log"
+    folder = write_lab(tmp_path / "lab", files, MARKER=str(tmp_path / "no-marker"),
+                       LOG=str(log))
+    store = tmp_path / ".repx"
+    result = build(folder, store, "-j", "2")
+    jobs = list_jobs(folder)
+    assert sorted(result.executed) == sorted(j["id"] for j in jobs)
+    totals = {j["params"]["chunks"]: (out_dir(store, j["id"]) / "total.txt").read_text()
+              for j in by_pname(jobs, "sums")}
+    assert totals == {0: "0\n", 3: "17\n"}  # (1+1) + (4+1) + (9+1)
+    assert log_lines(log).count("gather") == 2
+
+
+EVERY_UNIT = Counter(["scatter", "gather", "report"] + [f"square {i}" for i in range(10)]
+                     + [f"combine {i}" for i in range(10)])
+
+
+@pytest.mark.nix
+def test_force_a_scatter_gather_stage_reruns_all_its_units_only(tmp_path: Path) -> None:
+    require_nix()
+    log = tmp_path / "units.log"
+    folder = write_lab(tmp_path / "lab", FILES, MARKER=str(tmp_path / "no-marker"),
+                       LOG=str(log))
+    store = tmp_path / ".repx"
+    build(folder, store, "-j", "2")
+    assert Counter(log_lines(log)) == EVERY_UNIT
+    jobs = list_jobs(folder)
+    forced = build(folder, store, "-j", "2", "--force", "sums")
+    assert forced.executed == [by_pname(jobs, "sums")[0]["id"]]
+    assert Counter(log_lines(log)) == EVERY_UNIT + EVERY_UNIT - Counter(["report"])
+
+
+@pytest.mark.nix
+def test_two_concurrent_builds_share_scatter_gather_units(tmp_path: Path) -> None:
+    """The second build waits for units the first one claimed, expands the scatter it did
+    not run itself, and neither build runs any unit twice."""
+    require_nix()
+    log = tmp_path / "units.log"
+    folder = write_lab(tmp_path / "lab", FILES, MARKER=str(tmp_path / "no-marker"),
+                       LOG=str(log))
+    store = tmp_path / ".repx"
+    builds = [start_build(folder, store, "-j", "2", name=f"build{n}") for n in (1, 2)]
+    try:
+        results = [b.wait(timeout=60) for b in builds]
+    finally:
+        for b in builds:
+            b.kill()
+    for result in results:
+        assert result.code == 0, result.stderr
+    assert Counter(log_lines(log)) == EVERY_UNIT
+    ids = sorted(j["id"] for j in list_jobs(folder))
+    assert sorted(results[0].executed + results[1].executed) == ids
+    (sums,) = by_pname(list_jobs(folder), "sums")
+    assert (out_dir(store, sums["id"]) / "total.txt").read_text() == "395\n"
