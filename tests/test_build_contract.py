@@ -214,6 +214,8 @@ def test_out_is_emptied_before_a_rerun_except_slurm_logs(tmp_path: Path) -> None
     first = build(folder, store, expect=1)
     (job,) = list_jobs(folder)
     assert first["failed"] == [job["id"]]
+    stderr_log = store / "outputs" / job["id"] / "repx" / "stderr.log"
+    assert "marker present" in stderr_log.read_text().splitlines()
     out = out_dir(store, job["id"])
     (out / "stale.txt").write_text("from the failed attempt")
     (out / "sub").mkdir()
@@ -231,6 +233,8 @@ def test_out_is_emptied_before_a_rerun_except_slurm_logs(tmp_path: Path) -> None
     record = records(store)[job["id"]]
     assert record.status is Status.SUCCEEDED
     assert sorted(f.path for f in record.outputs) == ["listing.txt", "result.txt"]
+    # The logs are the rerun's alone (truncated, not appended to).
+    assert "marker present" not in Path(record.stderr_log).read_text().splitlines()
 
 
 @pytest.mark.nix
@@ -329,3 +333,38 @@ def test_job_waits_for_an_input_that_appears_late(tmp_path: Path) -> None:
     (job,) = list_jobs(folder)
     assert result.executed == [job["id"]]
     assert (out_dir(store, job["id"]) / "result.txt").read_text() == "arrived late\n"
+
+
+SELF = """
+{ pkgs }:
+{
+  pname = "self";
+  outputs = { result = "$out/stat.txt"; };
+  run = { outputs, ... }: ''
+    read -r -a stat < /proc/self/stat
+    echo "$$ ''${stat[0]} ''${stat[3]} ''${stat[4]} ''${stat[5]}" > "${outputs.result}"
+  '';
+}
+"""
+
+
+@pytest.mark.nix
+def test_job_is_a_direct_child_of_repx_in_a_session_of_its_own(tmp_path: Path) -> None:
+    """One bash process per job, started by repx itself (no wrapper in between), leading
+    its own session and process group (what lets Ctrl-C stop all of a job, and only it)."""
+    require_nix()
+    folder = write_lab(tmp_path / "lab", {"run.nix": RUN_ONE, "pipe.nix": ONE_STAGE_PIPE,
+                                          "stage.nix": SELF})
+    store = tmp_path / ".repx"
+    running = start_build(folder, store)
+    try:
+        result = running.wait(timeout=60)
+    finally:
+        running.kill()
+    assert result.code == 0, result.stderr
+    (job,) = list_jobs(folder)
+    shell, pid, ppid, pgrp, sid = map(
+        int, (out_dir(store, job["id"]) / "stat.txt").read_text().split())
+    assert pid == shell  # `read` is a builtin: /proc/self is the job's bash
+    assert ppid == running.proc.pid
+    assert pgrp == sid == pid
