@@ -85,3 +85,49 @@ def test_readme_quickstart_works_as_typed(tmp_path: Path) -> None:
     assert sorted((n, s) for n, s, _ in summaries) == combinations
     assert all(n == count for n, _, count in summaries)  # summarize counted every sample
     assert (tmp_path / "my-lab" / ".repx" / "db").is_dir()
+
+
+def test_cli_reference_documents_every_command_and_option() -> None:
+    """docs/cli.md has a section for every command of `repx --help` naming all its options
+    (a command or option added without documenting it fails here)."""
+    import click
+
+    from repx.cli import main
+
+    text = (REPO / "docs" / "cli.md").read_text()
+    sections = {}
+    for block in text.split("\n## ")[1:]:
+        title = block.split("\n", 1)[0]
+        if title.startswith("`repx "):
+            sections[title.strip("`").split(" [")[0].split("`")[0]] = block
+
+    def walk(cmd: click.Command, path: list[str]):
+        if isinstance(cmd, click.Group):
+            for name, sub in cmd.commands.items():
+                yield from walk(sub, [*path, name])
+            if not path or not any(isinstance(p, click.Option) and p.name != "help"
+                                   for p in cmd.params):
+                return
+        yield path, cmd
+
+    missing = []
+    for path, cmd in walk(main, []):
+        name = "repx " + " ".join(path)
+        section = next((body for title, body in sections.items()
+                        if title == name or title.startswith(name + " ")), None)
+        if section is None:
+            missing.append(f"no section for `{name}`")
+            continue
+        for param in cmd.params:
+            if isinstance(param, click.Option):
+                for opt in [*param.opts, *param.secondary_opts]:
+                    if f"`{opt}" not in section and f" {opt}" not in section:
+                        missing.append(f"`{name}`: option {opt}")
+        if "```sh" not in section:
+            missing.append(f"`{name}`: no example")
+    global_options = text.split("**Global options**", 1)[1].split("\n---", 1)[0]
+    for param in main.params:
+        for opt in param.opts:
+            if opt not in global_options:
+                missing.append(f"global option {opt}")
+    assert not missing, "docs/cli.md is missing:\n" + "\n".join(missing)
