@@ -300,6 +300,52 @@ def test_job_ignoring_sigterm_is_killed_after_the_grace_or_a_second_ctrl_c(
     assert records(store)[job["id"]].status is Status.CANCELLED
 
 
+# The job itself dies of SIGTERM at once; its child ignores SIGTERM.
+STUBBORN_CHILD = """
+{ pkgs }:
+{
+  pname = "stubborn-child";
+  params = { pids = "@PIDS@"; };
+  outputs = { result = "$out/result.txt"; };
+  run = { outputs, params, ... }: ''
+    (trap "" TERM; exec sleep 30) &
+    echo "$!" > "${params.pids}/child"
+    echo "$$" > "${params.pids}/job"
+    wait
+    echo late > "${outputs.result}"
+  '';
+}
+"""
+
+
+@pytest.mark.nix
+def test_interrupt_kills_a_child_that_ignores_sigterm(tmp_path: Path) -> None:
+    """The whole process group is stopped, not just the job's shell: a child that ignores
+    SIGTERM must not outlive the interrupted build (it would keep using the machine, and
+    could keep writing into ``$out``)."""
+    require_nix()
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    folder = one_stage_lab(tmp_path, STUBBORN_CHILD, "", PIDS=str(pids))
+    store = tmp_path / ".repx"
+    running = start_build(folder, store, name="stubborn-child")
+    child = 0
+    try:
+        wait_for(lambda: (pids / "job").exists(), "the job to start")
+        child = int((pids / "child").read_text())
+        os.kill(running.proc.pid, signal.SIGINT)
+        result = running.wait(timeout=30)
+        assert result.code == 130, result.stderr
+        (job,) = list_jobs(folder)
+        assert result["cancelled"] == [job["id"]]
+        time.sleep(0.5)
+        assert not process_alive(child), "the job's child survived the interrupted build"
+    finally:
+        running.kill()
+        if child and process_alive(child):
+            os.kill(child, signal.SIGKILL)
+
+
 # ---------------------------------------------------------------- two builds, one store
 
 COUNTED = """
