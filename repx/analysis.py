@@ -256,8 +256,8 @@ class JobView:
         if not path.exists():
             raise OutputMissingError(
                 f"output '{name}' of job {self.id} is missing: {path} does not exist although "
-                "the job succeeded (deleted by hand?); `repx cache verify` checks the store, "
-                "`repx build --force " + self.id[:12] + "` runs the job again"
+                "the job succeeded (deleted by hand?); `repx cache verify` checks the whole "
+                f"store, and `repx build {self.run}` runs the job again"
             )
         return path
 

@@ -314,6 +314,8 @@ def _jobs_dot(graph: JobGraph, statuses: Mapping[str, str], chosen: list[str],
                 status = statuses.get(job.id, "not run")
                 used.add(status)
                 lines = [job.pname, job.id[:8]]
+                if job.kind == "scatter-gather":
+                    lines.insert(1, "scatter-gather")
                 shown = varying[:_MAX_PARAMS_SHOWN]
                 lines += [f"{k}={_short(params[job.id][k])}" for k in shown
                           if k in params[job.id]]
