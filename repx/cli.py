@@ -255,7 +255,8 @@ def build(targets: tuple[str, ...], options: LabOptions, store_dir: str, jobs: i
             _report(result, as_json=as_json, quiet=quiet)
             return
     graph = open_lab(replace(options, lab_dir=str(lab_dir)))
-    if not index.exists():
+    if not index.exists() and all(t.startswith("@") or t in graph.runs for t in targets):
+        # Only for whole runs: a Makefile recipe per job would leave one index per job.
         write_index(index, graph, selection_closure(graph, list(targets)))
     if dry_run:
         store = Store(store_dir, readonly=True) if Store.exists(store_dir) else None
@@ -298,6 +299,8 @@ def cancel(targets: tuple[str, ...], options: LabOptions, store_dir: str) -> Non
     """
     from repx.engine.slurm import cancel_jobs
 
+    if not Store.exists(store_dir):
+        raise UsageError(f"no repx store at {store_dir}; run `repx build` first or pass --store")
     with Store(store_dir) as store:
         ids = None
         if targets:

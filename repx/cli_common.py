@@ -65,6 +65,11 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             if verbose and error.detail:
                 click.echo(error.detail, err=True)
             sys.exit(error.exit_code)
+        except BrokenPipeError:
+            # The reader went away (`repx list jobs --json | head`): nothing left to say.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            sys.exit(0)
         except KeyboardInterrupt:
             click.echo("repx: interrupted", err=True)
             sys.exit(130)

@@ -69,7 +69,8 @@ def copy_example(name: str, dest: Path) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("example", ["simple", "scatter-gather", "inter-run", "param-sweep"])
+@pytest.mark.parametrize("example", ["simple", "scatter-gather", "inter-run", "param-sweep",
+                                     "zip-sweep", "dirs-files"])
 def test_example_matches_local_and_second_build_submits_nothing(
         slurm, example: str, tmp_path: Path) -> None:
     require_nix()
@@ -161,8 +162,102 @@ def test_second_build_while_queued_submits_nothing_and_adopts(slurm, make_lab) -
     watched = build_json(folder, "--scheduler", "slurm", "--poll", "0.3")
     assert sorted(watched["executed"]) == sorted(first["submitted"])
     assert sbatch_scripts(store) == scripts
-    done = Store(store, readonly=True).records()
-    assert sorted(r.status.value for r in done) == ["succeeded"] * 6
+    done = {r.job_id: r for r in Store(store, readonly=True).records()}
+    assert sorted(r.status.value for r in done.values()) == ["succeeded"] * 6
+    # afterok (here aftercorr) ordering: each `after` task started once its own `slow`
+    # task had ended, as SLURM's accounting saw it.
+    times = slurm_times([r.slurm_id or "" for r in done.values()])
+    graph = json.loads(repx("list", "jobs", "--json", "--lab", "result", cwd=folder).stdout)
+    for job in graph:
+        if job["pname"] == "after":
+            upstream = done[job["depends_on"][0]].slurm_id
+            assert times[done[job["id"]].slurm_id][0] >= times[upstream][1]
+
+
+def slurm_times(tasks: list[str]) -> dict[str, tuple[str, str]]:
+    """``{task: (start, end)}`` from sacct (ISO times sort as text), waiting for its lag."""
+    deadline = time.monotonic() + 30
+    while True:
+        out = subprocess.run(["sacct", "-n", "-P", "-X", "-j",
+                              ",".join({t.split("_")[0] for t in tasks}),
+                              "-o", "JobID,Start,End"], capture_output=True, text=True).stdout
+        found = {}
+        for line in out.splitlines():
+            task, start, end = line.split("|")
+            found[task] = (start, end)
+        if all(t in found and found[t][1] not in ("", "Unknown") for t in tasks):
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"sacct does not know all of {tasks}: {found}")
+        time.sleep(0.5)
+
+
+SG_LAB = {
+    "pipe.nix": """
+        { repx, pkgs, ... }:
+        repx.mkPipe rec { fan = repx.callStage ./fan.nix [ ]; }
+    """,
+    "run.nix": """
+        { pkgs, repx-lib, ... }:
+        { name = "main"; pipelines = [ ./pipe.nix ]; params = { }; }
+    """,
+    "fan.nix": """
+        { pkgs }:
+        {
+          pname = "fan"; version = "1";
+          scatter = {
+            outputs = { work__items = "$out/items.json"; worker__arg = { index = 0; }; };
+            runDependencies = [ pkgs.coreutils ];
+            run = { outputs, ... }: ''
+              items='[{"index": 0}, {"index": 1}, {"index": 2}, {"index": 3}]'
+              echo "$items" > "${outputs.work__items}"
+            '';
+          };
+          worker = {
+            inputs = { worker__item = ""; };
+            outputs = { part = "$out/part.txt"; };
+            runDependencies = [ pkgs.coreutils pkgs.gnugrep ];
+            run = { inputs, outputs, ... }: ''
+              if grep -q '"index": *2' "${inputs.worker__item}"; then
+                echo "branch 2 fails" >&2
+                exit 3
+              fi
+              sleep 60
+              echo done > "${outputs.part}"
+            '';
+          };
+          gather = {
+            inputs = { worker__outs = "[]"; };
+            outputs = { all = "$out/all.txt"; };
+            runDependencies = [ pkgs.coreutils ];
+            run = { inputs, outputs, ... }: ''
+              cat "${inputs.worker__outs}" > "${outputs.all}"
+            '';
+          };
+        }
+    """,
+}
+
+
+def test_failed_branch_cancels_the_rest_of_its_stage(slurm, make_lab) -> None:
+    require_nix()
+    folder = make_lab(SG_LAB)
+    store = folder / ".repx"
+    started = time.monotonic()
+    result = build_json(folder, "--scheduler", "slurm", "--keep-going", "--poll", "0.3",
+                        check=False)
+    assert time.monotonic() - started < 50, "the other branches were not cancelled"
+    assert result["failed"] and result["executed"] == []
+    failures = {f["label"]: f["reason"] for f in result["failures"]}
+    assert failures == {"fan/worker[2]": "exit code 3"}
+    records = Store(store, readonly=True).records()
+    by_stage: dict[str, list[str]] = {}
+    for record in records:
+        by_stage.setdefault(record.stage, []).append(record.status.value)
+    assert by_stage["fan/scatter"] == ["succeeded"]
+    assert sorted(by_stage["fan/worker"]) == ["cancelled", "cancelled", "cancelled", "failed"]
+    assert by_stage["fan"] == ["cancelled"]
+    assert active_tasks(store) == []
 
 
 def test_cancel_leaves_nothing_queued(slurm, make_lab) -> None:

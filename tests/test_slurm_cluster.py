@@ -56,7 +56,8 @@ def test_node_advertises_many_cpus(slurm: Slurm) -> None:
     out = cli("sinfo", "-h", "-N", "-o", "%c %T")
     cpus, state = out.stdout.split()[:2]
     assert int(cpus) >= 16, out.stdout
-    assert state in {"idle", "mixed", "allocated", "completing"}
+    # sinfo marks transient flags with a suffix ("mixed-" while backfill plans ahead).
+    assert state.rstrip("*~#!%$@^-+") in {"idle", "mixed", "allocated", "completing"}
 
 
 def test_job_completes_in_sacct(slurm: Slurm, tmp_path: Path) -> None:

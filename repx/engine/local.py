@@ -183,6 +183,8 @@ class LocalScheduler(UnitScheduler):
             timeout = self.reporter.tick_interval
             if self.foreign:
                 timeout = min(timeout or FOREIGN_POLL_SECONDS, FOREIGN_POLL_SECONDS)
+            if self.claims_refused and self.ready and not self.stopping:
+                timeout = 0  # refused claims left slots free: fill them now
             events = epoll.poll(-1 if timeout is None else timeout)
             for fd, _mask in events:
                 if fd == wake_r:
@@ -263,6 +265,10 @@ class LocalScheduler(UnitScheduler):
         epoll.unregister(running.pidfd)
         os.close(running.pidfd)
         _pid, status = os.waitpid(running.pid, 0)
+        # Whatever the job left running in its session (a background child, one that ignored
+        # SIGTERM) must not keep writing into out/ once the outputs are checked and hashed.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(running.pid, signal.SIGKILL)
         self.cpus_in_use -= unit.cpus
         self.mem_in_use -= unit.mem
         seconds = time.monotonic() - running.started

@@ -146,6 +146,8 @@ class UnitScheduler:
         self.foreign: dict[str, Unit] = {}
         self.failures: list[Failure] = []
         self.stopping = False
+        #: The last commit refused a claim (another build holds the unit).
+        self.claims_refused = False
         self.interrupted = 0
         self.unit_seconds: dict[str, float] = {}
         self._order = 0
@@ -306,6 +308,8 @@ class UnitScheduler:
                         refused.append(unit)
                     elif status in (Status.RUNNING, Status.QUEUED):
                         unit.maybe_orphan = True  # an abandoned claim: see kill_orphans
+        if starts or refused:
+            self.claims_refused = bool(refused)
         for unit in refused:
             starts.remove(unit)
             self.cpus_in_use -= unit.cpus

@@ -273,13 +273,26 @@ def _open_env(path: str, writable: bool) -> _Env:
         raise StoreError(f"cannot map the job store at {path}: {last}")
     try:
         env.reader_check()  # free reader slots left by processes that were killed
-        dbs = [env.open_db(name, create=writable) for name in (b"jobs", b"roots", b"meta")]
+        dbs = _open_dbs(env, writable)
     except lmdb.Error as exc:
         env.close()
         raise StoreError(
             f"the job store at {path} is not a repx store or is damaged: {exc}"
         ) from exc
     return _Env(path, env, *dbs, writable=writable)
+
+
+def _open_dbs(env: lmdb.Environment, writable: bool) -> list[Any]:
+    """The three named databases. A read-only open can race the build that is creating the
+    store (its file exists, its databases not yet): wait up to 2 s for them."""
+    deadline = time.monotonic() + 2.0
+    while True:
+        try:
+            return [env.open_db(name, create=writable) for name in (b"jobs", b"roots", b"meta")]
+        except lmdb.NotFoundError:
+            if writable or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def _acquire(path: str, want_write: bool) -> _Env:
