@@ -223,7 +223,7 @@ SG_LAB = {
                 exit 3
               fi
               sleep 60
-              echo done > "${outputs.part}"
+              echo finished > "${outputs.part}"
             '';
           };
           gather = {
