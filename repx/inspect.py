@@ -141,7 +141,8 @@ def select_runs(graph: JobGraph, names: Iterable[str]) -> list[str]:
             chosen[name] = None
         else:
             raise UsageError(f"unknown run '{name}' in lab {graph.lab.path}; runs: "
-                             f"{', '.join(graph.runs) or '(none)'}")
+                             f"{', '.join(graph.runs) or '(none)'}; groups: "
+                             f"{', '.join('@' + g for g in graph.groups) or '(none)'}")
     return list(chosen) if chosen else list(graph.runs)
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 from repx.errors import RepxError, UsageError
 from repx.expand import Job, JobGraph
+from repx.inspect import select_runs
 
 FORMATS = ("dot", "svg", "png", "pdf")
 
@@ -144,24 +145,18 @@ def _legend(doc: _Dot, used: Iterable[str]) -> None:
     doc.add("}")
 
 
+def _open_run_cluster(doc: _Dot, graph: JobGraph, run: str, index: int,
+                      statuses: Mapping[str, str]) -> None:
+    """Start the box of one run, labelled with its status counts."""
+    counts: Counter[str] = Counter(statuses.get(i, "not run") for i in graph.runs[run].job_ids)
+    doc.add(f"subgraph {dot_quote(f'cluster_run_{index}')} {{")
+    doc.add(f"label={dot_quote(_run_label(graph, run, counts))}; style=rounded; "
+            'color="#888888";', 2)
+
+
 def selected_runs(graph: JobGraph, targets: Iterable[str]) -> list[str]:
     """Run names named by RUN or @GROUP arguments (every run when none), in lab order."""
-    wanted: set[str] = set()
-    names = list(targets)
-    if not names:
-        return list(graph.runs)
-    for name in names:
-        if name.startswith("@"):
-            members = graph.groups.get(name[1:])
-            if members is None:
-                raise UsageError(f"unknown group '{name}'; groups: "
-                                 f"{', '.join('@' + g for g in graph.groups) or '(none)'}")
-            wanted.update(members)
-        elif name in graph.runs:
-            wanted.add(name)
-        else:
-            raise UsageError(f"unknown run '{name}'; runs: {', '.join(graph.runs)}; groups: "
-                             f"{', '.join('@' + g for g in graph.groups) or '(none)'}")
+    wanted = set(select_runs(graph, targets))
     return [r for r in graph.runs if r in wanted]
 
 
@@ -201,10 +196,7 @@ def _stages_dot(graph: JobGraph, statuses: Mapping[str, str], chosen: list[str],
         for job_id in rj.job_ids:
             job = graph.jobs[job_id]
             by_stage.setdefault((job.pipeline_file, job.stage), []).append(job)
-        run_counts: Counter[str] = Counter(statuses.get(i, "not run") for i in rj.job_ids)
-        doc.add(f"subgraph {dot_quote(f'cluster_run_{ri}')} {{")
-        doc.add(f"label={dot_quote(_run_label(graph, run, run_counts))}; style=rounded; "
-                'color="#888888";', 2)
+        _open_run_cluster(doc, graph, run, ri, statuses)
         for pi, pipeline in enumerate(rj.run.pipelines):
             keys = {s.key: f"stage:{run}:{pi}:{s.key}" for s in pipeline.stages}
             for stage in pipeline.stages:
@@ -290,10 +282,7 @@ def _jobs_dot(graph: JobGraph, statuses: Mapping[str, str], chosen: list[str],
                 continue  # shared with a run drawn before: drawn there
             job = graph.jobs[job_id]
             by_stage.setdefault((job.pipeline_file, job.stage), []).append(job)
-        run_counts: Counter[str] = Counter(statuses.get(i, "not run") for i in rj.job_ids)
-        doc.add(f"subgraph {dot_quote(f'cluster_run_{ri}')} {{")
-        doc.add(f"label={dot_quote(_run_label(graph, run, run_counts))}; style=rounded; "
-                'color="#888888";', 2)
+        _open_run_cluster(doc, graph, run, ri, statuses)
         for (_pipeline, stage_key), members in by_stage.items():
             if len(members) > max_jobs:
                 node = f"group:{run}:{_pipeline}:{stage_key}"

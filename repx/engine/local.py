@@ -185,21 +185,24 @@ class LocalScheduler(UnitScheduler):
                 timeout = min(timeout or FOREIGN_POLL_SECONDS, FOREIGN_POLL_SECONDS)
             if self.claims_refused and self.ready and not self.stopping:
                 timeout = 0  # refused claims left slots free: fill them now
-            events = epoll.poll(-1 if timeout is None else timeout)
-            for fd, _mask in events:
-                if fd == wake_r:
-                    with contextlib.suppress(BlockingIOError):
-                        while os.read(wake_r, 512):
-                            pass
-                    continue
-                running = self.running.pop(fd, None)
-                if running is not None:
-                    self._reap(running, epoll)
+            self._handle(epoll.poll(-1 if timeout is None else timeout), epoll, wake_r)
             if self.foreign and time.monotonic() >= next_foreign:
                 self._poll_foreign()
                 next_foreign = time.monotonic() + FOREIGN_POLL_SECONDS
             self.reporter.tick()
         self._finish_remaining()
+
+    def _handle(self, events: list[tuple[int, int]], epoll: select.epoll, wake_r: int) -> None:
+        """Reap the processes whose pidfd became readable; drain the signal wakeup pipe."""
+        for fd, _mask in events:
+            if fd == wake_r:
+                with contextlib.suppress(BlockingIOError):
+                    while os.read(wake_r, 512):
+                        pass
+                continue
+            running = self.running.pop(fd, None)
+            if running is not None:
+                self._reap(running, epoll)
 
     def _admit(self) -> list[Unit]:
         """Ready units that fit now, in (run, topological) order."""
@@ -303,14 +306,6 @@ class LocalScheduler(UnitScheduler):
                 self._kill_all(signal.SIGKILL)
                 left = 5.0
                 deadline = time.monotonic() + left
-            for fd, _mask in epoll.poll(left):
-                if fd == wake_r:
-                    with contextlib.suppress(BlockingIOError):
-                        while os.read(wake_r, 512):
-                            pass
-                    continue
-                running = self.running.pop(fd, None)
-                if running is not None:
-                    self._reap(running, epoll)
+            self._handle(epoll.poll(left), epoll, wake_r)
         self.foreign.clear()
         self._commit([])

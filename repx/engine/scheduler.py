@@ -293,9 +293,7 @@ class UnitScheduler:
                 before = store.statuses([u.id for u in starts])
                 for unit in starts:
                     status = before.get(unit.id)
-                    if (status is Status.SUCCEEDED and unit.role in ("scatter", "step")
-                            and unit.job.id not in self.options.forced
-                            and self._outputs_missing(unit) is None):
+                    if self._cached(unit, status):
                         refused.append(unit)
                         unit.state = "cached"
                         continue
@@ -318,6 +316,13 @@ class UnitScheduler:
                 self._done_elsewhere(unit)
             else:
                 self._claimed_elsewhere(unit)
+
+    def _cached(self, unit: Unit, status: Status | None) -> bool:
+        """A scatter or step unit the store already holds, complete (the plan only looked
+        at graph jobs; these units are known once their scatter ran)."""
+        return (status is Status.SUCCEEDED and unit.role in ("scatter", "step")
+                and unit.job.id not in self.options.forced
+                and self._outputs_missing(unit) is None)
 
     def _takes_over(self, unit: Unit, status: Status | None) -> bool:
         """Whether claiming ``unit`` may replace a *succeeded* record: when it was forced, when

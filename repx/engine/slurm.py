@@ -469,9 +469,7 @@ class SlurmScheduler(UnitScheduler):
             before = store.statuses([u.id for u in units])
             for unit in units:
                 status = before.get(unit.id)
-                if (status is Status.SUCCEEDED and unit.role in ("scatter", "step")
-                        and unit.job.id not in self.options.forced
-                        and self._outputs_missing(unit) is None):
+                if self._cached(unit, status):
                     cached.append(unit)
                 elif store.claim(unit.id, self.owner, host=self.host, pid=self.pid,
                                  lab=self.lab, run=unit.job.run, stage=self._stage(unit),
