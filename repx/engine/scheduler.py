@@ -406,17 +406,20 @@ class UnitScheduler:
         return None
 
     def _fail(self, unit: Unit, reason: str, exit_code: int | None = None, *,
-              record: bool = True) -> None:
+              record: bool = True, report: bool = True) -> None:
+        """Give ``unit`` the outcome FAILED: recorded in the store when this build holds its
+        claim (``record``), shown at once unless the caller reports a group (``report``)."""
         meta = f"{self.outputs_root}/{unit.id}/repx"
         failure = Failure(unit.id, unit.job.id, unit.label, reason,
                           meta + "/stdout.log", meta + "/stderr.log")
         self.failures.append(failure)
-        if record and unit.state in ("running", "ready"):
+        if record and unit.state in ("running", "ready", "waiting"):
             self._finishes.append(JobRecord(
                 unit.id, Status.FAILED, exit_code=exit_code, owner=self.owner, reason=reason,
                 stdout_log=failure.stdout_log, stderr_log=failure.stderr_log,
             ))
-        self.reporter.failed(failure)
+        if report:
+            self.reporter.failed(failure)
         self._resolve(unit, FAILED, reason)
         if not self.options.keep_going:
             self.stopping = True

@@ -50,6 +50,7 @@ from repx.engine.scheduler import (
     BLOCKED,
     CANCELLED,
     FAILED,
+    Failure,
     Reporter,
     SchedulerOptions,
     UnitScheduler,
@@ -508,6 +509,8 @@ class SlurmScheduler(UnitScheduler):
         rows = [""] * (max(i for i, _u in tasks) + 1)
         for index, unit in tasks:
             meta = f"{self.outputs_root}/{unit.id}/repx"
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(meta + "/exit_code")  # an earlier attempt's, not this one's
             try:
                 inputs = self._inputs_for(unit, meta, prepare=True)
             except RepxError as exc:
@@ -542,8 +545,13 @@ class SlurmScheduler(UnitScheduler):
         try:
             job_id = self.cli.sbatch(str(script), args)
         except SlurmError as exc:
+            reason = f"sbatch refused it: {exc.message}"
             for _i, unit in tasks:
-                self._fail(unit, f"sbatch refused it: {exc.message}")
+                self._fail(unit, reason, report=False)
+            self.reporter.failed(Failure(
+                first.id, first.job.id,
+                f"{first.label} (and {len(tasks) - 1} more)" if len(tasks) > 1 else first.label,
+                reason, str(script), str(table)))
             return
         for index, unit in tasks:
             unit.slurm_id = job_id if single else f"{job_id}_{index}"
@@ -572,6 +580,13 @@ class SlurmScheduler(UnitScheduler):
             for task in lost:
                 if task in accounted:
                     states[task] = (accounted[task][0], "")
+                    continue
+                # Without accounting (no slurmdbd), the exit code the task's wrapper wrote
+                # is the only trace of a job squeue has forgotten.
+                unit = self.watching[task]
+                code = _read_exit_code(f"{self.outputs_root}/{unit.id}/repx/exit_code")
+                if code is not None:
+                    states[task] = ("COMPLETED" if code == 0 else "FAILED", "")
                 elif now - self._missing_since.setdefault(task, now) > 120:
                     states[task] = ("LOST", "")
         with self.store.batch():
