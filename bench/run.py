@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCHES = ["bench_expand.py", "bench_peers.py"]
+BENCHES = ["bench_expand.py", "bench_peers.py", "bench_slurm.py"]
 
 
 def main() -> int:

@@ -1,0 +1,599 @@
+"""repx on SLURM against raw sbatch, on the one-node test cluster (tests/slurm/cluster.sh).
+
+Two questions, answered on the same machine in the same run so the ratios mean something:
+
+1. Submission throughput. (a) ``sbatch --hold --wrap true`` one job at a time, N times;
+   (b) one raw ``sbatch --hold --array=0-9999`` (once: it takes milliseconds); (c) ``repx
+   build --scheduler slurm --no-wait`` of a lab whose one stage sweeps 10 000 values
+   (one-line shell jobs, lab built beforehand, fresh store each time, median of 2). For (c)
+   both the whole command (Python start, lab load, store, sbatch) and repx's own in-process
+   ``seconds`` are reported, with the number of sbatch calls (one ``<store>/slurm/*.sbatch``
+   file per call) and the time of the ``repx cancel`` that follows. Everything submitted is
+   cancelled at once.
+2. End to end: 500 chains x 2 stages (``second`` reads ``first``'s output: 1 000 jobs) run
+   to completion, ``repx build --scheduler slurm --poll 0.5`` against plain sbatch of the
+   very wrapper scripts and tables repx generated (copied, store paths rewritten to a fresh
+   folder), submitted as two arrays with ``--dependency=aftercorr:<first>`` and watched with
+   ``squeue`` every 0.5 s until none of them remains. The variants alternate (repx, plain,
+   plain, repx, ...) so a drift in the machine's load does not favour one.
+
+The cluster advertises 32 CPUs on a 2-core VM and slurmctld starts jobs in scheduling passes
+(about one per second here, ~32 jobs each), so the end-to-end time is dominated by SLURM
+itself; the ratio is what shows repx's overhead. Machine load is printed with the results:
+another benchmark running at the same time shows up there.
+
+Every array task counts against slurmctld's MaxJobCount (100 000 here) until MinJobAge
+(600 s) after it ended, even held and cancelled: one run leaves ~36 000 records behind. So
+the script first waits, if needed, until there is room for its jobs plus 10 000 for other
+users (a second run within 10 minutes waits up to MinJobAge), rather than make everyone's
+sbatch fail with "Resource temporarily unavailable".
+
+If the cluster is down the script runs ``tests/slurm/cluster.sh start`` (idempotent; needs
+root unless already up) and stops with a clear message if SLURM still does not answer.
+Whatever happens, every job it submitted is cancelled before it exits.
+
+Run: ``python bench/bench_slurm.py`` (``make bench`` runs every bench); ``--repeat 3``,
+``--chains 500``, ``--sweep 10000``, ``--singles 200``. Results: tables on stdout and
+``bench/results/slurm.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = Path(__file__).resolve().parent / "results"
+CLUSTER = REPO / "tests" / "slurm" / "cluster.sh"
+BIN = Path(sys.executable).parent
+POLL = 0.5
+
+# Goals from the issue.
+TARGET_SUBMIT_S = 1.0   # repx submits a 10 000-job stage in under 1 s
+TARGET_E2E_RATIO = 1.2  # repx end to end within 1.2x of plain sbatch arrays
+#: Job records left free for other users of the cluster (a test suite running meanwhile).
+RESERVE_JOBS = 10000
+
+
+class BenchError(RuntimeError):
+    """The cluster is unusable or a run did not do what the workload requires."""
+
+
+def run(argv: Sequence[str], *, cwd: Path | None = None, check: bool = True,
+        timeout: float = 120, quiet: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run a command, failing with its own last words (not a bare exit status)."""
+    try:
+        proc = subprocess.run(list(argv), cwd=cwd, text=True, timeout=timeout,
+                              stdout=subprocess.DEVNULL if quiet else subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"`{' '.join(argv[:3])} ...` did not finish within {timeout} s"
+                         ) from None
+    if check and proc.returncode != 0:
+        said = (proc.stderr or proc.stdout or "").strip().splitlines()
+        raise BenchError(f"`{' '.join(argv[:3])} ...` exited {proc.returncode}: "
+                         f"{said[-1] if said else ''}")
+    return proc
+
+
+def repx_argv() -> list[str]:
+    """The repx of this venv (as `make bench` installs it), else this interpreter's module."""
+    exe = BIN / "repx"
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "repx.cli"]
+
+
+def load() -> tuple[float, float, float]:
+    return os.getloadavg()
+
+
+def fmt_load(values: tuple[float, float, float]) -> str:
+    return " / ".join(f"{v:.2f}" for v in values)
+
+
+# ------------------------------------------------------------------------------ the cluster
+
+
+def ensure_cluster() -> None:
+    """The cluster must answer; start it (idempotent) if it does not, else fail clearly."""
+    for tool in ("sbatch", "squeue", "scancel", "sacct"):
+        if shutil.which(tool) is None and not CLUSTER.exists():
+            raise BenchError(f"`{tool}` is not on PATH and {CLUSTER} is missing")
+    status = run([str(CLUSTER), "status"], check=False, timeout=60)
+    if status.returncode == 0:
+        return
+    print(f"SLURM cluster not up; running {CLUSTER.relative_to(REPO)} start", flush=True)
+    started = run([str(CLUSTER), "start"], check=False, timeout=600)
+    status = run([str(CLUSTER), "status"], check=False, timeout=60)
+    if status.returncode != 0:
+        tail = "\n".join((started.stdout + started.stderr).strip().splitlines()[-15:])
+        raise BenchError("the SLURM test cluster is not usable (tests/slurm/cluster.sh "
+                         "start failed; it needs root unless the cluster is already up; see "
+                         f"docs/slurm-cluster.md):\n{tail}\n{status.stdout.strip()}")
+
+
+def slurm_config() -> dict[str, str]:
+    """``scontrol show config`` as a dict (MaxJobCount, MinJobAge, ...)."""
+    out = run(["scontrol", "show", "config"]).stdout
+    return {k.strip(): v.strip() for k, _, v in (line.partition("=") for line in
+                                                 out.splitlines()) if v}
+
+
+def wait_for_room(jobs: int, reserve: int = RESERVE_JOBS) -> None:
+    """Wait until slurmctld can take ``jobs`` more job records and still leave ``reserve``
+    for other users of the cluster.
+
+    Every task of an array counts against MaxJobCount, even held or cancelled, until
+    MinJobAge after it ended (600 s here): this bench leaves ~36 000 records behind, so a
+    second run within 10 minutes would otherwise make everyone's sbatch fail with "Resource
+    temporarily unavailable" (MaxJobCount 100 000).
+    """
+    config = slurm_config()
+    limit = int(config.get("MaxJobCount", "10000"))
+    age = int(config.get("MinJobAge", "300 sec").split()[0])
+    deadline = time.monotonic() + age + 60
+    told = False
+    while True:
+        count = len(run(["squeue", "-h", "-t", "all", "-r", "-o", "%i"],
+                        timeout=60).stdout.splitlines())
+        if count + jobs + reserve <= limit:
+            return
+        if time.monotonic() > deadline:
+            raise BenchError(f"slurmctld holds {count} job records (MaxJobCount {limit}); "
+                             f"this bench needs {jobs} more plus {reserve} left for others, "
+                             f"and finished jobs did not age out within MinJobAge ({age} s)")
+        if not told:
+            print(f"waiting for finished jobs to age out of slurmctld (MinJobAge {age} s): "
+                  f"{count} records + {jobs} needed + {reserve} reserve > MaxJobCount "
+                  f"{limit}", flush=True)
+            told = True
+        time.sleep(10)
+
+
+@dataclass
+class Ledger:
+    """Everything this script put on SLURM, so that ``finally`` leaves nothing queued."""
+
+    job_ids: set[str] = field(default_factory=set)
+    stores: list[Path] = field(default_factory=list)
+
+    def cancel_all(self) -> None:
+        for store in self.stores:
+            if (store / "db").exists():
+                run([*repx_argv(), "cancel", "--store", str(store)], check=False,
+                    timeout=300, quiet=True)
+        ids = sorted(self.job_ids)
+        for start in range(0, len(ids), 200):
+            run(["scancel", *ids[start:start + 200]], check=False)
+        wait_gone(ids, 60)
+
+
+def squeue_active(array_ids: Iterable[str]) -> list[str]:
+    """Lines of squeue (default states: pending, running, completing) for these jobs."""
+    ids = sorted({i.split("_")[0] for i in array_ids if i})
+    if not ids:
+        return []
+    found: list[str] = []
+    for start in range(0, len(ids), 200):
+        proc = run(["squeue", "-h", "-j", ",".join(ids[start:start + 200]), "-o", "%i %T"],
+                   check=False)
+        if proc.returncode != 0 and "Invalid job id" not in proc.stderr:
+            raise BenchError(f"squeue failed: {proc.stderr.strip()}")
+        found += [line for line in proc.stdout.splitlines() if line.strip()]
+    return found
+
+
+def wait_gone(ids: Iterable[str], timeout: float) -> bool:
+    """Wait until none of ``ids`` is pending/running/completing (cancelled tasks that had
+    started linger a moment as COMPLETING)."""
+    ids = list(ids)
+    deadline = time.monotonic() + timeout
+    while squeue_active(ids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def foreign_jobs(root: Path) -> int:
+    """Jobs in the queue that this script did not submit (their working directory is not
+    under ``root``): another user of the cluster, e.g. a test suite run concurrently."""
+    out = run(["squeue", "-h", "-o", "%Z"], check=False).stdout.splitlines()
+    return sum(1 for line in out if line.strip() and not line.startswith(str(root)))
+
+
+class Sampler(threading.Thread):
+    """While a run lasts, every 2 s: the 1-min load and the foreign jobs in the queue, so a
+    slow run can be told apart from a busy machine."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(daemon=True)
+        self.root = root
+        self.loads: list[float] = []
+        self.foreign: list[int] = []
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while True:
+            self.loads.append(os.getloadavg()[0])
+            with contextlib.suppress(BenchError):
+                self.foreign.append(foreign_jobs(self.root))
+            if self._stop_event.wait(2.0):
+                return
+
+    def __enter__(self) -> Sampler:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop_event.set()
+        self.join()
+
+    def summary(self) -> dict[str, float]:
+        return {"load_max": max(self.loads, default=0.0),
+                "load_mean": statistics.fmean(self.loads) if self.loads else 0.0,
+                "foreign_max": max(self.foreign, default=0)}
+
+
+# ------------------------------------------------------------------------------ the labs
+
+
+LAB = """
+    { pkgs, repx-lib, gitHash ? "unknown", ... }:
+    repx-lib.mkLab {
+      inherit pkgs repx-lib gitHash;
+      lab_version = "1";
+      runs = { sweep = repx-lib.callRun ./run.nix [ ]; };
+    }
+"""
+
+RUN = """
+    { pkgs, repx-lib, ... }:
+    { name = "sweep"; pipelines = [ ./pipe.nix ]; params = { i = builtins.genList (x: x) N; }; }
+"""
+
+FIRST = """
+    { pkgs }:
+    {
+      pname = "first"; version = "1";
+      params = { i = 0; };
+      outputs = { value = "$out/value.txt"; };
+      run = { outputs, params, ... }: ''
+        echo "${toString params.i}" > "${outputs.value}"
+      '';
+    }
+"""
+
+SECOND = """
+    { pkgs }:
+    {
+      pname = "second"; version = "1";
+      inputs = { value = ""; };
+      outputs = { copy = "$out/copy.txt"; };
+      run = { inputs, outputs, ... }: ''
+        cat "${inputs.value}" > "${outputs.copy}"
+      '';
+    }
+"""
+
+
+def write_lab(folder: Path, n: int, chained: bool) -> Path:
+    """One run sweeping ``i`` over n values: stage ``first`` alone, or ``first`` →
+    ``second``; then ``repx lab build`` (untimed: Nix is not what is measured here)."""
+    stages = ("first = repx.callStage ./first.nix [ ];\n"
+              + ("  second = repx.callStage ./second.nix [ first ];\n" if chained else ""))
+    pipe = "{ repx, ... }:\nrepx.mkPipe rec {\n  " + stages + "}\n"
+    files = {"lab.nix": LAB, "run.nix": RUN.replace("N", str(n)), "first.nix": FIRST,
+             "second.nix": SECOND}
+    folder.mkdir(parents=True)
+    for name, text in files.items():
+        (folder / name).write_text(textwrap.dedent(text).lstrip())
+    (folder / "pipe.nix").write_text(pipe)
+    built = json.loads(run([*repx_argv(), "lab", "build", "--json"], cwd=folder,
+                           timeout=600).stdout)
+    want = n * (2 if chained else 1)
+    if built.get("jobs") != want:
+        raise BenchError(f"repx lab build: {built.get('jobs')} jobs, expected {want}")
+    return folder / "result"
+
+
+def sbatch_files(store: Path) -> list[Path]:
+    folder = store / "slurm"
+    return sorted(folder.glob("*.sbatch")) if folder.is_dir() else []
+
+
+# ---------------------------------------------------------------- part 1: submission
+
+
+def bench_singles(n: int, work: Path, ledger: Ledger) -> dict[str, float]:
+    """n x ``sbatch --hold --wrap true``, one process each: what a per-job submitter pays."""
+    start = time.perf_counter()
+    ids = []
+    for _ in range(n):
+        out = run(["sbatch", "--parsable", "--hold", "--output=/dev/null", f"--chdir={work}",
+                   "--job-name=bench-single", "--wrap", "true"]).stdout
+        ids.append(out.strip().split(";")[0])
+        ledger.job_ids.add(ids[-1])
+    seconds = time.perf_counter() - start
+    cancel = time.perf_counter()
+    run(["scancel", *ids])
+    cancel = time.perf_counter() - cancel
+    wait_gone(ids, 60)
+    return {"jobs": n, "seconds": seconds, "jobs_per_s": n / seconds, "cancel_s": cancel}
+
+
+def bench_raw_array(size: int, work: Path, ledger: Ledger) -> dict[str, float]:
+    """One ``sbatch --hold --array=0-(size-1)``, then ``scancel <array id>``. Once only: it
+    takes milliseconds, and each repetition would hold ``size`` more job records in
+    slurmctld for MinJobAge (see wait_for_room)."""
+    start = time.perf_counter()
+    out = run(["sbatch", "--parsable", "--hold", f"--array=0-{size - 1}",
+               "--output=/dev/null", f"--chdir={work}", "--job-name=bench-array",
+               "--wrap", "true"]).stdout
+    seconds = time.perf_counter() - start
+    array = out.strip().split(";")[0]
+    ledger.job_ids.add(array)
+    start = time.perf_counter()
+    run(["scancel", array])
+    cancel = time.perf_counter() - start
+    wait_gone([array], 60)
+    return {"jobs": size, "seconds": seconds, "jobs_per_s": size / seconds, "cancel_s": cancel}
+
+
+def bench_repx_submit(lab: Path, size: int, root: Path, ledger: Ledger,
+                      repeat: int) -> dict[str, Any]:
+    """``repx build --scheduler slurm --no-wait`` of a ``size``-job stage into a fresh
+    store, then ``repx cancel``; medians of whole command, in-process seconds, cancel."""
+    whole, inside, cancels, calls = [], [], [], []
+    for rep in range(repeat):
+        store = root / f"submit-{rep}"
+        ledger.stores.append(store)
+        start = time.perf_counter()
+        proc = run([*repx_argv(), "build", "--lab", str(lab), "--scheduler", "slurm",
+                    "--no-wait", "--store", str(store), "--json", "-q"], cwd=lab.parent)
+        whole.append(time.perf_counter() - start)
+        summary = json.loads(proc.stdout)
+        if len(summary["submitted"]) != size:
+            raise BenchError(f"repx submitted {len(summary['submitted'])} jobs, "
+                             f"expected {size}")
+        inside.append(float(summary["seconds"]))
+        calls.append(len(sbatch_files(store)))
+        start = time.perf_counter()
+        out = run([*repx_argv(), "cancel", "--store", str(store)], cwd=lab.parent,
+                  timeout=300).stdout
+        cancels.append(time.perf_counter() - start)
+        if f"{size} SLURM jobs cancelled" not in out.splitlines()[-1]:
+            raise BenchError(f"repx cancel: {out.splitlines()[-1]!r}")
+        arrays = {line.rsplit("SLURM job ", 1)[1].rstrip(")").split("_")[0]
+                  for line in out.splitlines() if "SLURM job " in line}
+        if not wait_gone(arrays, 60):
+            raise BenchError(f"jobs of {store} still queued 60 s after repx cancel")
+    return {"jobs": size, "seconds_whole": statistics.median(whole),
+            "seconds_in_process": statistics.median(inside),
+            "jobs_per_s": size / statistics.median(inside),
+            "cancel_s": statistics.median(cancels), "sbatch_calls": max(calls),
+            "samples_whole": whole, "samples_in_process": inside}
+
+
+# ---------------------------------------------------------------- part 2: end to end
+
+
+def bench_repx_e2e(lab: Path, store: Path, jobs: int, ledger: Ledger) -> dict[str, Any]:
+    """``repx build --scheduler slurm --poll 0.5`` into a fresh store, waiting for all."""
+    ledger.stores.append(store)
+    start = time.perf_counter()
+    proc = run([*repx_argv(), "build", "--lab", str(lab), "--scheduler", "slurm", "--poll",
+                str(POLL), "--store", str(store), "--json", "-q"], cwd=lab.parent,
+               timeout=900)
+    seconds = time.perf_counter() - start
+    summary = json.loads(proc.stdout)
+    if len(summary["executed"]) != jobs or summary["failed"] or summary["blocked"]:
+        raise BenchError(f"repx e2e: {len(summary['executed'])} executed, "
+                         f"failed {summary['failed'][:3]}, blocked {summary['blocked'][:3]}")
+    return {"seconds": seconds, "in_process": float(summary["seconds"]),
+            "sbatch_calls": len(sbatch_files(store))}
+
+
+def plain_copy(template: Path, target: Path) -> list[tuple[str, Path, str]]:
+    """repx's wrapper scripts and tables from store ``template``, with its paths rewritten
+    to ``target``: [(stage name, script, --array list)] in submission order."""
+    (target / "slurm" / "logs").mkdir(parents=True)
+    arrays = []
+    for script in sbatch_files(template):
+        table = script.with_suffix(".tsv")
+        for source in (script, table):
+            text = source.read_text().replace(str(template), str(target))
+            (target / "slurm" / source.name).write_text(text)
+        (target / "slurm" / script.name).chmod(0o755)
+        name = next(line.split("=", 1)[1] for line in script.read_text().splitlines()
+                    if line.startswith("#SBATCH --job-name="))
+        rows = table.read_text().splitlines()
+        indices = [i for i, row in enumerate(rows) if row.strip()]
+        if indices != list(range(len(indices))):
+            raise BenchError(f"{table}: expected a dense table, got holes")
+        arrays.append((name, target / "slurm" / script.name, f"0-{len(indices) - 1}"))
+    order = {"first": 0, "second": 1}
+    arrays.sort(key=lambda a: order.get(a[0].split("-")[1], 9))
+    if [a[0].split("-")[1] for a in arrays] != ["first", "second"]:
+        raise BenchError(f"expected one array per stage, found {[a[0] for a in arrays]}")
+    return arrays
+
+
+def bench_plain_e2e(template: Path, target: Path, jobs: int, ledger: Ledger) -> dict[str, Any]:
+    """The same two arrays with raw sbatch (aftercorr between them, as repx submits them),
+    polled with squeue every 0.5 s; timed from the first sbatch to the last completion."""
+    arrays = plain_copy(template, target)
+    ids: list[str] = []
+    start = time.perf_counter()
+    for _name, script, spec in arrays:
+        args = ["sbatch", "--parsable", f"--array={spec}"]
+        if ids:
+            args += [f"--dependency=aftercorr:{ids[-1]}", "--kill-on-invalid-dep=yes"]
+        ids.append(run([*args, str(script)]).stdout.strip().split(";")[0])
+        ledger.job_ids.add(ids[-1])
+    deadline = time.monotonic() + 900
+    while squeue_active(ids):
+        if time.monotonic() > deadline:
+            raise BenchError(f"plain sbatch arrays {ids} still running after 900 s")
+        time.sleep(POLL)
+    seconds = time.perf_counter() - start
+    codes = [p.read_text().strip() for p in (target / "outputs").glob("*/repx/exit_code")]
+    if len(codes) != jobs or set(codes) != {"0"}:
+        raise BenchError(f"plain sbatch: {len(codes)} exit codes, not all 0: "
+                         f"{sorted(set(codes))}")
+    return {"seconds": seconds, "sbatch_calls": len(arrays)}
+
+
+# ------------------------------------------------------------------------------- report
+
+
+def report(info: dict[str, Any]) -> list[str]:
+    """The two tables and the goals, as printed (and pasted into docs/benchmarks.md)."""
+    s, a, r = info["singles"], info["raw_array"], info["repx_submit"]
+    head = (f"{'submitter':<44} {'jobs':>6} {'sbatch calls':>12} {'seconds':>8} "
+            f"{'jobs/s':>9} {'cancel s':>8}")
+
+    def row(name: str, jobs: int, calls: int, seconds: float, cancel: str) -> str:
+        return (f"{name:<44} {jobs:>6} {calls:>12} {seconds:>8.3f} {jobs / seconds:>9.0f} "
+                f"{cancel:>8}")
+
+    lines = [
+        f"submission (repx: median of {info['repeat_submit']}, raw sbatch once; load 1/5/15 min "
+        f"{fmt_load(info['load_submit'])}; foreign jobs queued {info['foreign_submit']})",
+        head,
+        row("sbatch --hold --wrap true, one call per job", s["jobs"], s["jobs"], s["seconds"],
+            f"{s['cancel_s']:.3f}"),
+        row(f"sbatch --hold --array=0-{a['jobs'] - 1}", a["jobs"], 1, a["seconds"],
+            f"{a['cancel_s']:.3f}"),
+        row("repx build --no-wait, whole command", r["jobs"], r["sbatch_calls"],
+            r["seconds_whole"], f"{r['cancel_s']:.3f}"),
+        row("repx build --no-wait, in process", r["jobs"], r["sbatch_calls"],
+            r["seconds_in_process"], ""),
+        f"goal: repx submits a {r['jobs']}-job stage in < {TARGET_SUBMIT_S:.0f} s: "
+        f"{'met' if r['seconds_whole'] < TARGET_SUBMIT_S else 'NOT met'} "
+        f"(whole command {r['seconds_whole']:.3f} s, in process "
+        f"{r['seconds_in_process']:.3f} s); cancel s = scancel <array id> for raw sbatch, "
+        "`repx cancel --store` for repx",
+        "",
+    ]
+    e = info["e2e"]
+    medians = {v: statistics.median(x["seconds"] for x in e[v]) for v in ("plain", "repx")}
+    names = {"plain": "plain sbatch arrays + squeue every 0.5 s",
+             "repx": "repx build --scheduler slurm --poll 0.5"}
+    lines += [
+        f"end to end: {e['chains']} chains x 2 stages (second reads first) = {e['jobs']} "
+        f"jobs, median of {len(e['repx'])} alternated runs",
+        f"{'variant':<44} {'sbatch calls':>12} {'median s':>9} {'jobs/s':>7} "
+        f"{'runs s':>22} {'max load':>8} {'foreign jobs':>12}",
+    ]
+    for v in ("plain", "repx"):
+        runs = ", ".join(f"{x['seconds']:.2f}" for x in e[v])
+        lines.append(
+            f"{names[v]:<44} {e[v][0]['sbatch_calls']:>12} {medians[v]:>9.2f} "
+            f"{e['jobs'] / medians[v]:>7.1f} {runs:>22} "
+            f"{max(x['load_max'] for x in e[v]):>8.1f} "
+            f"{max(x['foreign_max'] for x in e[v]):>12}")
+    ratio = medians["repx"] / medians["plain"]
+    pairs = ", ".join(f"{x['seconds'] / y['seconds']:.2f}"
+                      for x, y in zip(e["repx"], e["plain"], strict=True))
+    inproc = statistics.median(x["in_process"] for x in e["repx"])
+    lines += [
+        f"repx in process (its `seconds`): {inproc:.2f} s. ratio repx / plain: {ratio:.3f} "
+        f"(per run pair: {pairs}); goal <= {TARGET_E2E_RATIO}: "
+        f"{'met' if ratio <= TARGET_E2E_RATIO else 'NOT met'}",
+        f"load 1/5/15 min before {fmt_load(info['load_e2e'])}, after "
+        f"{fmt_load(info['load_end'])}; {info['machine']}",
+    ]
+    return lines
+
+
+def measure(root: Path, args: argparse.Namespace, ledger: Ledger,
+            info: dict[str, Any]) -> None:
+    """Both parts, filling ``info``; everything submitted is recorded in ``ledger``."""
+    (root / "raw").mkdir()
+    wide = write_lab(root / "wide", args.sweep, chained=False)
+    chains = write_lab(root / "chains", args.chains, chained=True)
+    info["foreign_submit"] = foreign_jobs(root)
+    info["load_submit"] = load()
+    info["singles"] = bench_singles(args.singles, root / "raw", ledger)
+    info["raw_array"] = bench_raw_array(args.sweep, root / "raw", ledger)
+    info["repx_submit"] = bench_repx_submit(wide, args.sweep, root, ledger,
+                                            args.repeat_submit)
+    jobs = 2 * args.chains
+    e2e: dict[str, Any] = {"chains": args.chains, "jobs": jobs, "repx": [], "plain": []}
+    info["e2e"] = e2e
+    info["load_e2e"] = load()
+    template = None
+    for rep in range(args.repeat):
+        order = ("repx", "plain") if rep % 2 == 0 else ("plain", "repx")
+        for variant in order:
+            with Sampler(root) as sampler:
+                if variant == "repx":
+                    store = root / f"e2e-repx-{rep}"
+                    result = bench_repx_e2e(chains, store, jobs, ledger)
+                    template = template or store
+                else:
+                    assert template is not None
+                    result = bench_plain_e2e(template, root / f"e2e-plain-{rep}", jobs,
+                                             ledger)
+            e2e[variant].append({**result, **sampler.summary()})
+            print(f"  e2e {variant} run {rep + 1}: {result['seconds']:.2f} s "
+                  f"(max load {sampler.summary()['load_max']:.1f}, foreign jobs up to "
+                  f"{sampler.summary()['foreign_max']})", flush=True)
+    info["load_end"] = load()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="end-to-end runs per variant (median)")
+    parser.add_argument("--repeat-submit", type=int, default=2,
+                        help="runs of the repx 10 000-job submission (median)")
+    parser.add_argument("--singles", type=int, default=200)
+    parser.add_argument("--sweep", type=int, default=10000)
+    parser.add_argument("--chains", type=int, default=500)
+    args = parser.parse_args(argv)
+    needed = (args.singles + args.sweep * (1 + args.repeat_submit)
+              + 2 * args.chains * 2 * args.repeat)
+    try:
+        ensure_cluster()
+        wait_for_room(needed)
+    except BenchError as exc:
+        print(f"bench_slurm: {exc}", file=sys.stderr)
+        return 1
+    ledger = Ledger()
+    info: dict[str, Any] = {"machine": f"{platform.node()} {os.cpu_count()} CPUs",
+                            "sweep": args.sweep, "repeat_submit": args.repeat_submit}
+    try:
+        with tempfile.TemporaryDirectory(prefix="repx-bench-slurm-") as tmp:
+            try:
+                measure(Path(tmp), args, ledger, info)
+            finally:
+                ledger.cancel_all()  # before the stores it names are deleted
+    except BenchError as exc:
+        print(f"bench_slurm: {exc}", file=sys.stderr)
+        return 1
+    lines = report(info)
+    print("\n".join(lines))
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "slurm.json").write_text(json.dumps({**info, "table": lines}, indent=2,
+                                                   default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
