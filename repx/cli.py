@@ -307,8 +307,12 @@ def cancel(targets: tuple[str, ...], options: LabOptions, store_dir: str) -> Non
             graph = open_lab(options)
             ids = [job.id for job in graph.select(list(targets))]
         closed = cancel_jobs(store, ids)
-    for record in closed:
+    ctx = click.get_current_context().find_object(Context)
+    shown = closed if ctx and ctx.verbose else closed[:10]
+    for record in shown:
         click.echo(f"cancelled {record.job_id} (SLURM job {record.slurm_id})")
+    if len(closed) > len(shown):
+        click.echo(f"… and {len(closed) - len(shown)} more (-v lists them all)")
     click.echo(f"{len(closed)} SLURM jobs cancelled")
 
 

@@ -150,10 +150,12 @@ class SlurmCli:
         return result
 
     def scancel(self, job_ids: Iterable[str]) -> None:
-        ids = sorted(set(job_ids))
-        for start in range(0, len(ids), 500):
+        """Cancel jobs and array tasks; the tasks of one array go as one ``123_[0-9999]``
+        argument (one call for a whole stage, not one id per task)."""
+        ids = _compress_tasks(job_ids)
+        for start in range(0, len(ids), 200):
             with contextlib.suppress(SlurmError):
-                self._run(["scancel", *ids[start:start + 500]])
+                self._run(["scancel", *ids[start:start + 200]])
 
     def max_array_size(self) -> int:
         try:
@@ -726,6 +728,20 @@ def _ranges(indices: list[int]) -> str:
         start = prev = i
     parts.append(f"{start}-{prev}" if prev > start else str(start))
     return ",".join(parts)
+
+
+def _compress_tasks(ids: Iterable[str]) -> list[str]:
+    """Job ids with the tasks of each array written as one ``array_[ranges]`` id."""
+    plain: set[str] = set()
+    tasks: dict[str, list[int]] = {}
+    for job_id in ids:
+        array, _, index = job_id.partition("_")
+        if index.isdigit():
+            tasks.setdefault(array, []).append(int(index))
+        elif job_id:
+            plain.add(job_id)
+    return sorted(plain) + [f"{array}_[{_ranges(indices)}]"
+                            for array, indices in sorted(tasks.items())]
 
 
 def _collapse(ids: Iterable[str]) -> list[str]:
