@@ -22,7 +22,7 @@ from repx.engine.plan import selection_closure
 from repx.engine.progress import ConsoleReporter, QuietReporter
 from repx.errors import UsageError
 from repx.expand import parse_mem
-from repx.graph_index import index_path, write_index
+from repx.graph_index import index_path, up_to_date_ids, write_index
 from repx.lab import LabOptions, cache_dir, locate_lab, open_lab
 from repx.store import Store
 
@@ -248,9 +248,16 @@ def build(targets: tuple[str, ...], options: LabOptions, store_dir: str, jobs: i
     )
     lab_dir = locate_lab(options)
     index = index_path(cache_dir(), lab_dir, targets)
-    if not (dry_run or force or verify) and Store.exists(store_dir):
-        with Store(store_dir) as store:
-            result = run_noop_build(str(lab_dir), store, index, targets)
+    if not (force or verify) and Store.exists(store_dir):
+        with Store(store_dir, readonly=dry_run) as store:
+            ids = up_to_date_ids(index, store) if dry_run else None
+            result = None if dry_run else run_noop_build(str(lab_dir), store, index, targets)
+        if ids is not None:  # a dry run with nothing to do: answered from the index too
+            if as_json:
+                click.echo(json.dumps({"would_run": [], "up_to_date": ids}, indent=2))
+            else:
+                click.echo(f"0 jobs would run, {len(ids)} up to date")
+            return
         if result is not None:
             _report(result, as_json=as_json, quiet=quiet)
             return

@@ -185,11 +185,11 @@ class LocalScheduler(UnitScheduler):
                 timeout = min(timeout or FOREIGN_POLL_SECONDS, FOREIGN_POLL_SECONDS)
             if self.claims_refused and self.ready and not self.stopping:
                 timeout = 0  # refused claims left slots free: fill them now
+            self.reporter.tick()  # here, with every slot filled: what runs is what shows
             self._handle(epoll.poll(-1 if timeout is None else timeout), epoll, wake_r)
             if self.foreign and time.monotonic() >= next_foreign:
                 self._poll_foreign()
                 next_foreign = time.monotonic() + FOREIGN_POLL_SECONDS
-            self.reporter.tick()
         self._finish_remaining()
 
     def _handle(self, events: list[tuple[int, int]], epoll: select.epoll, wake_r: int) -> None:
