@@ -53,7 +53,7 @@ def test_init_then_build_in_a_fresh_folder(tmp_path: Path) -> None:
 def quickstart_block() -> list[str]:
     """The commands of the README's Quickstart, as written there."""
     text = (REPO / "README.md").read_text()
-    section = text.split("\n## Quickstart\n", 1)[1].split("\n## ", 1)[0]
+    section = text.split("\n## Quickstart: your own lab\n", 1)[1].split("\n## ", 1)[0]
     match = re.search(r"```sh\n(.*?)\n```", section, re.S)
     assert match, "README.md: the Quickstart has no ```sh block"
     return match.group(1).splitlines()
