@@ -63,7 +63,7 @@ class ConsoleReporter(Reporter):
         self._drawn = 0
         self._last_draw = 0.0
         self._last_line = time.monotonic()
-        self._next_fraction = 0.1
+        self._next_tenth = 1
         self._recent: deque[float] = deque(maxlen=200)
         self._printed_done = -1
 
@@ -109,10 +109,10 @@ class ConsoleReporter(Reporter):
             if now - self._last_draw >= 0.1:
                 self._draw(now)
             return
-        fraction = self.done / self.total if self.total else 1.0
-        if fraction >= self._next_fraction or now - self._last_line >= 10:
-            while self._next_fraction <= fraction:
-                self._next_fraction += 0.1
+        reached = self.done * 10 >= self.total * self._next_tenth  # integers: no drift
+        if reached or now - self._last_line >= 10:
+            while self._next_tenth <= 10 and self.done * 10 >= self.total * self._next_tenth:
+                self._next_tenth += 1
             self._print(self._status(now))
             self._printed_done = self.done
 

@@ -1,0 +1,79 @@
+"""The build's progress display: live block on a terminal, plain lines elsewhere."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from repx.engine.progress import ConsoleReporter, QuietReporter, format_seconds
+from repx.engine.scheduler import FAILED, SUCCEEDED, Failure
+from repx.engine.units import Unit
+
+
+class Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def unit(n: int, outcome: str = "") -> Unit:
+    u = Unit(id=f"{n:032d}-stage-1", job=None, role="job", label="stage",  # type: ignore[arg-type]
+             script="", outputs={}, cpus=1, mem=0, run_index=0, order=n)
+    u.outcome = outcome
+    return u
+
+
+def test_plain_lines_at_each_tenth_and_a_final_line() -> None:
+    out = io.StringIO()
+    reporter = ConsoleReporter(out)
+    reporter.begin(20)
+    for n in range(20):
+        u = unit(n)
+        reporter.started(u)
+        u.outcome = SUCCEEDED
+        reporter.finished(u, 0.01)
+        reporter.tick()
+    reporter.close()
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "running 20 jobs"
+    counts = [line.split("]")[0] for line in lines[1:]]
+    assert counts == [f"[{n}/20" for n in range(2, 21, 2)]  # one line per tenth, no repeat
+    assert "\x1b" not in out.getvalue()
+
+
+def test_live_block_shows_running_jobs_and_erases_itself(tmp_path: Path) -> None:
+    out = Tty()
+    reporter = ConsoleReporter(out)
+    reporter.begin(3)
+    running = [unit(n) for n in range(2)]
+    for u in running:
+        reporter.started(u)
+    reporter._last_draw = -1.0  # draw now, not 0.1 s later
+    reporter.tick()
+    drawn = out.getvalue()
+    assert "[0/3]" in drawn and "2 running" in drawn
+    assert drawn.count("▸ stage") == 2
+    log = tmp_path / "stderr.log"
+    log.write_text("+ false\nsomething broke\n")
+    failed = running[0]
+    failed.outcome = FAILED
+    reporter.finished(failed, 1.0)
+    reporter.failed(Failure(failed.id, failed.id, "stage", "exit code 1", "", str(log)))
+    assert "FAILED stage" in out.getvalue() and "| something broke" in out.getvalue()
+    redrawn = out.getvalue().rsplit("FAILED", 1)[1]
+    assert "1 failed · 1 running" in redrawn and redrawn.count("▸ stage") == 1
+    reporter.close()
+    assert out.getvalue().endswith("0.0s\n" + "\x1b[F\x1b[K" * 2)  # the 2-line block erased
+
+
+def test_quiet_shows_only_failures() -> None:
+    out = io.StringIO()
+    quiet = QuietReporter(out)
+    quiet.begin(5)
+    quiet.finished(unit(1, SUCCEEDED), 1.0)
+    assert out.getvalue() == ""
+    quiet.failed(Failure("u", "j", "stage", "exit code 2", "o.log", "e.log"))
+    assert out.getvalue() == "FAILED stage u: exit code 2\n  logs: e.log\n"
+
+
+def test_durations_read_well() -> None:
+    assert [format_seconds(s) for s in (4.24, 185, 3720)] == ["4.2s", "3m05s", "1h02m"]
