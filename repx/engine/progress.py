@@ -59,6 +59,7 @@ class ConsoleReporter(Reporter):
         self.failed_count = 0
         self.blocked = 0
         self.running: dict[str, tuple[Unit, float]] = {}
+        self.queued_ids: set[str] = set()
         self.started_at = time.monotonic()
         self._drawn = 0
         self._last_draw = 0.0
@@ -78,10 +79,15 @@ class ConsoleReporter(Reporter):
     def add_units(self, count: int) -> None:
         self.total += count
 
+    def queued(self, unit: Unit) -> None:
+        self.queued_ids.add(unit.id)
+
     def started(self, unit: Unit) -> None:
+        self.queued_ids.discard(unit.id)
         self.running[unit.id] = (unit, time.monotonic())
 
     def finished(self, unit: Unit, seconds: float) -> None:
+        self.queued_ids.discard(unit.id)
         self.running.pop(unit.id, None)
         self.done += 1
         if unit.outcome == SUCCEEDED:
@@ -132,6 +138,8 @@ class ConsoleReporter(Reporter):
             parts.append(f"{self.failed_count} failed")
         if self.blocked:
             parts.append(f"{self.blocked} blocked")
+        if self.queued_ids:
+            parts.append(f"{len(self.queued_ids)} queued")
         parts.append(f"{len(self.running)} running")
         eta = self._eta(now)
         if eta is not None:

@@ -90,6 +90,9 @@ class Reporter:
     def add_units(self, count: int) -> None:
         """A scatter expanded into ``count`` more units."""
 
+    def queued(self, unit: Unit) -> None:
+        """A unit was submitted to a batch system and waits there (SLURM)."""
+
     def started(self, unit: Unit) -> None:
         """A unit's process started."""
 

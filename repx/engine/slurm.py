@@ -387,6 +387,7 @@ class SlurmScheduler(UnitScheduler):
                 unit.slurm_id = record.slurm_id
                 unit.state = "submitted"
                 self.watching[record.slurm_id or ""] = unit
+                self.reporter.queued(unit)
                 self.reporter.message(f"{unit.label} {uid} is already on SLURM as job "
                                       f"{record.slurm_id}; watching it")
 
@@ -560,7 +561,7 @@ class SlurmScheduler(UnitScheduler):
             unit.state = "submitted"
             self.watching[unit.slurm_id] = unit
             self.submitted.append(unit)
-            self.reporter.started(unit)
+            self.reporter.queued(unit)
         self.store.mark_queued(self.owner, {u.id: u.slurm_id or "" for _i, u in tasks})
 
     def _inputs_for(self, unit: Unit, meta: str, prepare: bool = False) -> dict[str, str]:
@@ -598,6 +599,7 @@ class SlurmScheduler(UnitScheduler):
                     continue
                 if state in ("RUNNING", "COMPLETING") and unit.state == "submitted":
                     unit.state = "running-slurm"
+                    self.reporter.started(unit)
                     self.store.update(JobRecord(unit.id, Status.RUNNING, owner=self.owner,
                                                 slurm_id=task))
                 if state in FINAL_STATES or state == "LOST":
