@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -354,3 +355,34 @@ def test_resources_toml_overrides_and_errors(tmp_path: Path) -> None:
     write_files(tmp_path, {"bad.toml": "[defaults]\nmemory = \"1G\"\n"})
     with pytest.raises(UsageError, match=r"bad.toml: defaults: unknown key 'memory'"):
         ResourceRules.load(tmp_path / "bad.toml")
+
+
+def test_ctrl_c_cancels_what_the_build_submitted(slurm, make_lab) -> None:
+    require_nix()
+    folder = slow_lab(make_lab, 120)
+    store = folder / ".repx"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "repx.cli", "build", "--scheduler", "slurm", "--store",
+         str(store), "--json", "-q", "--poll", "0.3"], cwd=folder,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(active_tasks(store)
+                                                  if (store / "db").exists() else []) < 6:
+            time.sleep(0.3)
+        assert len(active_tasks(store)) == 6, "the jobs were never submitted"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    result = json.loads(out)
+    assert result["interrupted"] is True and len(result["cancelled"]) == 3
+    deadline = time.monotonic() + 30
+    while active_tasks(store) and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert active_tasks(store) == []
+    records = Store(store, readonly=True).records()
+    assert {r.status for r in records} == {Status.CANCELLED}
