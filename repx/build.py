@@ -203,11 +203,10 @@ def _record_last_build(store: Store, lab: str, targets: tuple[str, ...], started
 
 def _scheduler(graph: JobGraph, store: Store, plan: Plan, options: BuildOptions,
                reporter: Reporter | None) -> UnitScheduler:
-    forced = _forced_ids(graph, options, plan)
     if options.scheduler == "slurm":
         from repx.engine.slurm import ResourceRules, SlurmOptions, SlurmScheduler
 
-        slurm = SlurmOptions(keep_going=options.keep_going, forced=forced, wait=options.wait,
+        slurm = SlurmOptions(keep_going=options.keep_going, wait=options.wait,
                              poll=options.poll,
                              resources=ResourceRules.load(options.resources_file))
         return SlurmScheduler(graph, store, plan, slurm, reporter)
@@ -215,14 +214,6 @@ def _scheduler(graph: JobGraph, store: Store, plan: Plan, options: BuildOptions,
         raise UsageError(f"unknown scheduler '{options.scheduler}' (use local or slurm)")
     local = LocalOptions(
         jobs=options.jobs, keep_going=options.keep_going, cpus=options.cpus,
-        mem=options.mem, forced=forced, grace=options.grace,
+        mem=options.mem, grace=options.grace,
     )
     return LocalScheduler(graph, store, plan, local, reporter)
-
-
-def _forced_ids(graph: JobGraph, options: BuildOptions, plan: Plan) -> set[str]:
-    if not options.force:
-        return set()
-    from repx.engine.plan import resolve_force
-
-    return resolve_force(graph, options.force, plan.closure)

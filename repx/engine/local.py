@@ -143,8 +143,6 @@ class LocalScheduler(UnitScheduler):
         self.cpu_budget = max(options.cpus or machine_cpus(), self.max_jobs)
         self.mem_budget = options.mem or machine_mem()
         self.running: dict[int, _Running] = {}
-        self.cpus_in_use = 0
-        self.mem_in_use = 0
         self._env = dict(os.environ)
 
     def run(self) -> None:
@@ -209,19 +207,21 @@ class LocalScheduler(UnitScheduler):
         starts: list[Unit] = []
         if self.stopping:
             return starts
+        cpus = sum(r.unit.cpus for r in self.running.values())
+        mem = sum(r.unit.mem for r in self.running.values())
         ready = self.ready
         while ready and len(self.running) + len(starts) < self.max_jobs:
             unit = ready[0][3]
             busy = self.running or starts
-            if busy and (self.cpus_in_use + unit.cpus > self.cpu_budget
+            if busy and (cpus + unit.cpus > self.cpu_budget
                          or (self.mem_budget and unit.mem
-                             and self.mem_in_use + unit.mem > self.mem_budget)):
+                             and mem + unit.mem > self.mem_budget)):
                 break
             heapq.heappop(ready)
             if unit.state != "ready":
                 continue
-            self.cpus_in_use += unit.cpus
-            self.mem_in_use += unit.mem
+            cpus += unit.cpus
+            mem += unit.mem
             starts.append(unit)
         return starts
 
@@ -253,8 +253,6 @@ class LocalScheduler(UnitScheduler):
             )
         except (OSError, RepxError) as exc:
             reason = exc.message if isinstance(exc, RepxError) else f"cannot start: {exc}"
-            self.cpus_in_use -= unit.cpus
-            self.mem_in_use -= unit.mem
             self._fail(unit, reason)
             return
         pidfd = os.pidfd_open(pid)
@@ -272,8 +270,6 @@ class LocalScheduler(UnitScheduler):
         # SIGTERM) must not keep writing into out/ once the outputs are checked and hashed.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(running.pid, signal.SIGKILL)
-        self.cpus_in_use -= unit.cpus
-        self.mem_in_use -= unit.mem
         seconds = time.monotonic() - running.started
         self.unit_seconds[unit.id] = seconds
         code = os.waitstatus_to_exitcode(status)

@@ -38,6 +38,8 @@ class Plan:
     #: Jobs recorded as succeeded that run again (forced, an output missing or changed):
     #: their claim must take over the succeeded record.
     stale: set[str] = field(default_factory=set)
+    #: Jobs named by ``--force``: their units run even when the store holds them.
+    forced: set[str] = field(default_factory=set)
 
 
 def selection_closure(graph: JobGraph, targets: list[str]) -> list[str]:
@@ -140,4 +142,4 @@ def plan_build(
             to_run.append(job_id)
             reasons[job_id] = reason
     stale = {j for j in to_run if statuses.get(j) is Status.SUCCEEDED}
-    return Plan(closure, up_to_date, to_run, reasons, in_flight, stale)
+    return Plan(closure, up_to_date, to_run, reasons, in_flight, stale, forced)

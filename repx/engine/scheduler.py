@@ -25,7 +25,7 @@ import shutil
 import signal
 import subprocess
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from repx.engine.jobfiles import (
@@ -61,12 +61,10 @@ FOREIGN_POLL_SECONDS = 0.25
 
 @dataclass
 class SchedulerOptions:
-    """What every executor needs to know about a build."""
+    """What every executor needs to know about a build (what to run is in the plan)."""
 
     #: Keep running everything independent of a failure (``--keep-going``).
     keep_going: bool = False
-    #: Job ids whose units run even when the store holds them (``--force``).
-    forced: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -278,43 +276,54 @@ class UnitScheduler:
                     stack.append((dep, BLOCKED, f"{u.label} {u.id} {oc}"
                                   if oc != BLOCKED else u.reason))
 
+    #: Whether a unit whose record names a live SLURM job is waited for instead of claimed
+    #: (the local executor; the SLURM executor adopts such jobs before it claims).
+    waits_for_slurm_jobs = True
+
     def _commit(self, starts: list[Unit]) -> None:
         """One transaction: the outcomes reaped so far, then claims for ``starts``.
 
         Units whose claim is refused are taken out of ``starts``: done by another build
         (up to date) or being run by one (waited for).
         """
-        store = self.store
         finishes, self._finishes = self._finishes, []
         if not finishes and not starts:
             return
-        refused: list[Unit] = []
-        with store.batch():
+        with self.store.batch():
             for record in finishes:
-                store.finish(record)
-            if starts:
-                before = store.statuses([u.id for u in starts])
-                for unit in starts:
-                    status = before.get(unit.id)
-                    if self._cached(unit, status):
-                        refused.append(unit)
-                        unit.state = "cached"
-                        continue
-                    if status in (Status.RUNNING, Status.QUEUED) and self._on_slurm(unit.id):
-                        refused.append(unit)
-                        continue
-                    if not store.claim(unit.id, self.owner, host=self.host, pid=self.pid,
-                                       lab=self.lab, run=unit.job.run, stage=self._stage(unit),
-                                       force=self._takes_over(unit, status)):
-                        refused.append(unit)
-                    elif status in (Status.RUNNING, Status.QUEUED):
-                        unit.maybe_orphan = True  # an abandoned claim: see kill_orphans
+                self.store.finish(record)
+            refused = self._claim_each(starts) if starts else []
         if starts or refused:
             self.claims_refused = bool(refused)
         for unit in refused:
             starts.remove(unit)
-            self.cpus_in_use -= unit.cpus
-            self.mem_in_use -= unit.mem
+        self._settle_refused(refused)
+
+    def _claim_each(self, units: list[Unit]) -> list[Unit]:
+        """Claim ``units`` (inside the caller's batch); the ones not claimed. A refused unit
+        is marked ``cached`` when the store already holds it complete."""
+        store = self.store
+        refused: list[Unit] = []
+        before = store.statuses([u.id for u in units])
+        for unit in units:
+            status = before.get(unit.id)
+            if self._cached(unit, status):
+                unit.state = "cached"
+                refused.append(unit)
+            elif (self.waits_for_slurm_jobs and status in (Status.RUNNING, Status.QUEUED)
+                  and self._on_slurm(unit.id)):
+                refused.append(unit)
+            elif not store.claim(unit.id, self.owner, host=self.host, pid=self.pid,
+                                 lab=self.lab, run=unit.job.run, stage=self._stage(unit),
+                                 force=self._takes_over(unit, status)):
+                refused.append(unit)
+            elif status in (Status.RUNNING, Status.QUEUED):
+                unit.maybe_orphan = True  # an abandoned claim: see local.kill_orphans
+        return refused
+
+    def _settle_refused(self, refused: list[Unit]) -> None:
+        """Units not claimed: done when the store holds them, else waited for."""
+        for unit in refused:
             if unit.state == "cached":
                 self._done_elsewhere(unit)
             else:
@@ -324,7 +333,7 @@ class UnitScheduler:
         """A scatter or step unit the store already holds, complete (the plan only looked
         at graph jobs; these units are known once their scatter ran)."""
         return (status is Status.SUCCEEDED and unit.role in ("scatter", "step")
-                and unit.job.id not in self.options.forced
+                and unit.job.id not in self.plan.forced
                 and self._outputs_missing(unit) is None)
 
     def _takes_over(self, unit: Unit, status: Status | None) -> bool:
@@ -334,7 +343,7 @@ class UnitScheduler:
         finished since the plan is not taken over (it is up to date)."""
         if status is not Status.SUCCEEDED:
             return False
-        return (unit.job.id in self.options.forced or unit.id in self.plan.stale
+        return (unit.job.id in self.plan.forced or unit.id in self.plan.stale
                 or unit.role in ("scatter", "step"))
 
     def _on_slurm(self, unit_id: str) -> bool:

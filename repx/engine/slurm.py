@@ -296,6 +296,8 @@ class SlurmScheduler(UnitScheduler):
     them to their outcomes; see the module docstring."""
 
     options: SlurmOptions
+    #: Records naming a live SLURM job were adopted (watched) before any claim.
+    waits_for_slurm_jobs = False
 
     def __init__(self, graph: JobGraph, store: Store, plan: Plan, options: SlurmOptions,
                  reporter: Reporter | None = None, cli: SlurmCli | None = None) -> None:
@@ -465,27 +467,11 @@ class SlurmScheduler(UnitScheduler):
     def _claim(self, units: list[Unit]) -> set[str]:
         """Claim ``units`` in one transaction; the ids we hold. Units another build holds are
         waited for; units the store already holds (scatter-gather parts) are done."""
-        held: set[str] = set()
-        cached: list[Unit] = []
-        refused: list[Unit] = []
-        store = self.store
-        with store.batch():
-            before = store.statuses([u.id for u in units])
-            for unit in units:
-                status = before.get(unit.id)
-                if self._cached(unit, status):
-                    cached.append(unit)
-                elif store.claim(unit.id, self.owner, host=self.host, pid=self.pid,
-                                 lab=self.lab, run=unit.job.run, stage=self._stage(unit),
-                                 force=self._takes_over(unit, status)):
-                    held.add(unit.id)
-                else:
-                    refused.append(unit)
-        for unit in cached:
-            self._done_elsewhere(unit)
-        for unit in refused:
-            self._claimed_elsewhere(unit)
-        return held
+        with self.store.batch():
+            refused = self._claim_each(units)
+        self._settle_refused(refused)
+        taken = {u.id for u in refused}
+        return {u.id for u in units if u.id not in taken}
 
     def _submit_group(self, directives: list[str],
                       members: list[tuple[Unit, list[str], list[str]]]) -> None:
