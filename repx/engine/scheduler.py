@@ -261,6 +261,7 @@ class UnitScheduler:
             u.reason = why
             if not u.gate:
                 self.reporter.finished(u, self.unit_seconds.get(u.id, 0.0))
+                self._resolved(u)
             ok = oc in (SUCCEEDED, UP_TO_DATE)
             for dep in u.dependents:
                 if dep.state == "done":
@@ -279,6 +280,9 @@ class UnitScheduler:
     #: Whether a unit whose record names a live SLURM job is waited for instead of claimed
     #: (the local executor; the SLURM executor adopts such jobs before it claims).
     waits_for_slurm_jobs = True
+
+    def _resolved(self, unit: Unit) -> None:
+        """Hook: ``unit`` just got its outcome (executors with queued work react here)."""
 
     def _commit(self, starts: list[Unit]) -> None:
         """One transaction: the outcomes reaped so far, then claims for ``starts``.

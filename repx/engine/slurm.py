@@ -310,6 +310,7 @@ class SlurmScheduler(UnitScheduler):
         self.submitted: list[Unit] = []
         self._expanded: set[str] = set()
         self._missing_since: dict[str, float] = {}
+        self._blocked_queued: list[Unit] = []
 
     # -- main loop
 
@@ -671,17 +672,19 @@ class SlurmScheduler(UnitScheduler):
         self._commit([])
 
     def _resolve(self, unit: Unit, outcome: str, reason: str) -> None:
-        """As the base class; units blocked while queued are cancelled on SLURM too (it
-        would do so itself through --kill-on-invalid-dep, but not for soft waits)."""
+        """As the base class; units blocked while queued (collected by :meth:`_resolved`)
+        are cancelled on SLURM too, in one scancel (SLURM would cancel them itself through
+        --kill-on-invalid-dep, but not those waiting with afterany)."""
         super()._resolve(unit, outcome, reason)
-        if outcome in (FAILED, BLOCKED, CANCELLED):
-            blocked = [u for u in self.watching.values()
-                       if u.state == "done" and u.outcome == BLOCKED]
-            for u in blocked:
-                self.watching.pop(u.slurm_id or "", None)
-                self._record_cancelled(u, u.reason or "blocked")
-            if blocked:
-                self.cli.scancel(u.slurm_id for u in blocked if u.slurm_id)
+        blocked, self._blocked_queued = self._blocked_queued, []
+        if blocked:
+            self.cli.scancel(u.slurm_id for u in blocked if u.slurm_id)
+
+    def _resolved(self, unit: Unit) -> None:
+        if unit.outcome == BLOCKED and self.watching.get(unit.slurm_id or "") is unit:
+            del self.watching[unit.slurm_id or ""]
+            self._record_cancelled(unit, unit.reason or "blocked")
+            self._blocked_queued.append(unit)
 
     def _expand(self, scatter: Unit) -> None:
         super()._expand(scatter)
