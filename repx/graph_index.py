@@ -21,11 +21,15 @@ from pathlib import Path
 import msgpack
 from blake3 import blake3
 
+from repx.engine.jobfiles import declared_outputs
 from repx.expand import JobGraph
 from repx.store import Status, Store
 
 #: Bump when the file layout changes (old files are then ignored).
-INDEX_FORMAT = 1
+INDEX_FORMAT = 2
+
+#: Stands for the job's ``out/`` folder in the stored paths.
+OUT_MARK = "\0"
 
 
 def index_path(cache_root: Path, lab_dir: Path, targets: tuple[str, ...]) -> Path:
@@ -42,11 +46,9 @@ def write_index(path: Path, graph: JobGraph, closure: list[str]) -> None:
     """
     outs = []
     for job_id in closure:
-        rel = []
-        for template in graph.jobs[job_id].outputs.values():
-            if isinstance(template, str):
-                rel.append(template[4:] if template.startswith("$out") else "/" + template)
-        outs.append("\t".join(rel))
+        # Resolved like every other output check, against a marker for the job's out/.
+        paths = declared_outputs(graph.jobs[job_id].outputs, OUT_MARK, job_id).values()
+        outs.append("\t".join(paths))
     data = msgpack.packb([INDEX_FORMAT, "\n".join(closure), "\n".join(outs)])
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -75,10 +77,10 @@ def up_to_date_ids(path: Path, store: Store) -> list[str] | None:
         return None
     root = f"{store.root}/outputs/"
     exists = os.path.exists
-    for job_id, rel in zip(ids, outs, strict=True):
-        if rel:
+    for job_id, paths in zip(ids, outs, strict=True):
+        if paths:
             base = root + job_id + "/out"
-            for part in rel.split("\t"):
-                if not exists(base + part):
+            for path in paths.split("\t"):
+                if not exists(base + path[1:] if path[:1] == OUT_MARK else path):
                     return None
     return ids

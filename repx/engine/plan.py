@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from repx.engine.jobfiles import declared_outputs
 from repx.errors import UsageError
 from repx.expand import Job, JobGraph
 from repx.store import Status, Store
@@ -85,14 +86,12 @@ def resolve_force(graph: JobGraph, names: tuple[str, ...], closure: list[str]) -
 
 
 def outputs_present(job: Job, out_dir: str) -> str | None:
-    """None when every declared output exists, else the first missing one's description."""
-    for name, template in job.outputs.items():
-        if not isinstance(template, str):
-            continue
-        if template.startswith("$out"):
-            path = out_dir + template[4:]
-        else:
-            path = os.path.join(out_dir, template)
+    """None when every declared output exists, else the first missing one's description.
+
+    Paths are resolved by :func:`repx.engine.jobfiles.declared_outputs`, exactly as the
+    scheduler checks them after a run, so a job judged complete there is complete here.
+    """
+    for name, path in declared_outputs(job.outputs, out_dir, job.id).items():
         if not os.path.exists(path):
             return f"output '{name}' is missing ({path})"
     return None
