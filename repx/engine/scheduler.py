@@ -415,7 +415,7 @@ class UnitScheduler:
                 heapq.heappush(self.ready, (unit.run_index, unit.order, self._seq, unit))
 
     def _outputs_missing(self, unit: Unit) -> str | None:
-        out = f"{self.outputs_root}/{unit.id}/out"
+        out = self.resolver.out_dir(unit.id)
         for name, path in declared_outputs(unit.outputs, out, unit.id).items():
             if not os.path.exists(path):
                 return f"did not write its declared output '{name}' ({path})"
@@ -425,7 +425,7 @@ class UnitScheduler:
               record: bool = True, report: bool = True) -> None:
         """Give ``unit`` the outcome FAILED: recorded in the store when this build holds its
         claim (``record``), shown at once unless the caller reports a group (``report``)."""
-        meta = f"{self.outputs_root}/{unit.id}/repx"
+        meta = self.resolver.meta_dir(unit.id)
         failure = Failure(unit.id, unit.job.id, unit.label, reason,
                           meta + "/stdout.log", meta + "/stderr.log")
         self.failures.append(failure)
@@ -443,7 +443,7 @@ class UnitScheduler:
     def _cancel(self, unit: Unit, code: int) -> None:
         name = signal.Signals(self.interrupted).name if self.interrupted else "interrupt"
         reason = f"interrupted ({name})"
-        meta = f"{self.outputs_root}/{unit.id}/repx"
+        meta = self.resolver.meta_dir(unit.id)
         self._finishes.append(JobRecord(
             unit.id, Status.CANCELLED, exit_code=code, owner=self.owner, reason=reason,
             stdout_log=meta + "/stdout.log", stderr_log=meta + "/stderr.log",
@@ -518,11 +518,11 @@ class UnitScheduler:
         assert sg is not None
         gather = self.final[job.id]
         template = job.executables["scatter"].outputs.get("work__items", sg.work_items)
-        items_path = output_path(template, f"{self.outputs_root}/{scatter.id}/out",
+        items_path = output_path(template, self.resolver.out_dir(scatter.id),
                                  job=scatter.id, name="work__items")
         items = read_work_items(items_path, job)
         branches = [(item, branch_plan(job, item)) for item in items]
-        job_meta = f"{self.outputs_root}/{job.id}/repx"
+        job_meta = self.resolver.meta_dir(job.id)
         os.makedirs(job_meta, exist_ok=True)
         write_text(job_meta + "/units.json", units_manifest(scatter.id, branches))
         steps = job.stage_def.steps
@@ -545,7 +545,7 @@ class UnitScheduler:
                     sinks.append(unit)
                     template = steps[p.step].outputs[sg.sink_output]
                     sink_outputs.append({sg.sink_output: output_path(
-                        template, f"{self.outputs_root}/{p.id}/out", job=p.id,
+                        template, self.resolver.out_dir(p.id), job=p.id,
                         name=sg.sink_output)})
         write_json(job_meta + "/worker_outs.json", sink_outputs)
         self.reporter.add_units(new)
@@ -597,7 +597,7 @@ class UnitScheduler:
         except RepxError as exc:
             self._fail(unit, exc.message, exit_code=exit_code)
             return
-        meta = f"{self.outputs_root}/{unit.id}/repx"
+        meta = self.resolver.meta_dir(unit.id)
         self._finishes.append(JobRecord(
             unit.id, Status.SUCCEEDED, exit_code=exit_code, outputs=manifest, owner=self.owner,
             stdout_log=meta + "/stdout.log", stderr_log=meta + "/stderr.log",

@@ -498,7 +498,7 @@ class SlurmScheduler(UnitScheduler):
         first = tasks[0][1]
         rows = [""] * (max(i for i, _u in tasks) + 1)
         for index, unit in tasks:
-            meta = f"{self.outputs_root}/{unit.id}/repx"
+            meta = self.resolver.meta_dir(unit.id)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(meta + "/exit_code")  # an earlier attempt's, not this one's
             try:
@@ -605,7 +605,7 @@ class SlurmScheduler(UnitScheduler):
         if unit.state == "done":  # already given an outcome (blocked, cancelled)
             return
         unit.state = "running"
-        meta = f"{self.outputs_root}/{unit.id}/repx"
+        meta = self.resolver.meta_dir(unit.id)
         code = _read_exit_code(meta + "/exit_code")
         slurm_log = self._keep_slurm_log(unit)
         if state == "COMPLETED" and code in (0, None):
