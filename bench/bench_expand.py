@@ -22,9 +22,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from repx.blueprint import load_lab  # noqa: E402
-from repx.expand import expand_lab  # noqa: E402
-from repx.nixbuild import NIX_DIR, NIX_OPTIONS  # noqa: E402
+from repx.lab.blueprint import load_lab  # noqa: E402
+from repx.lab.expand import expand_lab  # noqa: E402
+from repx.lab.nix import NIX_DIR, NIX_OPTIONS  # noqa: E402
 
 
 def write_lab(folder: Path, side: int, dynamic: bool = False) -> None:

@@ -1,8 +1,8 @@
 """Job identities: ``<32 base-32 chars>-<pname>-<version>`` from a BLAKE3 digest.
 
 An identity is the name under which a job's result is stored, so it must be a pure
-function of what determines the result (see docs/blueprint.md "Identities" and
-:mod:`repx.expand` for what goes in) and must never change between repx runs, machines
+function of what determines the result (what goes in is spelled out below, in
+:func:`identity_parts`) and must never change between repx runs, machines
 or Python versions — otherwise a store full of finished work silently becomes stale.
 That is why the hashed text is *canonical JSON*:
 
@@ -22,8 +22,12 @@ plain order makes a hex-to-id cross-check trivial.
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING, Any
 
 from blake3 import blake3
+
+if TYPE_CHECKING:
+    from repx.lab.graph import Job
 
 #: Nix's base-32 alphabet (omits e, o, t, u).
 NIX32_ALPHABET = "0123456789abcdfghijklmnpqrsvwxyz"
@@ -69,6 +73,74 @@ def job_id(parts: object, pname: str, version: str) -> str:
     return f"{hash_part(canonical_json(parts))}-{pname}-{version}"
 
 
-def store_key(job_id: str) -> bytes:
-    """The 32-byte BLAKE3 digest of a job id: the fixed-size key of its store record."""
-    return blake3(job_id.encode()).digest()
+# ------------------------------------------------------------------------ what a job hashes
+#
+# A job's identity is ``job_id(parts, pname, version)`` where ``parts`` is the object
+#
+#     {"code":      ["pure", [script store paths in executable order], outputs]
+#                   | ["params-only", pname, version, [executable names]],
+#      "files":     {input: store path},              inputs resolved from defaults
+#      "inter_run": [[run, type, [sorted job ids of that run]], ...],
+#      "params":    {declared param: effective value},
+#      "upstream":  [[producer job id, [[source, target], ...]], ...]}   in deps order
+#
+# and nothing else: never resources, undeclared params, git hash, lab version or group
+# names. In "pure" mode the resolved output templates are hashed too: one script serves a
+# whole stage, so a dynamic ``outputs`` function is not captured by the script's path, and
+# a job that writes elsewhere must not reuse an old record. Expansion hashes millions of
+# these, so it feeds the constant head (code, files, inter_run) to a hasher once per stage
+# and the per-job tail (params, upstream) per job; both halves are spelled only here.
+
+
+def code_part(hash_mode: str, executables: dict[str, Any], outputs: Any, pname: str,
+              version: str) -> list[Any]:
+    """The ``code`` member: what stands for the stage's code in its jobs' identities.
+
+    ``executables`` maps executable names to objects with a ``script`` (store path).
+    """
+    if hash_mode == "pure":
+        return ["pure", [e.script for e in executables.values()], outputs]
+    return ["params-only", pname, version, list(executables)]
+
+
+def identity_head(code: list[Any], files: dict[str, str], inter_run_json: str) -> str:
+    """The canonical JSON of the identity object up to (not including) the params value."""
+    return ('{"code":' + canonical_json(code) + ',"files":' + canonical_json(files)
+            + ',"inter_run":' + inter_run_json + ',"params":')
+
+
+def identity_tail(params_json: str, upstream_json: str) -> str:
+    """The rest of the identity object's canonical JSON after :func:`identity_head`."""
+    return params_json + ',"upstream":' + upstream_json + "}"
+
+
+def identity_parts(job: Job) -> dict[str, Any]:
+    """The object whose canonical JSON gives ``job.id`` (``repx`` tracing and tests)."""
+    st = job.stage_def
+    return {
+        "code": code_part(job.hash_mode, st.executables, job.outputs, job.pname, job.version),
+        "files": {k: v["file"] for k, v in job.inputs.items() if "file" in v},
+        "inter_run": [[ir.run, ir.type, job.inputs[ir.target]["jobs"]] for ir in st.inter_run],
+        "params": job.params,
+        "upstream": [
+            [pid, [[m.source, m.target] for m in dep.mappings]]
+            for pid, dep in zip(job.upstream, st.deps, strict=True)
+        ],
+    }
+
+
+# ------------------------------------------------------------------ scatter-gather units
+
+
+def scatter_id(job: Job) -> str:
+    """The id of a scatter-gather job's scatter unit (a function of the job's id only)."""
+    return job_id(["scatter", job.id], f"{job.pname}-scatter", job.version)
+
+
+def step_id(job: Job, step: str, item: Any) -> str:
+    """The id of step ``step`` of the branch whose work item is ``item``.
+
+    The item's content, not its position, is part of the identity: a scatter that writes
+    the same items in a new order reuses every branch.
+    """
+    return job_id(["step", job.id, step, item], f"{job.pname}-{step}", job.version)

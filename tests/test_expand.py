@@ -15,17 +15,14 @@ from typing import Any
 
 import pytest
 
-from repx.blueprint import load_lab
 from repx.errors import LabError, UsageError
-from repx.expand import (
-    JobGraph,
-    identity_parts,
-    load_job_graph,
-    parse_mem,
-    parse_time,
-    render_body,
-)
-from repx.identity import NIX32_ALPHABET, canonical_json, job_id, nix32_of_digest, store_key
+from repx.identity import NIX32_ALPHABET, canonical_json, identity_parts, job_id, nix32_of_digest
+from repx.lab.blueprint import load_lab
+from repx.lab.expand import load_job_graph
+from repx.lab.graph import JobGraph
+from repx.lab.resources import parse_mem, parse_time
+from repx.lab.script_checks import render_body
+from repx.store import job_key
 
 ID_RE = re.compile(r"^[0-9a-df-np-sv-z]{32}-")
 
@@ -187,7 +184,7 @@ def test_identity_format_and_alphabet() -> None:
     assert nix32_of_digest(digest) == std.translate(table)
     assert nix32_of_digest(b"\xff" * 20) == "z" * 32
     assert nix32_of_digest(b"\x08" + b"\x00" * 19) == "1" + "0" * 31
-    assert len(store_key(jid)) == 32
+    assert len(job_key(jid)) == 32
 
 
 def test_canonical_json_is_order_independent() -> None:
@@ -672,7 +669,7 @@ def test_loaded_shapes_and_to_dict(tmp_path: Path) -> None:
 
 
 def test_render_body() -> None:
-    from repx.blueprint import Executable
+    from repx.lab.blueprint import Executable
 
     e = Executable("main", "/s", "run --lr __repx_param_lr__ --lr_x __repx_param_lr_x__ "
                    "--f __repx_param_flag__ --n __repx_param_none__ --g __repx_param_f__",

@@ -16,10 +16,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from repx import gc
 from repx.errors import UsageError
-from repx.expand import load_job_graph
-from repx.store import Status, Store
+from repx.lab.expand import load_job_graph
+from repx.store import Status, Store, gc, layout
 from tests.conftest import EXAMPLES, require_nix
 from tests.test_inspect import (
     BuiltLab,
@@ -174,7 +173,7 @@ def test_gc_keeps_scatter_gather_units(sg_lab: BuiltLab, store: Store) -> None:
     listed = {"scatter": "s" * 32 + "-partial-sums-scatter",
               "branches": [{"item": 1, "steps": {"square": "q" * 32 + "-square",
                                                  "double": "d" * 32 + "-double"}}]}
-    for unit_id in gc.unit_ids(listed):
+    for unit_id in layout.unit_ids(listed):
         record_job(store, unit_id, lab=other_lab, run=sg.run, stage="partial-sums/x",
                    files={"v": b"1"})
     (store.meta_dir(sg.id) / "units.json").write_text(json.dumps(listed))
@@ -184,7 +183,7 @@ def test_gc_keeps_scatter_gather_units(sg_lab: BuiltLab, store: Store) -> None:
     result = gc.collect(store)
     assert [i for i, _ in result.removed] == [stray.job_id]
     kept = {r.job_id for r in store.records()}
-    assert kept == {sg.id, pending.job_id, *gc.unit_ids(listed)}
+    assert kept == {sg.id, pending.job_id, *layout.unit_ids(listed)}
 
     # Once the lab is no root, the SG job and its units go too.
     gc.unpin(store, Path(sg_lab.path).name)
@@ -313,7 +312,7 @@ def test_gc_after_repx_build_keeps_scatter_gather_units_until_unpinned(
         (root,) = store.roots()
         graph = load_job_graph(root.lab_path)
         sg_units = [i for j in graph.jobs.values() if j.kind == "scatter-gather"
-                    for i in gc.unit_ids(gc.read_units(store, j.id) or {})]
+                    for i in layout.unit_ids(layout.read_units(store.meta_dir(j.id), j.id) or {})]
     # 4 lab jobs plus every unit of its two scatter-gather jobs, each a record of its own.
     assert len(records) == 4 + len(sg_units) and set(sg_units) <= set(records)
     roots = json.loads(run_repx("gc", "roots", "--json", cwd=folder)[0])

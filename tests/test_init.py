@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from repx.scaffold import FILES
+from repx.lab.scaffold import FILES
 from tests.conftest import REPO, require_nix
 from tests.test_examples import repx
 

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from repx import inspect as ins
 from repx.errors import UsageError
-from repx.expand import Job, JobGraph
 from repx.lab import LabOptions, open_lab
+from repx.lab.graph import Job, JobGraph
+from repx.report import store_views as ins
 from repx.store import JobRecord, Status, Store, StoreError, owner_token, this_host
 from tests.conftest import EXAMPLES, REPO, require_nix
 from tests.test_examples import REPX, repx

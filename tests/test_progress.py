@@ -6,8 +6,8 @@ import io
 from pathlib import Path
 
 from repx.engine.progress import ConsoleReporter, QuietReporter, format_seconds
-from repx.engine.scheduler import FAILED, SUCCEEDED, Failure
-from repx.engine.units import Unit
+from repx.engine.scheduler import Failure
+from repx.engine.units import Outcome, Unit
 
 
 class Tty(io.StringIO):
@@ -29,7 +29,7 @@ def test_plain_lines_at_each_tenth_and_a_final_line() -> None:
     for n in range(20):
         u = unit(n)
         reporter.started(u)
-        u.outcome = SUCCEEDED
+        u.outcome = Outcome.SUCCEEDED
         reporter.finished(u, 0.01)
         reporter.tick()
     reporter.close()
@@ -55,7 +55,7 @@ def test_live_block_shows_running_jobs_and_erases_itself(tmp_path: Path) -> None
     log = tmp_path / "stderr.log"
     log.write_text("+ false\nsomething broke\n")
     failed = running[0]
-    failed.outcome = FAILED
+    failed.outcome = Outcome.FAILED
     reporter.finished(failed, 1.0)
     reporter.failed(Failure(failed.id, failed.id, "stage", "exit code 1", "", str(log)))
     assert "FAILED stage" in out.getvalue() and "| something broke" in out.getvalue()
@@ -69,7 +69,7 @@ def test_quiet_shows_only_failures() -> None:
     out = io.StringIO()
     quiet = QuietReporter(out)
     quiet.begin(5)
-    quiet.finished(unit(1, SUCCEEDED), 1.0)
+    quiet.finished(unit(1, Outcome.SUCCEEDED), 1.0)
     assert out.getvalue() == ""
     quiet.failed(Failure("u", "j", "stage", "exit code 2", "o.log", "e.log"))
     assert out.getvalue() == "FAILED stage u: exit code 2\n  logs: e.log\n"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from repx.expand import render_body
+from repx.lab.script_checks import render_body
 
 STAGE = """
 { pkgs }:

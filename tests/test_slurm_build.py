@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from repx.engine.slurm import ResourceRules, sbatch_directives
+from repx.engine.slurm.resources import ResourceRules, sbatch_directives
 from repx.errors import UsageError
 from repx.store import Status, Store
 from tests.conftest import EXAMPLES, REPO, require_nix, write_files

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from repx.errors import ValidationError
-from repx.validate import (
+from repx.lab.script_checks import (
     ScriptCheck,
     cache_key,
     called_commands,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from repx.lab import LabOptions, open_lab
-from repx.viz import STATUS_COLOURS, group_status, lab_dot
+from repx.report.viz import STATUS_COLOURS, group_status, lab_dot
 from tests.conftest import EXAMPLES, require_nix
 from tests.test_examples import repx
 

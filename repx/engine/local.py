@@ -22,30 +22,18 @@ import signal
 import time
 from dataclasses import dataclass
 
-from repx.engine.jobfiles import write_json_lines
+from repx.engine.contract import job_argv, write_json_lines
 from repx.engine.plan import Plan
 from repx.engine.scheduler import (
-    BLOCKED,
-    CANCELLED,
-    FAILED,
     FOREIGN_POLL_SECONDS,
-    NOT_STARTED,
-    SUCCEEDED,
-    UP_TO_DATE,
-    Failure,
     Reporter,
     SchedulerOptions,
     UnitScheduler,
 )
-from repx.engine.units import Unit
+from repx.engine.units import Unit, UnitState
 from repx.errors import RepxError
-from repx.expand import JobGraph
-from repx.store import Store
-
-__all__ = [
-    "BLOCKED", "CANCELLED", "FAILED", "NOT_STARTED", "SUCCEEDED", "UP_TO_DATE", "Failure",
-    "LocalOptions", "LocalScheduler", "Reporter", "kill_orphans", "machine_cpus", "machine_mem",
-]
+from repx.lab.graph import JobGraph
+from repx.store import Store, layout
 
 _SPAWN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
 
@@ -218,7 +206,7 @@ class LocalScheduler(UnitScheduler):
                              and mem + unit.mem > self.mem_budget)):
                 break
             heapq.heappop(ready)
-            if unit.state != "ready":
+            if unit.state is not UnitState.READY:
                 continue
             cpus += unit.cpus
             mem += unit.mem
@@ -226,9 +214,10 @@ class LocalScheduler(UnitScheduler):
         return starts
 
     def _spawn(self, unit: Unit, epoll: select.epoll) -> None:
-        job_dir = f"{self.outputs_root}/{unit.id}"
-        out = job_dir + "/out"
-        meta = job_dir + "/repx"
+        folders = self.folders
+        job_dir = folders.job_dir(unit.id)
+        out = folders.out_dir(unit.id)
+        meta = folders.meta_dir(unit.id)
         try:
             for path in (job_dir, out, meta):
                 with contextlib.suppress(FileExistsError):
@@ -236,18 +225,19 @@ class LocalScheduler(UnitScheduler):
             if unit.maybe_orphan:
                 kill_orphans(out)
             inputs = self._inputs_for(unit, meta)
-            inputs_json = meta + "/inputs.json"
-            params_json = meta + "/params.json"
+            inputs_json = f"{meta}/{layout.INPUTS_JSON}"
+            params_json = f"{meta}/{layout.PARAMS_JSON}"
             write_json_lines(inputs_json, inputs)
             write_json_lines(params_json, unit.job.params)
+            stdout_log, stderr_log = folders.logs(unit.id)
             pid = os.posix_spawn(
                 unit.script,
-                [unit.script, out, inputs_json, params_json],
+                job_argv(unit.script, out, inputs_json, params_json),
                 self._env,
                 file_actions=[
                     (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
-                    (os.POSIX_SPAWN_OPEN, 1, meta + "/stdout.log", _SPAWN_FLAGS, 0o644),
-                    (os.POSIX_SPAWN_OPEN, 2, meta + "/stderr.log", _SPAWN_FLAGS, 0o644),
+                    (os.POSIX_SPAWN_OPEN, 1, stdout_log, _SPAWN_FLAGS, 0o644),
+                    (os.POSIX_SPAWN_OPEN, 2, stderr_log, _SPAWN_FLAGS, 0o644),
                 ],
                 setsid=True,
             )
@@ -257,7 +247,7 @@ class LocalScheduler(UnitScheduler):
             return
         pidfd = os.pidfd_open(pid)
         epoll.register(pidfd, select.EPOLLIN)
-        unit.state = "running"
+        unit.state = UnitState.RUNNING
         self.running[pidfd] = _Running(unit, pid, pidfd, time.monotonic())
         self.reporter.started(unit)
 

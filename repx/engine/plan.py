@@ -15,9 +15,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from repx.engine.jobfiles import declared_outputs
+from repx.engine.contract import declared_outputs
 from repx.errors import UsageError
-from repx.expand import Job, JobGraph
+from repx.lab.graph import Job, JobGraph, selection_closure
 from repx.store import Status, Store
 
 
@@ -41,24 +41,6 @@ class Plan:
     stale: set[str] = field(default_factory=set)
     #: Jobs named by ``--force``: their units run even when the store holds them.
     forced: set[str] = field(default_factory=set)
-
-
-def selection_closure(graph: JobGraph, targets: list[str]) -> list[str]:
-    """The selected jobs plus everything they need: producers, manifest runs, and every job
-    of each run that a selected run depends on (hard or soft), transitively."""
-    selected = graph.select(targets)
-    roots = [job.id for job in selected]
-    stack = [dep for run in dict.fromkeys(r for job in selected for r in job.runs)
-             for dep, _kind in graph.runs[run].dependencies]
-    dependency_runs: set[str] = set()
-    while stack:
-        name = stack.pop()
-        if name not in dependency_runs:
-            dependency_runs.add(name)
-            stack.extend(dep for dep, _kind in graph.runs[name].dependencies)
-    for name in dependency_runs:
-        roots.extend(graph.runs[name].job_ids)
-    return graph.upstream_closure(roots)
 
 
 def resolve_force(graph: JobGraph, names: tuple[str, ...], closure: list[str]) -> set[str]:
@@ -88,7 +70,7 @@ def resolve_force(graph: JobGraph, names: tuple[str, ...], closure: list[str]) -
 def outputs_present(job: Job, out_dir: str) -> str | None:
     """None when every declared output exists, else the first missing one's description.
 
-    Paths are resolved by :func:`repx.engine.jobfiles.declared_outputs`, exactly as the
+    Paths are resolved by :func:`repx.engine.contract.declared_outputs`, exactly as the
     scheduler checks them after a run, so a job judged complete there is complete here.
     """
     for name, path in declared_outputs(job.outputs, out_dir, job.id).items():
@@ -109,7 +91,7 @@ def plan_build(
     closure = selection_closure(graph, targets)
     forced = resolve_force(graph, force, closure) if force else set()
     statuses = store.statuses(closure)
-    outputs_root = str(store.root / "outputs")
+    folders = store.folders
     jobs = graph.jobs
     up_to_date: list[str] = []
     to_run: list[str] = []
@@ -124,7 +106,7 @@ def plan_build(
             if job_id in forced:
                 reason = "forced"
             else:
-                reason = outputs_present(jobs[job_id], f"{outputs_root}/{job_id}/out")
+                reason = outputs_present(jobs[job_id], folders.out_dir(job_id))
                 if reason is None and verify:
                     problems = store.verify(records[job_id], checksums=True)
                     if problems:

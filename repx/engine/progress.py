@@ -14,8 +14,8 @@ import time
 from collections import deque
 from typing import TextIO
 
-from repx.engine.scheduler import BLOCKED, FAILED, SUCCEEDED, UP_TO_DATE, Failure, Reporter
-from repx.engine.units import Unit
+from repx.engine.scheduler import Failure, Reporter
+from repx.engine.units import Outcome, Unit
 
 #: Lines of a failed job's stderr shown under the failure.
 STDERR_TAIL = 8
@@ -90,14 +90,14 @@ class ConsoleReporter(Reporter):
         self.queued_ids.discard(unit.id)
         self.running.pop(unit.id, None)
         self.done += 1
-        if unit.outcome == SUCCEEDED:
+        if unit.outcome is Outcome.SUCCEEDED:
             self.ok += 1
             self._recent.append(time.monotonic())
-        elif unit.outcome == UP_TO_DATE:
+        elif unit.outcome is Outcome.UP_TO_DATE:
             self.cached += 1
-        elif unit.outcome == FAILED:
+        elif unit.outcome is Outcome.FAILED:
             self.failed_count += 1
-        elif unit.outcome == BLOCKED:
+        elif unit.outcome is Outcome.BLOCKED:
             self.blocked += 1
 
     def failed(self, failure: Failure) -> None:

@@ -1,13 +1,13 @@
 """The part of a build's scheduler that does not depend on where units run.
 
-:class:`UnitScheduler` turns a plan into a graph of units (:mod:`.units`), gives each unit
-its outcome and passes it on (dependents become ready, or blocked), claims units in the
-store before they run and records their outcomes after, writes each unit's input files and
-expands scatter-gather jobs once their scatter is done. The executors subclass it:
+:class:`UnitScheduler` turns a plan into a graph of units (:class:`~.units.UnitGraph`, which
+owns the rules by which outcomes propagate), claims units in the store before they run and
+records their outcomes after, writes each unit's input files and expands scatter-gather
+jobs once their scatter is done. The executors subclass it:
 :class:`repx.engine.local.LocalScheduler` starts processes on this machine,
 :class:`repx.engine.slurm.SlurmScheduler` submits to SLURM and watches.
 
-Store discipline (DESIGN decision 12): a unit is *claimed* before it runs (two ``repx
+Store discipline: a unit is *claimed* before it runs (two ``repx
 build`` on one store never run the same unit: the second waits for the first's outcome)
 and its outcome is recorded as soon as it is known — after its outputs were checked and
 hashed, so a record never says "succeeded" for incomplete outputs. Outcomes and claims are
@@ -19,7 +19,6 @@ for succeeded, a soft gate when they all finished, whatever the outcome.
 
 from __future__ import annotations
 
-import heapq
 import os
 import shutil
 import signal
@@ -28,32 +27,27 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from repx.engine.jobfiles import (
+from repx.engine.contract import (
     InputResolver,
     declared_outputs,
-    output_path,
+    resolve_output,
+    step_inputs,
     write_json,
 )
 from repx.engine.plan import Plan
 from repx.engine.units import (
+    Outcome,
     Unit,
-    branch_plan,
+    UnitGraph,
+    UnitState,
+    branch_steps,
     read_work_items,
-    scatter_id,
-    step_inputs,
-    units_manifest,
-    write_text,
 )
 from repx.errors import RepxError
-from repx.expand import Job, JobGraph, validate_resources
-from repx.store import JobRecord, Status, Store, owner_alive, owner_token, this_host
-
-SUCCEEDED = "succeeded"
-UP_TO_DATE = "up to date"
-FAILED = "failed"
-BLOCKED = "blocked"
-CANCELLED = "cancelled"
-NOT_STARTED = "not started"
+from repx.identity import canonical_json, scatter_id
+from repx.lab.graph import Job, JobGraph
+from repx.lab.resources import validate_resources
+from repx.store import JobRecord, Status, Store, layout, owner_alive, owner_token, this_host
 
 #: How often units claimed by another live ``repx build`` are looked up again.
 FOREIGN_POLL_SECONDS = 0.25
@@ -133,17 +127,18 @@ class UnitScheduler:
         self.host = this_host()
         self.pid = os.getpid()
         self.lab = str(graph.lab.path)
-        self.outputs_root = str(store.root / "outputs")
-        self.resolver = InputResolver(graph.jobs, self.outputs_root, str(store.root))
+        self.folders = store.folders
+        self.resolver = InputResolver(graph.jobs, self.folders)
         self.run_index = {name: i for i, name in enumerate(graph.runs)}
-        self.units: dict[str, Unit] = {}
+        self.unit_graph = UnitGraph(self._unit_done)
+        #: Every unit by id (gates excluded), and the ready queue: the unit graph's own.
+        self.units: dict[str, Unit] = self.unit_graph.units
+        self.ready = self.unit_graph.ready
         #: graph job id -> the unit whose outcome is the job's (simple unit or gather)
         self.final: dict[str, Unit] = {}
         #: graph job id -> every unit of that job (scatter-gather jobs have many)
         self.job_units: dict[str, list[Unit]] = {}
         self.gates: dict[tuple[str, str], Unit] = {}
-        #: Units whose dependencies are all done, by (run, topological order).
-        self.ready: list[tuple[int, int, int, Unit]] = []
         self.foreign: dict[str, Unit] = {}
         self.failures: list[Failure] = []
         self.stopping = False
@@ -152,7 +147,6 @@ class UnitScheduler:
         self.interrupted = 0
         self.unit_seconds: dict[str, float] = {}
         self._order = 0
-        self._seq = 0
         self._finishes: list[JobRecord] = []
         self._static_inputs: dict[str, dict[str, str]] = {}
         self._branch_ids: dict[tuple[str, int], dict[str, str]] = {}
@@ -172,7 +166,7 @@ class UnitScheduler:
             cpus=int(cpus), mem=int(mem), run_index=self.run_index.get(job.run, 0),
             order=self._order, **extra,
         )
-        self.units[uid] = unit
+        self.unit_graph.add(unit)
         self.job_units.setdefault(job.id, []).append(unit)
         return unit
 
@@ -228,54 +222,15 @@ class UnitScheduler:
         return gates
 
     def _link(self, unit: Unit, deps: list[Unit]) -> None:
-        """Make ``unit`` wait for ``deps`` (those already done count at once)."""
-        for dep in dict.fromkeys(deps):
-            if dep.state == "done":
-                if dep.outcome in (SUCCEEDED, UP_TO_DATE) or unit.soft:
-                    continue
-                self._resolve(unit, BLOCKED, f"{dep.label} {dep.id} {dep.outcome}")
-                return
-            unit.deps_left += 1
-            unit.deps.append(dep)
-            dep.dependents.append(unit)
-        if unit.deps_left == 0 and unit.state == "waiting":
-            self._make_ready(unit)
+        self.unit_graph.link(unit, deps)
 
-    def _make_ready(self, unit: Unit) -> None:
-        if unit.gate:
-            self._resolve(unit, SUCCEEDED, "")
-            return
-        unit.state = "ready"
-        self._seq += 1
-        heapq.heappush(self.ready, (unit.run_index, unit.order, self._seq, unit))
+    def _resolve(self, unit: Unit, outcome: Outcome, reason: str) -> None:
+        """Give ``unit`` its outcome and pass it on (:meth:`UnitGraph.resolve`)."""
+        self.unit_graph.resolve(unit, outcome, reason)
 
-    def _resolve(self, unit: Unit, outcome: str, reason: str) -> None:
-        """Give ``unit`` its outcome and pass it on: dependents become ready or blocked."""
-        stack = [(unit, outcome, reason)]
-        while stack:
-            u, oc, why = stack.pop()
-            if u.state == "done":
-                continue
-            u.state = "done"
-            u.outcome = oc
-            u.reason = why
-            if not u.gate:
-                self.reporter.finished(u, self.unit_seconds.get(u.id, 0.0))
-                self._resolved(u)
-            ok = oc in (SUCCEEDED, UP_TO_DATE)
-            for dep in u.dependents:
-                if dep.state == "done":
-                    continue
-                if ok or dep.soft:
-                    dep.deps_left -= 1
-                    if dep.deps_left == 0:
-                        if dep.gate:
-                            stack.append((dep, SUCCEEDED, ""))
-                        else:
-                            self._make_ready(dep)
-                else:
-                    stack.append((dep, BLOCKED, f"{u.label} {u.id} {oc}"
-                                  if oc != BLOCKED else u.reason))
+    def _unit_done(self, unit: Unit) -> None:
+        self.reporter.finished(unit, self.unit_seconds.get(unit.id, 0.0))
+        self._resolved(unit)
 
     #: Whether a unit whose record names a live SLURM job is waited for instead of claimed
     #: (the local executor; the SLURM executor adopts such jobs before it claims).
@@ -312,7 +267,7 @@ class UnitScheduler:
         for unit in units:
             status = before.get(unit.id)
             if self._cached(unit, status):
-                unit.state = "cached"
+                unit.state = UnitState.CACHED
                 refused.append(unit)
             elif (self.waits_for_slurm_jobs and status in (Status.RUNNING, Status.QUEUED)
                   and self._on_slurm(unit.id)):
@@ -328,7 +283,7 @@ class UnitScheduler:
     def _settle_refused(self, refused: list[Unit]) -> None:
         """Units not claimed: done when the store holds them, else waited for."""
         for unit in refused:
-            if unit.state == "cached":
+            if unit.state is UnitState.CACHED:
                 self._done_elsewhere(unit)
             else:
                 self._claimed_elsewhere(unit)
@@ -375,21 +330,21 @@ class UnitScheduler:
 
     def _done_elsewhere(self, unit: Unit) -> None:
         """The store already holds this unit: take it as done without running it."""
-        unit.state = "ready"
+        unit.state = UnitState.READY
         if unit.role == "scatter":
             try:
                 self._expand(unit)
             except RepxError as exc:
                 self._fail(unit, exc.message, record=False)
                 return
-        self._resolve(unit, UP_TO_DATE, "")
+        self._resolve(unit, Outcome.UP_TO_DATE, "")
 
     def _claimed_elsewhere(self, unit: Unit) -> None:
         record = self.store.get(unit.id)
         if record is not None and record.status is Status.SUCCEEDED:
             self._done_elsewhere(unit)
             return
-        unit.state = "foreign"
+        unit.state = UnitState.FOREIGN
         self.foreign[unit.id] = unit
         who = f"{record.host} pid {record.pid}" if record else "another build"
         self.reporter.message(f"{unit.label} {unit.id} is being run by another repx build "
@@ -409,13 +364,11 @@ class UnitScheduler:
                            record=False)
             elif record is None or not owner_alive(record.host, record.pid, record.owner):
                 del self.foreign[uid]
-                unit.state = "ready"
                 unit.maybe_orphan = True
-                self._seq += 1
-                heapq.heappush(self.ready, (unit.run_index, unit.order, self._seq, unit))
+                self.unit_graph.push_ready(unit)
 
     def _outputs_missing(self, unit: Unit) -> str | None:
-        out = self.resolver.out_dir(unit.id)
+        out = self.folders.out_dir(unit.id)
         for name, path in declared_outputs(unit.outputs, out, unit.id).items():
             if not os.path.exists(path):
                 return f"did not write its declared output '{name}' ({path})"
@@ -425,30 +378,32 @@ class UnitScheduler:
               record: bool = True, report: bool = True) -> None:
         """Give ``unit`` the outcome FAILED: recorded in the store when this build holds its
         claim (``record``), shown at once unless the caller reports a group (``report``)."""
-        meta = self.resolver.meta_dir(unit.id)
-        failure = Failure(unit.id, unit.job.id, unit.label, reason,
-                          meta + "/stdout.log", meta + "/stderr.log")
+        failure = Failure(unit.id, unit.job.id, unit.label, reason, *self.folders.logs(unit.id))
         self.failures.append(failure)
-        if record and unit.state in ("running", "ready", "waiting"):
-            self._finishes.append(JobRecord(
-                unit.id, Status.FAILED, exit_code=exit_code, owner=self.owner, reason=reason,
-                stdout_log=failure.stdout_log, stderr_log=failure.stderr_log,
-            ))
+        if record and unit.state in (UnitState.RUNNING, UnitState.READY, UnitState.WAITING):
+            self._record(unit, Outcome.FAILED, exit_code=exit_code, reason=reason)
         if report:
             self.reporter.failed(failure)
-        self._resolve(unit, FAILED, reason)
+        self._resolve(unit, Outcome.FAILED, reason)
         if not self.options.keep_going:
             self.stopping = True
 
     def _cancel(self, unit: Unit, code: int) -> None:
         name = signal.Signals(self.interrupted).name if self.interrupted else "interrupt"
         reason = f"interrupted ({name})"
-        meta = self.resolver.meta_dir(unit.id)
-        self._finishes.append(JobRecord(
-            unit.id, Status.CANCELLED, exit_code=code, owner=self.owner, reason=reason,
-            stdout_log=meta + "/stdout.log", stderr_log=meta + "/stderr.log",
-        ))
-        self._resolve(unit, CANCELLED, reason)
+        self._record(unit, Outcome.CANCELLED, exit_code=code, reason=reason)
+        self._resolve(unit, Outcome.CANCELLED, reason)
+
+    def _record(self, unit: Unit, outcome: Outcome, *, logs: bool = True,
+                **fields: Any) -> None:
+        """Queue the store record of ``unit``'s outcome (written at the next commit), with
+        the status :attr:`Outcome.store_status` gives it and, unless ``logs`` is false, the
+        paths of its logs."""
+        status = outcome.store_status
+        assert status is not None, f"{outcome} is never recorded"
+        if logs:
+            fields["stdout_log"], fields["stderr_log"] = self.folders.logs(unit.id)
+        self._finishes.append(JobRecord(unit.id, status, owner=self.owner, **fields))
 
     def _finish_remaining(self) -> None:
         """Units that never started: blocked by a failure, or left after a stop."""
@@ -457,8 +412,8 @@ class UnitScheduler:
         why = ("interrupted" if self.interrupted
                else "stopped after a failure (--keep-going runs it)")
         for unit in self.units.values():
-            if unit.state != "done" and not unit.gate:
-                self._resolve(unit, NOT_STARTED, why)
+            if unit.state is not UnitState.DONE and not unit.gate:
+                self._resolve(unit, Outcome.NOT_STARTED, why)
 
     def _inputs_for(self, unit: Unit, meta: str) -> dict[str, str]:
         job = unit.job
@@ -469,16 +424,16 @@ class UnitScheduler:
             return static
         if unit.role == "step":
             assert unit.step is not None and unit.branch is not None
-            item_path = meta + "/worker_item.json"
+            item_path = f"{meta}/{layout.WORKER_ITEM_JSON}"
             write_json(item_path, unit.item)
             ids = self._branch_ids[(job.id, unit.branch)]
             exe = job.stage_def.steps[unit.step]
-            dep_dirs = {d.stage: f"{self.outputs_root}/{ids[d.stage]}/out" for d in exe.deps}
+            dep_dirs = {d.stage: self.folders.out_dir(ids[d.stage]) for d in exe.deps}
             return step_inputs(job, exe, static_inputs=static, item_path=item_path,
                                dep_out_dirs=dep_dirs)
         # gather: the job's inputs plus worker__outs
         resolved = dict(static)
-        resolved["worker__outs"] = meta + "/worker_outs.json"
+        resolved["worker__outs"] = f"{meta}/{layout.WORKER_OUTS_JSON}"
         return resolved
 
     def _static(self, job: Job, meta: str) -> dict[str, str]:
@@ -497,19 +452,19 @@ class UnitScheduler:
 
         return write
 
-    def job_outcome(self, job_id: str) -> str:
+    def job_outcome(self, job_id: str) -> Outcome:
         """A graph job's outcome in this build, as manifests and summaries name it."""
         if job_id in self._up_to_date:
-            return SUCCEEDED
+            return Outcome.SUCCEEDED
         final = self.final.get(job_id)
         if final is None:
-            return NOT_STARTED
-        if final.outcome == UP_TO_DATE:
-            return SUCCEEDED
-        if final.outcome == BLOCKED and any(
-                u.outcome == FAILED for u in self.job_units.get(job_id, ())):
-            return FAILED
-        return final.outcome or NOT_STARTED
+            return Outcome.NOT_STARTED
+        if final.outcome is Outcome.UP_TO_DATE:
+            return Outcome.SUCCEEDED
+        if final.outcome is Outcome.BLOCKED and any(
+                u.outcome is Outcome.FAILED for u in self.job_units.get(job_id, ())):
+            return Outcome.FAILED
+        return final.outcome or Outcome.NOT_STARTED
 
     def _expand(self, scatter: Unit) -> None:
         """After the scatter: one unit per (branch, step), and the gather's inputs."""
@@ -518,43 +473,42 @@ class UnitScheduler:
         assert sg is not None
         gather = self.final[job.id]
         template = job.executables["scatter"].outputs.get("work__items", sg.work_items)
-        items_path = output_path(template, self.resolver.out_dir(scatter.id),
-                                 job=scatter.id, name="work__items")
+        items_path = resolve_output(template, self.folders.out_dir(scatter.id),
+                                    job=scatter.id, name="work__items")
         items = read_work_items(items_path, job)
-        branches = [(item, branch_plan(job, item)) for item in items]
-        job_meta = self.resolver.meta_dir(job.id)
+        branches = [(item, branch_steps(job, item)) for item in items]
+        job_meta = self.folders.meta_dir(job.id)
         os.makedirs(job_meta, exist_ok=True)
-        write_text(job_meta + "/units.json", units_manifest(scatter.id, branches))
+        manifest = layout.units_manifest(
+            scatter.id, [(item, {s.step: s.id for s in steps}) for item, steps in branches])
+        _write_atomically(f"{job_meta}/{layout.UNITS_JSON}", canonical_json(manifest))
         steps = job.stage_def.steps
         sinks: list[Unit] = []
         sink_outputs: list[dict[str, str]] = []
         new = 0
-        for index, (item, plans) in enumerate(branches):
-            self._branch_ids[(job.id, index)] = {p.step: p.id for p in plans}
-            for p in plans:
-                unit = self.units.get(p.id)
+        for index, (item, branch) in enumerate(branches):
+            self._branch_ids[(job.id, index)] = {s.step: s.id for s in branch}
+            for s in branch:
+                unit = self.units.get(s.id)
                 if unit is None:
-                    exe = steps[p.step]
+                    exe = steps[s.step]
                     unit = self._new_unit(
-                        job, "step", p.id, f"{job.pname}/{p.step}[{index}]", exe.script,
+                        job, "step", s.id, f"{job.pname}/{s.step}[{index}]", exe.script,
                         exe.outputs, exe.resources or job.resources,
-                        step=p.step, branch=index, item=item)
+                        step=s.step, branch=index, item=item)
                     new += 1
-                    self._link(unit, [self.units[d] for d in p.deps])
-                if p.step == sg.sink:
+                    self._link(unit, [self.units[d] for d in s.deps])
+                if s.step == sg.sink:
                     sinks.append(unit)
-                    template = steps[p.step].outputs[sg.sink_output]
-                    sink_outputs.append({sg.sink_output: output_path(
-                        template, self.resolver.out_dir(p.id), job=p.id,
+                    template = steps[s.step].outputs[sg.sink_output]
+                    sink_outputs.append({sg.sink_output: resolve_output(
+                        template, self.folders.out_dir(s.id), job=s.id,
                         name=sg.sink_output)})
-        write_json(job_meta + "/worker_outs.json", sink_outputs)
+        write_json(f"{job_meta}/{layout.WORKER_OUTS_JSON}", sink_outputs)
         self.reporter.add_units(new)
         # The gather waits for the scatter (resolved by the caller) and every sink; the
         # sinks were all created above, so none has an outcome yet.
-        for sink in dict.fromkeys(sinks):
-            gather.deps_left += 1
-            gather.deps.append(sink)
-            sink.dependents.append(gather)
+        self.unit_graph.wait_for(gather, sinks)
 
     def _install_signals(self, wake_w: int) -> dict[int, Any]:
         previous: dict[int, Any] = {}
@@ -597,10 +551,14 @@ class UnitScheduler:
         except RepxError as exc:
             self._fail(unit, exc.message, exit_code=exit_code)
             return
-        meta = self.resolver.meta_dir(unit.id)
-        self._finishes.append(JobRecord(
-            unit.id, Status.SUCCEEDED, exit_code=exit_code, outputs=manifest, owner=self.owner,
-            stdout_log=meta + "/stdout.log", stderr_log=meta + "/stderr.log",
-            slurm_id=unit.slurm_id,
-        ))
-        self._resolve(unit, SUCCEEDED, "")
+        self._record(unit, Outcome.SUCCEEDED, exit_code=exit_code, outputs=manifest,
+                     slurm_id=unit.slurm_id)
+        self._resolve(unit, Outcome.SUCCEEDED, "")
+
+
+def _write_atomically(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file (readers never see half of it)."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(tmp, path)

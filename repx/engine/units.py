@@ -1,28 +1,93 @@
-"""Work units: the processes a build starts, and the scatter-gather identities.
+"""Work units, their typed states and outcomes, and the rules by which outcomes propagate.
 
 A simple job is one unit under its own id. A scatter-gather job is several: its scatter,
 one unit per (branch, step) once the scatter has written its work items, and its gather,
 which runs under the job's id (so the job's record and ``out/`` are the gather's, and
-downstream jobs read them like any job's). Scatter and step units have identities of their
-own, derived from the job's id — plus the work item and the step for a step — so each is
-cached in the store on its own: after a failed branch is fixed, only that branch reruns
-(DESIGN decision 11).
+downstream jobs read them like any job's). Scatter and step ids come from
+:mod:`repx.identity`, so each is cached in the store on its own: after a failed branch is
+fixed, only that branch reruns.
+
+A unit moves through :class:`UnitState`::
+
+    WAITING ──(dependencies done)──▶ READY ──▶ RUNNING ─────────────────▶ DONE
+       │                               │  └──▶ SUBMITTED ─▶ ON_SLURM ─▶ RUNNING ─▶ DONE
+       │                               ├──▶ CACHED (the store holds it) ─────────▶ DONE
+       │                               └──▶ FOREIGN (another build runs it) ─▶ READY | DONE
+       └──(a dependency failed)─────────────────────────────────────────────────▶ DONE
+
+and ends with one :class:`Outcome`. :class:`UnitGraph` holds the units and applies the
+rules: a unit becomes READY when its last dependency ends well (or ends at all, for a soft
+inter-run gate); a failed dependency makes it BLOCKED, and so on downstream. Executors
+decide only what happens to READY units.
 """
 
 from __future__ import annotations
 
+import heapq
 import json
-import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
-from repx.blueprint import Executable
 from repx.errors import LabError
-from repx.expand import Job, Resources
-from repx.identity import canonical_json, job_id
+from repx.identity import step_id
+from repx.lab.graph import Job
+from repx.store import Status
 
-#: Roles of a unit. "job" is a simple job; the others belong to a scatter-gather job.
-ROLES = ("job", "scatter", "step", "gather")
+
+class UnitState(StrEnum):
+    """Where a unit is in a build (see the module doc for the transitions)."""
+
+    WAITING = "waiting"
+    READY = "ready"
+    RUNNING = "running"
+    #: Submitted to SLURM, not yet seen running.
+    SUBMITTED = "submitted"
+    #: Seen running on SLURM.
+    ON_SLURM = "running-slurm"
+    #: Claimed by another live build; waited for.
+    FOREIGN = "foreign"
+    #: Its claim was refused because the store already holds it complete.
+    CACHED = "cached"
+    DONE = "done"
+
+
+#: States of a unit that a batch system holds: its dependencies ending does not queue it again.
+ON_BATCH_SYSTEM = frozenset({UnitState.SUBMITTED, UnitState.ON_SLURM})
+
+
+class Outcome(StrEnum):
+    """How a unit (and so a job) ended in this build; the values are what manifests and
+    summaries print."""
+
+    SUCCEEDED = "succeeded"
+    UP_TO_DATE = "up to date"
+    FAILED = "failed"
+    BLOCKED = "blocked"
+    CANCELLED = "cancelled"
+    NOT_STARTED = "not started"
+
+    @property
+    def ok(self) -> bool:
+        """Whether units waiting on this one may run (hard dependencies)."""
+        return self in (Outcome.SUCCEEDED, Outcome.UP_TO_DATE)
+
+    @property
+    def store_status(self) -> Status | None:
+        """The store status a record of this outcome carries; None for outcomes this build
+        never records (done elsewhere, or never started)."""
+        return _RECORDED.get(self)
+
+
+#: The one mapping from outcomes to store statuses. A blocked unit is recorded only when it
+#: was already queued on SLURM (it is cancelled there).
+_RECORDED = {
+    Outcome.SUCCEEDED: Status.SUCCEEDED,
+    Outcome.FAILED: Status.FAILED,
+    Outcome.CANCELLED: Status.CANCELLED,
+    Outcome.BLOCKED: Status.CANCELLED,
+}
 
 
 @dataclass(slots=True, eq=False)
@@ -31,6 +96,8 @@ class Unit:
 
     id: str
     job: Job
+    #: "job" (a simple job) or a part of a scatter-gather job: "scatter", "step", "gather";
+    #: "gate" for an inter-run dependency.
     role: str
     #: Shown in progress and errors: ``pname``, ``pname/scatter``, ``pname/step[3]``.
     label: str
@@ -54,9 +121,8 @@ class Unit:
     dependents: list[Unit] = field(default_factory=list)
     #: The SLURM job id (``123`` or ``123_4`` for an array task) once submitted.
     slurm_id: str | None = None
-    #: waiting | ready | running | foreign | done
-    state: str = "waiting"
-    outcome: str = ""
+    state: UnitState = UnitState.WAITING
+    outcome: Outcome | None = None
     reason: str = ""
     #: The store said RUNNING/QUEUED for this id at plan time (a dead build's leftover).
     maybe_orphan: bool = False
@@ -65,29 +131,91 @@ class Unit:
         return f"Unit({self.id!r}, {self.role})"
 
 
-def unit_resources(resources: Resources | dict[str, Any] | None,
-                   fallback: Resources) -> tuple[int, int]:
-    """(cpus, mem bytes) for admission: the executable's own hints, else the job's."""
-    cpus = getattr(resources, "cpu_count", None) or fallback.cpu_count or 1
-    mem = getattr(resources, "mem_bytes", None) or fallback.mem_bytes or 0
-    return int(cpus), int(mem)
+class UnitGraph:
+    """The units of one build and the rules by which outcomes pass along their edges.
 
-
-# ------------------------------------------------------------------ scatter-gather identity
-
-
-def scatter_id(job: Job) -> str:
-    """The id of a scatter-gather job's scatter unit (a function of the job's id only)."""
-    return job_id(["scatter", job.id], f"{job.pname}-scatter", job.version)
-
-
-def step_id(job: Job, step: str, item: Any) -> str:
-    """The id of step ``step`` of the branch whose work item is ``item``.
-
-    The item's content, not its position, is part of the identity: a scatter that writes
-    the same items in a new order reuses every branch.
+    ``on_done(unit)`` is called once for every non-gate unit when it gets its outcome.
+    Ready units wait in :attr:`ready`, a heap ordered by (run, creation order), which is the
+    order executors start them in.
     """
-    return job_id(["step", job.id, step, item], f"{job.pname}-{step}", job.version)
+
+    def __init__(self, on_done: Callable[[Unit], None] = lambda unit: None) -> None:
+        self.units: dict[str, Unit] = {}
+        self.ready: list[tuple[int, int, int, Unit]] = []
+        self._on_done = on_done
+        self._seq = 0
+
+    def add(self, unit: Unit) -> Unit:
+        """Register a unit (gates are not registered: they have no id in the store)."""
+        if not unit.gate:
+            self.units[unit.id] = unit
+        return unit
+
+    def wait_for(self, unit: Unit, deps: list[Unit]) -> None:
+        """Add edges only: ``unit`` waits for ``deps``, none of which has an outcome yet."""
+        for dep in dict.fromkeys(deps):
+            unit.deps_left += 1
+            unit.deps.append(dep)
+            dep.dependents.append(unit)
+
+    def link(self, unit: Unit, deps: list[Unit]) -> None:
+        """Make ``unit`` wait for ``deps``; those already done count at once (a failed one
+        blocks it, unless it is a soft gate), and with nothing left to wait for it is ready."""
+        for dep in dict.fromkeys(deps):
+            if dep.state is UnitState.DONE:
+                assert dep.outcome is not None
+                if dep.outcome.ok or unit.soft:
+                    continue
+                self.resolve(unit, Outcome.BLOCKED, f"{dep.label} {dep.id} {dep.outcome}")
+                return
+            self.wait_for(unit, [dep])
+        if unit.deps_left == 0 and unit.state is UnitState.WAITING:
+            self.make_ready(unit)
+
+    def make_ready(self, unit: Unit) -> None:
+        """Every dependency of ``unit`` is done: a gate opens (succeeds), a unit already on a
+        batch system stays there, any other unit joins the ready queue."""
+        if unit.gate:
+            self.resolve(unit, Outcome.SUCCEEDED, "")
+            return
+        if unit.state in ON_BATCH_SYSTEM:
+            return
+        self.push_ready(unit)
+
+    def push_ready(self, unit: Unit) -> None:
+        """Queue ``unit`` to be started (again, for one whose other owner died)."""
+        unit.state = UnitState.READY
+        self._seq += 1
+        heapq.heappush(self.ready, (unit.run_index, unit.order, self._seq, unit))
+
+    def resolve(self, unit: Unit, outcome: Outcome, reason: str) -> None:
+        """Give ``unit`` its outcome and pass it on: dependents become ready or blocked."""
+        stack = [(unit, outcome, reason)]
+        while stack:
+            u, oc, why = stack.pop()
+            if u.state is UnitState.DONE:
+                continue
+            u.state = UnitState.DONE
+            u.outcome = oc
+            u.reason = why
+            if not u.gate:
+                self._on_done(u)
+            for dep in u.dependents:
+                if dep.state is UnitState.DONE:
+                    continue
+                if oc.ok or dep.soft:
+                    dep.deps_left -= 1
+                    if dep.deps_left == 0:
+                        if dep.gate:
+                            stack.append((dep, Outcome.SUCCEEDED, ""))
+                        else:
+                            self.make_ready(dep)
+                else:
+                    stack.append((dep, Outcome.BLOCKED, f"{u.label} {u.id} {oc}"
+                                  if oc is not Outcome.BLOCKED else u.reason))
+
+
+# ------------------------------------------------------------------ scatter-gather branches
 
 
 def read_work_items(path: str, job: Job) -> list[Any]:
@@ -114,7 +242,7 @@ def read_work_items(path: str, job: Job) -> list[Any]:
 
 
 @dataclass(slots=True)
-class StepPlan:
+class BranchStep:
     """One step of one branch: its unit id and the ids of the steps it reads."""
 
     step: str
@@ -122,7 +250,7 @@ class StepPlan:
     deps: list[str]
 
 
-def branch_plan(job: Job, item: Any) -> list[StepPlan]:
+def branch_steps(job: Job, item: Any) -> list[BranchStep]:
     """The steps of one branch in dependency order, with their ids."""
     sg = job.stage_def.scatter_gather
     if sg is None:
@@ -130,76 +258,6 @@ def branch_plan(job: Job, item: Any) -> list[StepPlan]:
     steps = job.stage_def.steps
     ids = {name: step_id(job, name, item) for name in sg.step_order}
     return [
-        StepPlan(name, ids[name], [ids[d.stage] for d in steps[name].deps])
+        BranchStep(name, ids[name], [ids[d.stage] for d in steps[name].deps])
         for name in sg.step_order
     ]
-
-
-def step_inputs(
-    job: Job,
-    exe: Executable,
-    *,
-    static_inputs: dict[str, str],
-    item_path: str,
-    dep_out_dirs: dict[str, str],
-) -> dict[str, str]:
-    """The inputs of one step unit: its work item, its dependency steps' outputs, and the
-    stage's own inputs (or the step's defaults) for everything else."""
-    from repx.engine.jobfiles import output_path
-
-    resolved: dict[str, str] = {}
-    steps = job.stage_def.steps
-    mapped: dict[str, str] = {}
-    for dep in exe.deps:
-        source_exe = steps[dep.stage]
-        for mapping in dep.mappings:
-            template = source_exe.outputs.get(mapping.source)
-            if template is None:
-                raise LabError(
-                    f"stage '{job.pname}' (file {job.stage_file}): step '{exe.step}' maps "
-                    f"output '{mapping.source}' of step '{dep.stage}', which declares "
-                    f"{sorted(source_exe.outputs)}"
-                )
-            mapped[mapping.target] = output_path(
-                template, dep_out_dirs[dep.stage], job=job.id, name=mapping.source
-            )
-    for name, declared in exe.inputs.items():
-        if name == "worker__item":
-            resolved[name] = item_path
-        elif name in mapped:
-            resolved[name] = mapped[name]
-        elif name in static_inputs:
-            resolved[name] = static_inputs[name]
-        elif declared.file:
-            resolved[name] = declared.file
-        elif declared.default not in ("", None):
-            resolved[name] = str(declared.default)
-        else:
-            raise LabError(
-                f"stage '{job.pname}' (file {job.stage_file}): input '{name}' of step "
-                f"'{exe.step}' is not provided by another step, by the stage's inputs "
-                f"({', '.join(sorted(static_inputs)) or 'none'}) or by a default"
-            )
-    # Inputs mapped by a dependency but not declared still reach the step.
-    for name, path in mapped.items():
-        resolved.setdefault(name, path)
-    return resolved
-
-
-def units_manifest(scatter: str, branches: list[tuple[Any, list[StepPlan]]]) -> str:
-    """The text of ``repx/units.json`` of a scatter-gather job: which store ids belong to
-    it (``repx gc`` keeps them with the job; ``repx show`` lists them)."""
-    return canonical_json({
-        "scatter": scatter,
-        "branches": [
-            {"item": item, "steps": {p.step: p.id for p in plans}} for item, plans in branches
-        ],
-    })
-
-
-def write_text(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file (readers never see half of it)."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)

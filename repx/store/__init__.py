@@ -1,24 +1,49 @@
 """repx's job store: what ran, how it ended, and where its outputs are.
 
-See :mod:`repx.store.lmdb_store` for the layout and the concurrency rules, and
-:mod:`repx.store.records` for the record encoding.
+:mod:`.lmdb_store` is the database and its concurrency rules, :mod:`.records` the record
+encoding, :mod:`.layout` the job folders, :mod:`.gc` the gc roots and garbage collection.
+
+The names below are loaded on first use: :mod:`.layout` (and the analysis API, which reads
+job folders inside stage scripts run by a bare ``python3``) must import without LMDB,
+msgpack or BLAKE3 installed.
 """
 
 from __future__ import annotations
 
-from repx.store.errors import StoreError
-from repx.store.lmdb_store import (
-    DEFAULT_STORE,
-    Store,
-    hash_file,
-    job_key,
-    owner_alive,
-    owner_token,
-    this_host,
-)
-from repx.store.records import RECORD_FORMAT, JobRecord, OutputFile, Root, Status
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from repx.store.errors import StoreError
+    from repx.store.lmdb_store import (
+        DEFAULT_STORE,
+        Store,
+        hash_file,
+        job_key,
+        live_claim,
+        owner_alive,
+        owner_token,
+        this_host,
+    )
+    from repx.store.records import (
+        ACTIVE_STATUSES,
+        RECORD_FORMAT,
+        JobRecord,
+        OutputFile,
+        Root,
+        Status,
+    )
+
+_HOMES = {
+    "StoreError": "repx.store.errors",
+    **dict.fromkeys(["DEFAULT_STORE", "Store", "hash_file", "job_key", "live_claim",
+                     "owner_alive", "owner_token", "this_host"], "repx.store.lmdb_store"),
+    **dict.fromkeys(["ACTIVE_STATUSES", "RECORD_FORMAT", "JobRecord", "OutputFile", "Root",
+                     "Status"], "repx.store.records"),
+}
 
 __all__ = [
+    "ACTIVE_STATUSES",
     "DEFAULT_STORE",
     "RECORD_FORMAT",
     "JobRecord",
@@ -29,7 +54,17 @@ __all__ = [
     "StoreError",
     "hash_file",
     "job_key",
+    "live_claim",
     "owner_alive",
     "owner_token",
     "this_host",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'repx.store' has no attribute '{name}'")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value
+    return value

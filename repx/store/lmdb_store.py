@@ -48,6 +48,7 @@ import blake3
 import lmdb
 
 from repx.errors import UsageError
+from repx.store import layout
 from repx.store.errors import StoreError
 from repx.store.records import (
     RECORD_FORMAT,
@@ -194,6 +195,11 @@ def owner_alive(host: str, pid: int | None, owner: str = "") -> bool:
         if started is not None and started > t_start + _PID_REUSE_SLACK:
             return False
     return True
+
+
+def live_claim(record: JobRecord) -> bool:
+    """Is the job RUNNING or QUEUED under an owner that may still be alive?"""
+    return record.status.active and owner_alive(record.host, record.pid, record.owner)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -414,7 +420,7 @@ class Store:
         else:
             try:
                 db.mkdir(parents=True, exist_ok=True)
-                (self.root / "outputs").mkdir(exist_ok=True)
+                (self.root / layout.OUTPUTS).mkdir(exist_ok=True)
             except OSError as exc:
                 raise StoreError(f"cannot create the job store at {self.root}: {exc}") from exc
         self._pid = os.getpid()
@@ -537,16 +543,26 @@ class Store:
 
     # -- paths ------------------------------------------------------------------------------
 
+    @property
+    def outputs_root(self) -> Path:
+        """The folder holding one folder per job (:mod:`repx.store.layout`)."""
+        return self.root / layout.OUTPUTS
+
+    @property
+    def folders(self) -> layout.JobFolders:
+        """The job folders of this store as strings (what the engine's hot paths use)."""
+        return layout.JobFolders(self.root)
+
     def job_dir(self, job_id: str) -> Path:
-        return self.root / "outputs" / _check_job_id(job_id)
+        return self.root / layout.OUTPUTS / _check_job_id(job_id)
 
     def out_dir(self, job_id: str) -> Path:
         """The job's ``$out``."""
-        return self.job_dir(job_id) / "out"
+        return self.job_dir(job_id) / layout.OUT
 
     def meta_dir(self, job_id: str) -> Path:
         """Where repx keeps the job's logs and the inputs/params JSON it was run with."""
-        return self.job_dir(job_id) / "repx"
+        return self.job_dir(job_id) / layout.META
 
     # -- reading ----------------------------------------------------------------------------
 

@@ -49,8 +49,16 @@ class Status(StrEnum):
         """True for outcomes that end a claim (the job is no longer in anyone's hands)."""
         return self in _TERMINAL
 
+    @property
+    def active(self) -> bool:
+        """True while someone may still be working on the job (running, or queued on SLURM)."""
+        return self in ACTIVE_STATUSES
+
 
 _TERMINAL = frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELLED})
+
+#: Statuses of a job someone may still be working on.
+ACTIVE_STATUSES = (Status.RUNNING, Status.QUEUED)
 
 # Status <-> one-byte code. Codes are part of the on-disk format: never renumber, only add.
 _STATUS_CODE: dict[Status, int] = {

@@ -1,8 +1,8 @@
 """``repx status``, ``show``, ``log``, ``cache`` and ``gc``: looking at what the store holds.
 
-A thin layer: :mod:`repx.inspect` and :mod:`repx.gc` compute plain data, these commands
-print it (a table or block for people, ``--json`` for scripts). Read-only commands open the
-store read-only, so they never wait for a build that is committing.
+A thin layer: :mod:`repx.report.store_views` and :mod:`repx.store.gc` compute plain data,
+these commands print it (a table or block for people, ``--json`` for scripts). Read-only
+commands open the store read-only, so they never wait for a build that is committing.
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ from typing import Any
 
 import click
 
-from repx import gc as repx_gc
-from repx import inspect as ins
-from repx.cli_common import handle_errors, lab_options, store_option, table
+from repx.cli.common import handle_errors, lab_options, store_option, table
 from repx.errors import LabError, UsageError
-from repx.expand import JobGraph
 from repx.lab import LabOptions, open_lab
-from repx.nixbuild import find_lab_file
+from repx.lab.graph import JobGraph
+from repx.lab.nix import find_lab_file
+from repx.report import store_views as ins
 from repx.store import Status
+from repx.store import gc as repx_gc
 
 _STATUS_CHOICES = click.Choice([s.value for s in Status])
 

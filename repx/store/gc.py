@@ -21,13 +21,12 @@ What gc keeps, besides the jobs of every root:
   lists;
 * every record whose ``lab`` is a root's lab: the executor may record a unit before its
   ``units.json`` is complete, and what a lab ran is never garbage while the lab is a root;
-* every RUNNING or QUEUED job whose owner may still be alive (:func:`owner_alive`): it may be
-  a build of a lab that registered its root after gc read the roots.
+* every RUNNING or QUEUED job whose owner may still be alive (:func:`repx.store.live_claim`):
+  it may be a build of a lab that registered its root after gc read the roots.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Iterable
@@ -36,8 +35,12 @@ from pathlib import Path
 from typing import Any
 
 from repx.errors import UsageError
-from repx.expand import JobGraph, load_job_graph
-from repx.store import JobRecord, Root, Status, Store, StoreError, owner_alive
+from repx.lab.expand import load_job_graph
+from repx.lab.graph import JobGraph
+from repx.store.errors import StoreError
+from repx.store.layout import OUTPUTS, read_units, unit_ids
+from repx.store.lmdb_store import Store, live_claim
+from repx.store.records import Root
 
 #: Prefix of the meta keys that hold the job ids of a root's lab.
 ROOT_JOBS_PREFIX = "root-jobs:"
@@ -267,37 +270,6 @@ def dir_size(path: Path) -> int:
     return total
 
 
-def read_units(store: Store, sg_id: str) -> dict[str, Any] | None:
-    """``units.json`` of a scatter-gather job, or None if it has none yet.
-
-    Raises StoreError naming the file when it exists but is not what the executor writes.
-    """
-    path = store.meta_dir(sg_id) / "units.json"
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise StoreError(f"cannot read {path} (units of job {sg_id}): {exc}") from exc
-    if not isinstance(data, dict):
-        raise StoreError(f"{path} (units of job {sg_id}) is not a JSON object")
-    return data
-
-
-def unit_ids(units: dict[str, Any]) -> list[str]:
-    """The job ids in a ``units.json``: the scatter, then every branch's steps in order."""
-    ids: list[str] = []
-    scatter = units.get("scatter")
-    if isinstance(scatter, str) and scatter:
-        ids.append(scatter)
-    branches = units.get("branches")
-    for branch in branches if isinstance(branches, list) else []:
-        steps = branch.get("steps") if isinstance(branch, dict) else None
-        if isinstance(steps, dict):
-            ids.extend(v for v in steps.values() if isinstance(v, str) and v)
-    return ids
-
-
 def _root_ids(store: Store, root: Root, warnings: list[str],
               cache: dict[str, tuple[set[str], list[str]] | None], write: bool) -> (
         tuple[set[str], list[str]] | None):
@@ -342,7 +314,7 @@ def _reachable(store: Store, roots: list[Root], warnings: list[str],
     # never an SG job of its own (steps are plain scripts), so one level is enough.
     for sg_id in sorted(sg):
         try:
-            units = read_units(store, sg_id)
+            units = read_units(store.meta_dir(sg_id), sg_id)
         except StoreError as exc:
             warnings.append(f"{exc.message}; its units are kept only if their lab is a root")
             continue
@@ -355,11 +327,6 @@ def _reachable(store: Store, roots: list[Root], warnings: list[str],
 
 def _root_signature(roots: Iterable[Root]) -> set[tuple[str, str]]:
     return {(r.name, r.lab_path) for r in roots}
-
-
-def _live_claim(record: JobRecord) -> bool:
-    return record.status in (Status.RUNNING, Status.QUEUED) and owner_alive(
-        record.host, record.pid, record.owner)
 
 
 def collect(store: Store, *, dry_run: bool = False, keep_recent: int | None = None) -> GcResult:
@@ -412,11 +379,11 @@ def _plan(store: Store, result: GcResult,
         recorded.add(record.job_id)
         if record.job_id in reachable or (record.lab and record.lab in root_labs):
             result.reachable += 1
-        elif _live_claim(record):
+        elif live_claim(record):
             result.kept_running.append(record.job_id)
         else:
             result.removed.append((record.job_id, _job_bytes(store, record.job_id)))
-    outputs = store.root / "outputs"
+    outputs = store.root / OUTPUTS
     try:
         names = sorted(os.listdir(outputs))
     except FileNotFoundError:
@@ -446,7 +413,7 @@ def _delete(store: Store, result: GcResult) -> None:
         doomed = []
         for job_id in chunk:
             record = now.get(job_id)
-            if record is not None and _live_claim(record):
+            if record is not None and live_claim(record):
                 result.kept_running.append(job_id)
             else:
                 doomed.append(job_id)

@@ -1,9 +1,8 @@
-"""``repx build`` as a library call: plan against the store, run what is missing, report.
+"""``repx build`` as a library call: decide what must run, run it, report.
 
->>> graph = open_lab(LabOptions(lab_file="lab.nix"))          # doctest: +SKIP
->>> with Store(".repx") as store:                              # doctest: +SKIP
-...     result = run_build(graph, store, BuildOptions(jobs=2))
->>> result.exit_code, result.summary_line()                    # doctest: +SKIP
+>>> result = run_build(LabOptions(lab_file="lab.nix"), ".repx",   # doctest: +SKIP
+...                    BuildOptions(jobs=2))
+>>> result.exit_code, result.summary_line()                        # doctest: +SKIP
 (0, '13 executed, 0 up to date, 0 failed')
 
 The result lists graph job ids (what ``repx list jobs`` shows); a scatter-gather job counts
@@ -12,30 +11,23 @@ as one job whatever its number of branches, and its failed units are in ``failur
 
 from __future__ import annotations
 
+import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from repx.engine.local import (
-    BLOCKED,
-    CANCELLED,
-    FAILED,
-    NOT_STARTED,
-    SUCCEEDED,
-    UP_TO_DATE,
-    Failure,
-    LocalOptions,
-    LocalScheduler,
-    Reporter,
-)
+from repx.engine.local import LocalOptions, LocalScheduler
+from repx.engine.noop_index import index_path, up_to_date_ids, write_index
 from repx.engine.plan import Plan, plan_build
-from repx.engine.scheduler import UnitScheduler
+from repx.engine.scheduler import Failure, Reporter, UnitScheduler
+from repx.engine.units import Outcome, UnitState
 from repx.errors import UsageError
-from repx.expand import JobGraph
-from repx.gc import register_build_root
-from repx.graph_index import up_to_date_ids
+from repx.lab import LabOptions, open_lab
+from repx.lab.graph import JobGraph, selection_closure
+from repx.lab.open import cache_dir, locate_lab
 from repx.store import Store
+from repx.store.gc import register_build_root
 
 #: Exit code of a build stopped by SIGINT/SIGTERM (the shell's 128 + SIGINT).
 EXIT_INTERRUPTED = 130
@@ -118,24 +110,82 @@ class BuildResult:
         }
 
 
-def dry_run(graph: JobGraph, store: Store | None, options: BuildOptions) -> Plan:
-    """The plan without running anything; with no store, everything would run."""
-    if store is None:
-        from repx.engine.plan import selection_closure
-
-        closure = selection_closure(graph, list(options.targets))
-        return Plan(closure, [], list(closure), dict.fromkeys(closure, "not in the store"))
-    return plan_build(graph, store, list(options.targets), force=options.force,
-                      verify=options.verify)
-
-
 def run_build(
-    graph: JobGraph,
-    store: Store,
+    lab: LabOptions | JobGraph,
+    store: Store | str | os.PathLike[str],
     options: BuildOptions,
     reporter: Reporter | None = None,
 ) -> BuildResult:
-    """Run every job of the selection that the store does not hold; record each outcome."""
+    """Run every job of the selection that the store does not hold; record each outcome.
+
+    ``lab`` is where the lab comes from (a lab file to build, a built lab directory) or an
+    already expanded graph; ``store`` an open store or its directory (created only once the
+    lab has loaded, so a broken lab leaves no empty store behind). A build with nothing to
+    do is answered from the lab's cached job index (:mod:`repx.engine.noop_index`) without
+    expanding the lab; anything else expands it, plans, and runs what is missing.
+    """
+    lab_dir = lab.lab.path if isinstance(lab, JobGraph) else locate_lab(lab)
+    index = index_path(cache_dir(), Path(lab_dir), options.targets)
+    if not (options.force or options.verify):
+        noop = _noop_build(lab_dir, store, index, options.targets)
+        if noop is not None:
+            return noop
+    graph = lab if isinstance(lab, JobGraph) else open_lab(replace(lab, lab_dir=str(lab_dir)))
+    _index_whole_runs(index, graph, options.targets)
+    if isinstance(store, Store):
+        return _full_build(graph, store, options, reporter)
+    with Store(store) as opened:
+        return _full_build(graph, opened, options, reporter)
+
+
+def dry_run(
+    lab: LabOptions | JobGraph,
+    store: Store | str | os.PathLike[str] | None,
+    options: BuildOptions,
+) -> Plan:
+    """What :func:`run_build` would run, and why, without running anything.
+
+    With nothing to do the answer comes from the cached job index, as for a build; with no
+    store (or none at ``store``) everything would run.
+    """
+    lab_dir = lab.lab.path if isinstance(lab, JobGraph) else locate_lab(lab)
+    index = index_path(cache_dir(), Path(lab_dir), options.targets)
+    opened = _open_existing(store, readonly=True)
+    try:
+        if opened is not None and not (options.force or options.verify):
+            ids = up_to_date_ids(index, opened)
+            if ids is not None:
+                return Plan(closure=ids, up_to_date=ids, to_run=[])
+        graph = lab if isinstance(lab, JobGraph) else open_lab(replace(lab, lab_dir=str(lab_dir)))
+        _index_whole_runs(index, graph, options.targets)
+        if opened is None:
+            closure = selection_closure(graph, list(options.targets))
+            return Plan(closure, [], list(closure), dict.fromkeys(closure, "not in the store"))
+        return plan_build(graph, opened, list(options.targets), force=options.force,
+                          verify=options.verify)
+    finally:
+        if opened is not None and opened is not store:
+            opened.close()
+
+
+def _open_existing(store: Store | str | os.PathLike[str] | None, *,
+                   readonly: bool) -> Store | None:
+    """``store`` itself, or the store at that directory when one exists there (else None)."""
+    if store is None or isinstance(store, Store):
+        return store
+    return Store(store, readonly=readonly) if Store.exists(store) else None
+
+
+def _index_whole_runs(index: Path, graph: JobGraph, targets: tuple[str, ...]) -> None:
+    """Write the no-op index of a selection of whole runs (a Makefile recipe per job would
+    leave one index per job, so single jobs are not indexed)."""
+    if not index.exists() and all(t.startswith("@") or t in graph.runs for t in targets):
+        write_index(index, graph, selection_closure(graph, list(targets)))
+
+
+def _full_build(graph: JobGraph, store: Store, options: BuildOptions,
+                reporter: Reporter | None) -> BuildResult:
+    """Plan against the store and run what the plan says must run."""
     started = time.time()
     clock = time.monotonic()
     plan = plan_build(graph, store, list(options.targets), force=options.force,
@@ -145,15 +195,15 @@ def run_build(
     if plan.to_run:
         scheduler = _scheduler(graph, store, plan, options, reporter)
         scheduler.run()
-        buckets = {SUCCEEDED: result.executed, FAILED: result.failed,
-                   BLOCKED: result.blocked, CANCELLED: result.cancelled,
-                   NOT_STARTED: result.not_started}
+        buckets = {Outcome.SUCCEEDED: result.executed, Outcome.FAILED: result.failed,
+                   Outcome.BLOCKED: result.blocked, Outcome.CANCELLED: result.cancelled,
+                   Outcome.NOT_STARTED: result.not_started}
         for job_id in plan.to_run:
             final = scheduler.final[job_id]
-            if final.outcome == UP_TO_DATE:
+            if final.outcome is Outcome.UP_TO_DATE:
                 result.up_to_date.append(job_id)
                 continue
-            if not options.wait and final.slurm_id and final.state != "done":
+            if not options.wait and final.slurm_id and final.state is not UnitState.DONE:
                 result.submitted.append(job_id)
                 continue
             buckets.get(scheduler.job_outcome(job_id), result.not_started).append(job_id)
@@ -164,24 +214,31 @@ def run_build(
     return result
 
 
-def run_noop_build(lab_dir: str, store: Store, index: Path,
-                   targets: tuple[str, ...]) -> BuildResult | None:
-    """The result of a build with nothing to do, from the lab's cached job index alone
-    (:mod:`repx.graph_index`); None when anything is missing (run the full build then).
+def _noop_build(lab_dir: str | Path, store: Store | str | os.PathLike[str], index: Path,
+                targets: tuple[str, ...]) -> BuildResult | None:
+    """The result of a build with nothing to do, from the lab's cached job index alone; None
+    when anything is missing (run the full build then).
 
     Only taken when the lab is already a gc root of this store, so skipping
     :func:`register_build_root` loses nothing.
     """
-    clock = time.monotonic()
-    started = time.time()
-    if not any(root.lab_path == lab_dir for root in store.roots()):
+    opened = _open_existing(store, readonly=False)
+    if opened is None:
         return None
-    ids = up_to_date_ids(index, store)
-    if ids is None:
-        return None
-    result = BuildResult(up_to_date=ids, seconds=time.monotonic() - clock)
-    _record_last_build(store, lab_dir, targets, started, result)
-    return result
+    try:
+        clock = time.monotonic()
+        started = time.time()
+        if not any(root.lab_path == str(lab_dir) for root in opened.roots()):
+            return None
+        ids = up_to_date_ids(index, opened)
+        if ids is None:
+            return None
+        result = BuildResult(up_to_date=ids, seconds=time.monotonic() - clock)
+        _record_last_build(opened, str(lab_dir), targets, started, result)
+        return result
+    finally:
+        if opened is not store:
+            opened.close()
 
 
 def _record_last_build(store: Store, lab: str, targets: tuple[str, ...], started: float,
@@ -204,7 +261,8 @@ def _record_last_build(store: Store, lab: str, targets: tuple[str, ...], started
 def _scheduler(graph: JobGraph, store: Store, plan: Plan, options: BuildOptions,
                reporter: Reporter | None) -> UnitScheduler:
     if options.scheduler == "slurm":
-        from repx.engine.slurm import ResourceRules, SlurmOptions, SlurmScheduler
+        from repx.engine.slurm.resources import ResourceRules
+        from repx.engine.slurm.scheduler import SlurmOptions, SlurmScheduler
 
         slurm = SlurmOptions(keep_going=options.keep_going, wait=options.wait,
                              poll=options.poll,

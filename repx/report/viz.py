@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from repx.errors import RepxError, UsageError
-from repx.expand import Job, JobGraph
-from repx.inspect import select_runs
+from repx.lab.graph import Job, JobGraph
+from repx.report.store_views import select_runs
 
 FORMATS = ("dot", "svg", "png", "pdf")
 

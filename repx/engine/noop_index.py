@@ -4,10 +4,10 @@ A rebuild with nothing to do is what researchers run most, and at 20 000 jobs it
 (0.5 s) does not cover expanding the sweep again (~0.2 s) plus validating every job's
 outputs. A built lab directory is a Nix store path, so its content never changes under the
 same path: the ids of a selection and their declared output paths can be cached under
-(lab path, targets) forever. ``repx build`` first tries this index — one status byte per
-job from the store and a ``stat`` per output — and only expands the lab when something is
-missing. doit rebuilds its task objects on every invocation (~90 µs per task); this is the
-"cache what does not change between invocations" that avoids it.
+(lab path, targets) forever. :func:`repx.engine.build.run_build` first tries this index —
+one status byte per job from the store and a ``stat`` per output — and only expands the lab
+when something is missing. doit rebuilds its task objects on every invocation (~90 µs per
+task); this is the "cache what does not change between invocations" that avoids it.
 
 The index is only written after the lab was expanded and validated, so a hit implies the
 lab passed validation before.
@@ -21,8 +21,8 @@ from pathlib import Path
 import msgpack
 from blake3 import blake3
 
-from repx.engine.jobfiles import declared_outputs
-from repx.expand import JobGraph
+from repx.engine.contract import declared_outputs
+from repx.lab.graph import JobGraph
 from repx.store import Status, Store
 
 #: Bump when the file layout changes (old files are then ignored).
@@ -75,11 +75,11 @@ def up_to_date_ids(path: Path, store: Store) -> list[str] | None:
     succeeded = Status.SUCCEEDED
     if len(statuses) != len(ids) or any(s is not succeeded for s in statuses.values()):
         return None
-    root = f"{store.root}/outputs/"
+    out_dir = store.folders.out_dir
     exists = os.path.exists
     for job_id, paths in zip(ids, outs, strict=True):
         if paths:
-            base = root + job_id + "/out"
+            base = out_dir(job_id)
             for path in paths.split("\t"):
                 if not exists(base + path[1:] if path[:1] == OUT_MARK else path):
                     return None

@@ -1,8 +1,7 @@
 """What every ``repx`` command shares: the lab and store options, error handling, tables.
 
-Commands live in :mod:`repx.cli` (lab, list, build) and :mod:`repx.cli_inspect` (status,
-show, log, cache, gc); both use these helpers so that every command reports errors and
-finds its lab and store the same way.
+Every command family of :mod:`repx.cli` uses these helpers, so that every command reports
+errors and finds its lab and store the same way.
 """
 
 from __future__ import annotations
@@ -19,9 +18,7 @@ import click
 
 from repx.errors import RepxError
 from repx.lab import LabOptions
-
-#: The store used when neither --store nor REPX_STORE names one.
-DEFAULT_STORE_DIR = ".repx"
+from repx.store.lmdb_store import DEFAULT_STORE
 
 
 class Context:
@@ -87,7 +84,7 @@ def store_option(func: Callable[..., Any]) -> Callable[..., Any]:
     """``--store DIR`` (env ``REPX_STORE``, default ``./.repx``), passed on as ``store_dir``."""
 
     @click.option("--store", "store_dir", metavar="DIR", envvar="REPX_STORE",
-                  default=DEFAULT_STORE_DIR, show_default=True,
+                  default=DEFAULT_STORE, show_default=True,
                   help="The job store directory (env REPX_STORE).")
     @functools.wraps(func)
     def wrapper(*args: Any, store_dir: str, **kwargs: Any) -> Any:

@@ -32,12 +32,12 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
-from repx.engine.plan import selection_closure
 from repx.errors import UsageError
-from repx.expand import JobGraph
+from repx.lab.graph import JobGraph, selection_closure
+from repx.store import layout
 
 #: The stamp of a job, relative to its folder ``<store>/outputs/<id>``.
-STAMP = "repx/make.stamp"
+STAMP = f"{layout.META}/{layout.MAKE_STAMP}"
 
 #: Characters make cannot take in a target path (it would split or reinterpret it).
 _UNSAFE_PATH = re.compile(r"[\s:#=%;\\$'\"*?\[\]()|&<>`]")

@@ -12,24 +12,11 @@ is O(jobs) happens here, in one pass per run:
   ``p``, else the stage default; a ``null`` value means the default. Keys no stage declares
   still multiply the combinations, and the resulting identical jobs collapse.
 * **Stage order** inside a pipeline is topological (ties by stage key), so every upstream
-  id exists before its consumer is hashed (DESIGN 5: the original's alphabetical order let
-  a consumer named before its producer miss the producer's changes).
-* **Identity** (``repx.identity``): the canonical JSON of ::
-
-      {"code":      ["pure", [script store paths in executable order], outputs]
-                    | ["params-only", pname, version, [executable names]],
-       "files":     {input: store path}       # inputs resolved from defaults
-       "inter_run": [[run, type, [sorted job ids of that run]], ...],
-       "params":    {declared param: effective value},
-       "upstream":  [[producer job id, [[source, target], ...]], ...]}   # deps order
-
-  Never resources, undeclared params, git hash, lab version or group names. In ``pure``
-  mode the resolved output templates are hashed too: with one script per stage
-  (DESIGN 6) a dynamic ``outputs`` function is not captured by the script path, and a
-  job that writes elsewhere must not reuse an old record.
-* **Resources** (DESIGN 7): mem, cpus, time are the maximum over the stage's own hints
-  and its upstream jobs' merged hints; partition and sbatch_opts are the stage's own,
-  else the first dependency's.
+  id exists before its consumer is hashed (ordering stages by name instead would let a
+  consumer named before its producer miss the producer's changes).
+* **Identity**: what a job hashes is defined in :mod:`repx.identity` (``code_part``,
+  ``identity_head``, ``identity_tail``); this module only feeds it the values.
+* **Resources** (:mod:`repx.lab.resources`): merged along the pipeline.
 
 Speed matters (a 10 000-combination sweep must expand in well under a second), so
 everything that does not vary per job is computed once per stage (or per dynamic
@@ -41,11 +28,8 @@ depends on one axis is hashed once per value of that axis, not once per combinat
 
 from __future__ import annotations
 
-import bisect
 import heapq
-import re
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 from itertools import product
 from json.encoder import encode_basestring
 from operator import itemgetter
@@ -54,419 +38,32 @@ from typing import Any
 
 from blake3 import blake3
 
-from repx.blueprint import DEPENDENCY_TYPES, Executable, Input, Lab, Pipeline, Run, Stage, load_lab
-from repx.errors import LabError, UsageError
-from repx.identity import canonical_json, nix32_of_digest
+from repx.errors import LabError
+from repx.identity import (
+    canonical_json,
+    code_part,
+    identity_head,
+    identity_tail,
+    nix32_of_digest,
+)
+from repx.lab.blueprint import (
+    DEPENDENCY_TYPES,
+    Input,
+    Lab,
+    Pipeline,
+    Run,
+    Stage,
+    load_lab,
+)
+from repx.lab.graph import Job, JobGraph, RunJobs
+from repx.lab.resources import Resources, merge_resources, validate_resources
 
 #: Inputs the runtime provides (scatter-gather plumbing and the store base directory).
 RUNTIME_INPUTS = frozenset({"worker__item", "worker__outs", "store__base"})
 
-#: Valid resource hint keys, in the order merged resources list them.
-RESOURCE_KEYS = ("mem", "cpus", "time", "partition", "sbatch_opts")
-
 _SCALARS = (str, int, float, bool, type(None))
 
-# --------------------------------------------------------------------------- resources
 
-_MEM_RE = re.compile(r"^\s*(\d+)\s*([KMGTkmgt]?)\s*$")
-_MEM_UNITS = {"": 1024**2, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
-_TIME_RE = re.compile(r"^\s*(?:(\d+)-)?(\d+):(\d+)(?::(\d+))?\s*$")
-
-
-def parse_mem(value: object) -> int:
-    """Bytes for a ``mem`` hint: ``"512M"``, ``"8G"``… (powers of 1024), or a plain number.
-
-    A plain number (int or digit string) means MiB, as in ``sbatch --mem``.
-    Raises ValueError for anything else (zero included).
-    """
-    if isinstance(value, bool):
-        raise ValueError(value)
-    if isinstance(value, int):
-        n = value * _MEM_UNITS[""]
-    elif isinstance(value, str) and (m := _MEM_RE.match(value)):
-        n = int(m.group(1)) * _MEM_UNITS[m.group(2).upper()]
-    else:
-        raise ValueError(value)
-    if n <= 0:
-        raise ValueError(value)
-    return n
-
-
-def parse_time(value: object) -> int:
-    """Seconds for a ``time`` hint: ``"D-HH:MM:SS"``, ``"HH:MM:SS"``, ``"MM:SS"`` or seconds.
-
-    Raw seconds follow the seed (SLURM reads a bare number as minutes; the SLURM executor
-    converts). Raises ValueError for anything else (zero included).
-    """
-    if isinstance(value, bool):
-        raise ValueError(value)
-    if isinstance(value, int):
-        seconds = value
-    elif isinstance(value, str) and value.strip().isdigit():
-        seconds = int(value)
-    elif isinstance(value, str) and (m := _TIME_RE.match(value)):
-        days, a, b, c = m.groups()
-        if c is None:  # MM:SS (a day prefix needs the full HH:MM:SS)
-            if days is not None:
-                raise ValueError(value)
-            hours, minutes, secs = 0, int(a), int(b)
-        else:
-            hours, minutes, secs = int(a), int(b), int(c)
-            if minutes >= 60:
-                raise ValueError(value)
-        if secs >= 60:
-            raise ValueError(value)
-        seconds = ((int(days or 0) * 24 + hours) * 60 + minutes) * 60 + secs
-    else:
-        raise ValueError(value)
-    if seconds <= 0:
-        raise ValueError(value)
-    return seconds
-
-
-class Resources(dict[str, Any]):
-    """Resource hints (keys from :data:`RESOURCE_KEYS`, original values) plus parsed numbers.
-
-    Instances are shared between jobs with the same hints: treat them as read-only.
-    ``mem_bytes``/``cpu_count``/``time_seconds`` are None when the hint is unset.
-    """
-
-    __slots__ = ("mem_bytes", "cpu_count", "time_seconds")
-
-    def __init__(
-        self,
-        values: dict[str, Any] | None = None,
-        mem_bytes: int | None = None,
-        cpu_count: int | None = None,
-        time_seconds: int | None = None,
-    ) -> None:
-        super().__init__(values or {})
-        self.mem_bytes = mem_bytes
-        self.cpu_count = cpu_count
-        self.time_seconds = time_seconds
-
-
-_NO_RESOURCES = Resources()
-
-
-def validate_resources(raw: dict[str, Any] | None, where: str) -> Resources:
-    """Check a stage's (or executable's) resource hints and parse them.
-
-    ``where`` names the stage and file (``stage 'x' (file f)``) for the error message.
-    Keys with a ``null`` value count as unset (a dynamic ``resources`` function may
-    compute ``null`` for some combinations).
-    """
-    if not raw:
-        return _NO_RESOURCES
-    unknown = sorted(k for k in raw if k not in RESOURCE_KEYS)
-    if unknown:
-        raise LabError(
-            f"{where}: unknown resource hint keys: {unknown}; "
-            f"valid keys are {', '.join(RESOURCE_KEYS)}"
-        )
-    values: dict[str, Any] = {}
-    mem_bytes = cpu_count = time_seconds = None
-
-    def bad(key: str, value: object, expected: str) -> LabError:
-        return LabError(
-            f"{where}: resource hint '{key}' has an invalid value {canonical_json(value)}; "
-            f"expected {expected}"
-        )
-
-    for key in RESOURCE_KEYS:
-        value = raw.get(key)
-        if value is None:
-            continue
-        if key == "mem":
-            try:
-                mem_bytes = parse_mem(value)
-            except ValueError:
-                raise bad(key, value, 'a positive number of MiB or a number with a K, M, G '
-                          'or T suffix (e.g. "8G")') from None
-        elif key == "cpus":
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise bad(key, value, "a positive integer")
-            cpu_count = value
-        elif key == "time":
-            try:
-                time_seconds = parse_time(value)
-            except ValueError:
-                raise bad(key, value, 'a positive duration: "HH:MM:SS", "MM:SS", '
-                          '"D-HH:MM:SS" or a number of seconds') from None
-        elif key == "partition":
-            if not isinstance(value, str) or not value:
-                raise bad(key, value, "a partition name (string)")
-        elif not isinstance(value, list) or not all(isinstance(o, str) for o in value):
-            raise bad(key, value, 'a list of strings (e.g. ["--gres=gpu:1"])')
-        elif not value:
-            continue
-        values[key] = value
-    return Resources(values, mem_bytes, cpu_count, time_seconds)
-
-
-def merge_resources(own: Resources, upstream: Sequence[Resources]) -> Resources:
-    """DESIGN 7: max mem/cpus/time over ``own`` and ``upstream``; partition, sbatch_opts own
-    else the first upstream's. Ties keep the earlier value (own first, then deps order)."""
-    if not upstream:
-        return own
-    mem, mem_b = own.get("mem"), own.mem_bytes
-    cpus = own.cpu_count
-    time, time_s = own.get("time"), own.time_seconds
-    for r in upstream:
-        if r.mem_bytes is not None and (mem_b is None or r.mem_bytes > mem_b):
-            mem, mem_b = r["mem"], r.mem_bytes
-        if r.cpu_count is not None and (cpus is None or r.cpu_count > cpus):
-            cpus = r.cpu_count
-        if r.time_seconds is not None and (time_s is None or r.time_seconds > time_s):
-            time, time_s = r["time"], r.time_seconds
-    first = upstream[0]
-    merged = {
-        "mem": mem,
-        "cpus": cpus,
-        "time": time,
-        "partition": own.get("partition", first.get("partition")),
-        "sbatch_opts": own.get("sbatch_opts", first.get("sbatch_opts")),
-    }
-    return Resources({k: v for k, v in merged.items() if v is not None}, mem_b, cpus, time_s)
-
-
-# --------------------------------------------------------------------------- body rendering
-
-
-def render_param(value: object) -> str:
-    """A param value as the stage script renders it at run time (see nix/lib/script.nix).
-
-    The script reads the params JSON itself, so this follows JSON text: strings
-    raw, numbers and booleans as written (``true``/``false``), null empty.
-    """
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value
-    return canonical_json(value)
-
-
-def render_body(exe: Executable | str, params: dict[str, Any]) -> str:
-    """The body of ``exe`` (an Executable or a body string) with each ``__repx_param_<p>__``
-    token replaced by ``params[p]`` as ``toString`` would render it.
-
-    Tokens of params not in ``params`` are left as they are.
-    """
-    body = exe if isinstance(exe, str) else exe.body
-    if not params or "__repx_param_" not in body:
-        return body
-    names = sorted(params, key=len, reverse=True)  # longest first: "a_b" before "a"
-    pattern = re.compile("|".join(re.escape(f"__repx_param_{p}__") for p in names))
-    return pattern.sub(lambda m: render_param(params[m.group(0)[13:-2]]), body)
-
-
-# --------------------------------------------------------------------------- the job graph
-
-
-@dataclass(slots=True, eq=False)
-class Job:
-    """One unit of work: a stage under one effective parameter combination.
-
-    Jobs with the same id (identical work reached from several combinations, pipelines or
-    runs) are one Job; ``runs`` lists every run that produced it. ``inputs`` maps each
-    input name to its source: ``{"job": id, "output": name}``, ``{"file": path}``,
-    ``{"runtime": "worker__item" | "worker__outs" | "store__base"}`` or
-    ``{"run_manifest": run, "jobs": [ids]}``. Dict members may be shared between jobs:
-    treat them as read-only.
-    """
-
-    id: str
-    pname: str
-    version: str
-    #: The stage's pipeline key.
-    stage: str
-    stage_file: str
-    pipeline_file: str
-    kind: str
-    #: The first run that produced this job.
-    run: str
-    runs: list[str]
-    hash_mode: str
-    params: dict[str, Any]
-    #: param -> "default" | "sweep:<key>" | "override:<key>" (a one-value run param)
-    #: | "zip:<label>.<key>"
-    param_sources: dict[str, str]
-    resources: Resources
-    own_resources: Resources
-    #: Upstream job ids in dependency order, without repeats.
-    depends_on: list[str]
-    #: The producer job id of each of ``stage_def.deps`` (repeats kept; for identity).
-    upstream: list[str]
-    inputs: dict[str, dict[str, Any]]
-    outputs: dict[str, Any]
-    executables: dict[str, Executable]
-    #: (run, type) of every run whose manifest this job reads (its inter-run edges).
-    inter_run: list[tuple[str, str]]
-    stage_def: Stage
-
-    def __repr__(self) -> str:
-        return f"Job({self.id!r})"
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready view (``repx list jobs --json``); scripts by executable name."""
-        return {
-            "id": self.id,
-            "pname": self.pname,
-            "version": self.version,
-            "run": self.run,
-            "runs": list(self.runs),
-            "stage": self.stage,
-            "stage_file": self.stage_file,
-            "kind": self.kind,
-            "hash_mode": self.hash_mode,
-            "params": self.params,
-            "param_sources": self.param_sources,
-            "resources": dict(self.resources),
-            "depends_on": list(self.depends_on),
-            "inputs": self.inputs,
-            "outputs": self.outputs,
-            "scripts": {name: e.script for name, e in self.executables.items()},
-        }
-
-
-@dataclass(slots=True)
-class RunJobs:
-    """The jobs of one run (ids in expansion order, each once) and its run dependencies."""
-
-    name: str
-    run: Run
-    dependencies: list[tuple[str, str]]
-    job_ids: list[str]
-
-    @property
-    def hash_mode(self) -> str:
-        return self.run.hash_mode
-
-
-class JobGraph:
-    """Every job of a lab, keyed by id in expansion order, plus runs and groups."""
-
-    def __init__(self, lab: Lab) -> None:
-        self.lab = lab
-        self.jobs: dict[str, Job] = {}
-        self.runs: dict[str, RunJobs] = {}
-        self.groups: dict[str, list[str]] = {g: list(m) for g, m in lab.groups.items()}
-        self._sorted_ids: list[str] | None = None
-
-    def __len__(self) -> int:
-        return len(self.jobs)
-
-    # ---- lookup
-
-    def _prefix_matches(self, prefix: str, limit: int = 5) -> tuple[int, list[str]]:
-        if self._sorted_ids is None or len(self._sorted_ids) != len(self.jobs):
-            self._sorted_ids = sorted(self.jobs)
-        ids = self._sorted_ids
-        i = bisect.bisect_left(ids, prefix)
-        found: list[str] = []
-        count = 0
-        while i < len(ids) and ids[i].startswith(prefix):
-            if count < limit:
-                found.append(ids[i])
-            count += 1
-            i += 1
-        return count, found
-
-    def resolve_job(self, prefix: str) -> Job:
-        """The job whose id is ``prefix`` or uniquely starts with it (UsageError otherwise)."""
-        job = self.jobs.get(prefix)
-        if job is not None:
-            return job
-        count, found = self._prefix_matches(prefix) if prefix else (0, [])
-        if count == 1:
-            return self.jobs[found[0]]
-        if count == 0:
-            raise UsageError(f"no job id starts with '{prefix}'")
-        more = f" and {count - len(found)} more" if count > len(found) else ""
-        raise UsageError(
-            f"job id prefix '{prefix}' is ambiguous: it matches {count} jobs: "
-            f"{', '.join(found)}{more}; give more characters"
-        )
-
-    def select(self, targets: Iterable[str]) -> list[Job]:
-        """Jobs named by ``targets`` (run names, ``@group``, job ids or unique id prefixes),
-        in target order, each once. No targets selects every job."""
-        targets = list(targets)
-        if not targets:
-            return list(self.jobs.values())
-        chosen: dict[str, None] = {}
-        for t in targets:
-            if t.startswith("@"):
-                members = self.groups.get(t[1:])
-                if members is None:
-                    raise UsageError(f"unknown group '{t}'; {self._available()}")
-                for r in members:
-                    chosen.update(dict.fromkeys(self.runs[r].job_ids))
-            elif t in self.runs:
-                chosen.update(dict.fromkeys(self.runs[t].job_ids))
-            else:
-                count, _ = self._prefix_matches(t, 0) if t else (0, [])
-                if count == 0 and t not in self.jobs:
-                    raise UsageError(
-                        f"unknown target '{t}': not a run, a @group or a job id; "
-                        f"{self._available()}"
-                    )
-                chosen[self.resolve_job(t).id] = None
-        return [self.jobs[i] for i in chosen]
-
-    def _available(self) -> str:
-        runs = ", ".join(self.runs) or "(none)"
-        groups = ", ".join(f"@{g}" for g in self.groups) or "(none)"
-        return f"runs: {runs}; groups: {groups}"
-
-    # ---- order
-
-    def upstream_closure(self, job_ids: Iterable[str]) -> list[str]:
-        """Ids of ``job_ids`` and of everything they need (producers, and every job of a run
-        whose manifest they read), in topological order."""
-        return self._post_order(job_ids)
-
-    def topological_order(self) -> list[str]:
-        """Every job id, each after all of its upstream jobs (stable on expansion order)."""
-        return self._post_order(self.jobs)
-
-    def _post_order(self, roots: Iterable[str]) -> list[str]:
-        # Iterative DFS; a run read through its manifest is one virtual node ("\0" + name),
-        # so 10 000 consumers of a 10 000-job run cost 20 000 steps, not 10^8.
-        jobs, runs = self.jobs, self.runs
-
-        def upstream_of(node: str) -> Iterable[str]:
-            if node[0] == "\0":
-                return runs[node[1:]].job_ids
-            job = jobs[node]
-            if not job.inter_run:
-                return job.depends_on
-            return [*job.depends_on, *("\0" + r for r, _ in job.inter_run)]
-
-        seen: set[str] = set()
-        order: list[str] = []
-        for root in roots:
-            if root not in jobs:
-                raise UsageError(f"unknown job id '{root}'")
-            if root in seen:
-                continue
-            seen.add(root)
-            stack = [(root, iter(upstream_of(root)))]
-            while stack:
-                node, it = stack[-1]
-                for up in it:
-                    if up not in seen:
-                        seen.add(up)
-                        stack.append((up, iter(upstream_of(up))))
-                        break
-                else:
-                    stack.pop()
-                    if node[0] != "\0":
-                        order.append(node)
-        return order
-
-
-# --------------------------------------------------------------------------- expansion
 
 
 def load_job_graph(lab_dir: str | Path) -> JobGraph:
@@ -484,25 +81,6 @@ def expand_lab(lab: Lab) -> JobGraph:
         expanded[name] = _RunExpander(graph, by_name[name], expanded).expand()
     graph.runs = {n: expanded[n] for n in lab.run_names}
     return graph
-
-
-def identity_parts(job: Job) -> dict[str, Any]:
-    """Rebuild the object whose canonical JSON gives ``job.id`` (for tracing and tests)."""
-    st = job.stage_def
-    if job.hash_mode == "pure":
-        code: list[Any] = ["pure", [e.script for e in st.executables.values()], job.outputs]
-    else:
-        code = ["params-only", job.pname, job.version, list(st.executables)]
-    return {
-        "code": code,
-        "files": {k: v["file"] for k, v in job.inputs.items() if "file" in v},
-        "inter_run": [[ir.run, ir.type, job.inputs[ir.target]["jobs"]] for ir in st.inter_run],
-        "params": job.params,
-        "upstream": [
-            [pid, [[m.source, m.target] for m in dep.mappings]]
-            for pid, dep in zip(job.upstream, st.deps, strict=True)
-        ],
-    }
 
 
 def _run_order(lab: Lab, by_name: dict[str, Run]) -> list[str]:
@@ -600,7 +178,7 @@ class _Variant:
     mapped: list[tuple[str, int, str]]
 
 
-class _Plan:
+class _StagePlan:
     """Everything about one stage of one pipeline that does not vary per combination."""
 
     __slots__ = (
@@ -787,12 +365,12 @@ class _RunExpander:
 
     def _plans(
         self, pi: int, pipeline: Pipeline, targets: dict[tuple[int, str], dict[str, _Member]]
-    ) -> list[_Plan]:
+    ) -> list[_StagePlan]:
         order = _topo_stages(pipeline)
         index = {s.key: i for i, s in enumerate(order)}
-        plans: list[_Plan] = []
+        plans: list[_StagePlan] = []
         for st in order:
-            plan = _Plan()
+            plan = _StagePlan()
             plan.stage, plan.pipeline = st, pipeline
             plan.dep_index = [index[d.stage] for d in st.deps]
             plan.dep_map_json = [
@@ -830,7 +408,7 @@ class _RunExpander:
             plans.append(plan)
         return plans
 
-    def _inter_run(self, plan: _Plan) -> None:
+    def _inter_run(self, plan: _StagePlan) -> None:
         st = plan.stage
         parts: list[Any] = []
         plan.inter_run_inputs = {}
@@ -856,7 +434,7 @@ class _RunExpander:
 
     def _variant(
         self,
-        plan: _Plan,
+        plan: _StagePlan,
         pname: str,
         inputs: dict[str, Input],
         outputs: dict[str, Any],
@@ -899,20 +477,11 @@ class _RunExpander:
                 template[name] = {"file": path}
         v.template = template
         v.mapped = [(t, di, src) for t, (di, src) in mapped.items()]
-        if self.run.hash_mode == "pure":
-            code: list[Any] = ["pure", [e.script for e in st.executables.values()], outputs]
-        else:
-            code = ["params-only", pname, st.version, list(st.executables)]
-        head = (
-            '{"code":' + canonical_json(code)
-            + ',"files":' + canonical_json(files)
-            + ',"inter_run":' + plan.inter_run_json
-            + ',"params":'
-        )
-        v.head = blake3(head.encode())
+        code = code_part(self.run.hash_mode, st.executables, outputs, pname, st.version)
+        v.head = blake3(identity_head(code, files, plan.inter_run_json).encode())
         return v
 
-    def _input_error(self, plan: _Plan, pname: str, name: str, default: Any) -> LabError:
+    def _input_error(self, plan: _StagePlan, pname: str, name: str, default: Any) -> LabError:
         st = plan.stage
         by_key = {s.key: s for s in plan.pipeline.stages}
         available = [
@@ -957,7 +526,7 @@ class _RunExpander:
             f"a file path, and no dependency provides it; {tail}"
         )
 
-    def _dynamic_variant(self, plan: _Plan, params_json: str) -> _Variant:
+    def _dynamic_variant(self, plan: _StagePlan, params_json: str) -> _Variant:
         v = plan.variants.get(params_json)
         if v is not None:
             return v
@@ -978,7 +547,7 @@ class _RunExpander:
 
     # ---- per job
 
-    def _make(self, plan: _Plan, idx: tuple[int, ...], cur: list[Job]) -> Job:
+    def _make(self, plan: _StagePlan, idx: tuple[int, ...], cur: list[Job]) -> Job:
         dims = self.dims
         params: dict[str, Any] = {}
         sources: dict[str, str] = {}
@@ -1005,7 +574,7 @@ class _RunExpander:
         else:
             upstream_json = "[]"
         h = v.head.copy()
-        h.update((params_json + ',"upstream":' + upstream_json + "}").encode())
+        h.update(identity_tail(params_json, upstream_json).encode())
         jid = nix32_of_digest(h.digest(20)) + v.suffix
         graph = self.graph
         job = graph.jobs.get(jid)

@@ -1,4 +1,4 @@
-"""Build-time validation of stage scripts (DESIGN.md decision 10).
+"""Build-time validation of stage scripts, and how a script body renders params.
 
 A stage script runs with a PATH that holds only its runDependencies and a few core tools, under
 ``set -euxo pipefail``. A missing command or a bash mistake would otherwise surface hours later
@@ -21,6 +21,7 @@ version) so rebuilding an unchanged lab does not re-run shellcheck on every scri
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -29,11 +30,16 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import blake3
 
-from repx.errors import ValidationError
+from repx.errors import LabError, ValidationError
+from repx.identity import canonical_json
+
+if TYPE_CHECKING:
+    from repx.lab.blueprint import Executable
+    from repx.lab.graph import JobGraph
 
 #: Bump when the checks change, so cached "passed" verdicts of older rules are not trusted.
 VALIDATOR_VERSION = "1"
@@ -476,3 +482,75 @@ def _mark_passed(cache_dir: Path | None, key: str) -> None:
         (cache_dir / key).touch()
     except OSError:
         pass
+
+
+# --------------------------------------------------------------------------------------------
+# params in a script body, and the checks of a whole lab
+
+
+def render_param(value: object) -> str:
+    """A param value as the stage script renders it at run time (see nix/lib/script.nix).
+
+    The script reads the params JSON itself, so this follows JSON text: strings
+    raw, numbers and booleans as written (``true``/``false``), null empty.
+    """
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    return canonical_json(value)
+
+
+def render_body(exe: Executable | str, params: dict[str, Any]) -> str:
+    """The body of ``exe`` (an Executable or a body string) with each ``__repx_param_<p>__``
+    token replaced by ``params[p]`` as ``toString`` would render it.
+
+    Tokens of params not in ``params`` are left as they are.
+    """
+    body = exe if isinstance(exe, str) else exe.body
+    if not params or "__repx_param_" not in body:
+        return body
+    names = sorted(params, key=len, reverse=True)  # longest first: "a_b" before "a"
+    pattern = re.compile("|".join(re.escape(f"__repx_param_{p}__") for p in names))
+    return pattern.sub(lambda m: render_param(params[m.group(0)[13:-2]]), body)
+
+
+def lab_script_checks(graph: JobGraph) -> list[ScriptCheck]:
+    """One check per distinct script of the lab, its params rendered with the stage defaults."""
+    checks: dict[str, ScriptCheck] = {}
+    for run in graph.lab.runs:
+        for pipeline in run.pipelines:
+            for stage in pipeline.stages:
+                for exe_name, exe in stage.all_executables():
+                    if exe.script in checks:
+                        continue
+                    checks[exe.script] = ScriptCheck(
+                        stage=stage.pname,
+                        executable=exe_name,
+                        file=stage.file,
+                        body=render_body(exe.body, stage.params),
+                        path_dirs=[d for d in exe.path.split(":") if d],
+                    )
+    return list(checks.values())
+
+
+def check_dynamic_outputs(graph: JobGraph) -> None:
+    """Each job's output paths, as its script will complete them, match the lab's values.
+
+    A ``{ params }:`` outputs function reaches the (per-stage) script as a template
+    with param tokens; one that branches on a param value instead of interpolating
+    it would make the script write elsewhere than repx looks. Say so at build time.
+    """
+    for job in graph.jobs.values():
+        if job.kind != "simple" or "main" not in job.executables:
+            continue
+        template = job.executables["main"].outputs
+        for name, path in job.outputs.items():
+            rendered = render_body(template.get(name, path), job.params)
+            if rendered != path:
+                raise LabError(
+                    f"stage '{job.pname}' (file {job.stage_file}): its outputs function gives "
+                    f"'{name}' = {path!r} for params {json.dumps(job.params)}, but the script "
+                    f"would write {rendered!r}; write output paths by interpolating params "
+                    '(e.g. "$out/model-${params.model}.bin"), not by branching on them'
+                )

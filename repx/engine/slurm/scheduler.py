@@ -30,234 +30,28 @@ How a build maps onto SLURM:
 from __future__ import annotations
 
 import contextlib
-import fnmatch
-import json
 import math
 import os
 import select
 import shutil
 import signal
-import subprocess
 import time
-import tomllib
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from repx.engine.contract import job_argv
 from repx.engine.plan import Plan
-from repx.engine.scheduler import (
-    BLOCKED,
-    CANCELLED,
-    FAILED,
-    Failure,
-    Reporter,
-    SchedulerOptions,
-    UnitScheduler,
-)
-from repx.engine.units import Unit
-from repx.errors import RepxError, UsageError
-from repx.expand import JobGraph, parse_mem, parse_time, validate_resources
+from repx.engine.scheduler import Failure, Reporter, SchedulerOptions, UnitScheduler
+from repx.engine.slurm.arrays import array_ranges, collapse_to_arrays, corresponding_array
+from repx.engine.slurm.cli import ACTIVE_STATES, FINAL_STATES, SlurmCli, SlurmError
+from repx.engine.slurm.resources import ResourceRules, sbatch_directives
+from repx.engine.units import Outcome, Unit, UnitState
+from repx.errors import RepxError
 from repx.identity import canonical_json, hash_part
-from repx.store import JobRecord, Status, Store, owner_alive, owner_token, this_host
-
-#: SLURM states after which a job never changes again.
-FINAL_STATES = frozenset({
-    "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
-    "BOOT_FAIL", "DEADLINE", "PREEMPTED",
-})
-ACTIVE_STATES = frozenset({
-    "PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING",
-    "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT", "STOPPED",
-})
-#: Keys a resources.toml section may set.
-RESOURCE_KEYS = ("mem", "cpus", "time", "partition", "sbatch_opts")
-
-
-class SlurmError(RepxError):
-    """A SLURM command failed (its own message is kept)."""
-
-
-# ---------------------------------------------------------------------------- the CLI
-
-
-class SlurmCli:
-    """The SLURM commands repx uses, with one clear error when one is missing or fails."""
-
-    def __init__(self) -> None:
-        for tool in ("sbatch", "squeue", "sacct", "scancel"):
-            if shutil.which(tool) is None:
-                raise SlurmError(
-                    f"`{tool}` is not on PATH: `--scheduler slurm` needs a SLURM client "
-                    "(run repx on the cluster's login node)"
-                )
-        self.sbatch_calls = 0
-
-    def _run(self, args: list[str], stdin: str | None = None, timeout: float = 120) -> str:
-        try:
-            proc = subprocess.run(args, input=stdin, capture_output=True, text=True,
-                                  timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise SlurmError(f"`{' '.join(args[:2])}` did not answer within {timeout} s "
-                             "(is slurmctld up?)") from None
-        if proc.returncode != 0:
-            said = (proc.stderr or proc.stdout).strip().splitlines()
-            raise SlurmError(f"`{args[0]}` failed: {said[-1] if said else proc.returncode}",
-                             detail=proc.stderr)
-        return proc.stdout
-
-    def sbatch(self, script: str, args: list[str]) -> str:
-        """Submit ``script`` (a file); the job id."""
-        self.sbatch_calls += 1
-        out = self._run(["sbatch", "--parsable", *args, script])
-        return out.strip().split(";")[0]
-
-    def states(self, job_ids: Iterable[str]) -> dict[str, tuple[str, str]]:
-        """``{task id: (state, reason)}`` for every task squeue still knows (arrays expanded:
-        ``123_4``)."""
-        ids = sorted({j.split("_")[0] for j in job_ids})
-        result: dict[str, tuple[str, str]] = {}
-        for start in range(0, len(ids), 200):
-            chunk = ",".join(ids[start:start + 200])
-            try:
-                out = self._run(["squeue", "-h", "-r", "-t", "all", "-j", chunk,
-                                 "-o", "%i|%T|%r"])
-            except SlurmError as exc:
-                if "Invalid job id" in exc.message:  # all of them aged out
-                    continue
-                raise
-            for line in out.splitlines():
-                parts = line.strip().split("|")
-                if len(parts) >= 2:
-                    result[parts[0]] = (parts[1], parts[2] if len(parts) > 2 else "")
-        return result
-
-    def accounting(self, job_ids: Iterable[str]) -> dict[str, tuple[str, str]]:
-        """``{task id: (state, exit code)}`` from sacct (for tasks squeue has forgotten)."""
-        ids = sorted({j.split("_")[0] for j in job_ids})
-        result: dict[str, tuple[str, str]] = {}
-        if not ids:
-            return result
-        try:
-            out = self._run(["sacct", "-n", "-P", "-X", "-j", ",".join(ids),
-                             "-o", "JobID,State,ExitCode"])
-        except SlurmError:
-            return result
-        for line in out.splitlines():
-            parts = line.strip().split("|")
-            if len(parts) >= 3:
-                result[parts[0]] = (parts[1].split()[0] if parts[1] else "", parts[2])
-        return result
-
-    def scancel(self, job_ids: Iterable[str]) -> None:
-        """Cancel jobs and array tasks; the tasks of one array go as one ``123_[0-9999]``
-        argument (one call for a whole stage, not one id per task)."""
-        ids = _compress_tasks(job_ids)
-        for start in range(0, len(ids), 200):
-            with contextlib.suppress(SlurmError):
-                self._run(["scancel", *ids[start:start + 200]])
-
-    def max_array_size(self) -> int:
-        try:
-            out = self._run(["scontrol", "show", "config"])
-        except SlurmError:
-            return 1001
-        for line in out.splitlines():
-            if line.startswith("MaxArraySize"):
-                with contextlib.suppress(ValueError, IndexError):
-                    return int(line.split("=")[1].strip())
-        return 1001
-
-
-# ---------------------------------------------------------------------- resources.toml
-
-
-@dataclass
-class ResourceRules:
-    """Per-cluster overrides of the lab's resource hints (``resources.toml``).
-
-    ``[defaults]`` fill in what a job does not set; each ``[[rules]]`` entry whose ``match``
-    glob matches the job's pname, stage key or id then overrides, later rules last.
-    """
-
-    defaults: dict[str, Any] = field(default_factory=dict)
-    rules: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-    source: str = ""
-
-    @classmethod
-    def load(cls, path: Path | None) -> ResourceRules:
-        if path is None:
-            return cls()
-        try:
-            data = tomllib.loads(path.read_text())
-        except OSError as exc:
-            raise UsageError(f"cannot read {path}: {exc}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise UsageError(f"{path}: not valid TOML: {exc}") from None
-        unknown = set(data) - {"defaults", "rules"}
-        if unknown:
-            raise UsageError(f"{path}: unknown sections {sorted(unknown)} (use [defaults] "
-                             "and [[rules]])")
-        defaults = cls._check(path, "defaults", data.get("defaults", {}))
-        rules = []
-        for i, rule in enumerate(data.get("rules", [])):
-            if not isinstance(rule, dict) or not isinstance(rule.get("match"), str):
-                raise UsageError(f"{path}: rules[{i}] needs a string `match` glob")
-            body = {k: v for k, v in rule.items() if k != "match"}
-            rules.append((rule["match"], cls._check(path, f"rules[{i}]", body)))
-        return cls(defaults, rules, str(path))
-
-    @staticmethod
-    def _check(path: Path, where: str, values: Any) -> dict[str, Any]:
-        if not isinstance(values, dict):
-            raise UsageError(f"{path}: {where} must be a table")
-        for key, value in values.items():
-            if key not in RESOURCE_KEYS:
-                raise UsageError(f"{path}: {where}: unknown key '{key}' (known: "
-                                 f"{', '.join(RESOURCE_KEYS)})")
-            try:
-                if key == "mem":
-                    parse_mem(value)
-                elif key == "time":
-                    parse_time(value)
-                elif key == "cpus" and (not isinstance(value, int) or value < 1):
-                    raise ValueError(value)
-                elif key == "partition" and not isinstance(value, str):
-                    raise ValueError(value)
-                elif key == "sbatch_opts" and not (
-                        isinstance(value, list) and all(isinstance(o, str) for o in value)):
-                    raise ValueError(value)
-            except ValueError:
-                raise UsageError(f"{path}: {where}: invalid {key} {value!r}") from None
-        return dict(values)
-
-    def apply(self, hints: dict[str, Any], names: Iterable[str]) -> dict[str, Any]:
-        merged = {**self.defaults, **{k: v for k, v in hints.items() if v is not None}}
-        names = list(names)
-        for pattern, values in self.rules:
-            if any(fnmatch.fnmatchcase(n, pattern) for n in names):
-                merged.update(values)
-        return merged
-
-
-def sbatch_directives(resources: dict[str, Any]) -> list[str]:
-    """``--mem``/``--cpus-per-task``/``--time``/``--partition`` and the extra options."""
-    args = []
-    if resources.get("mem") is not None:
-        args.append(f"--mem={max(1, math.ceil(parse_mem(resources['mem']) / 2**20))}M")
-    if resources.get("cpus") is not None:
-        args.append(f"--cpus-per-task={int(resources['cpus'])}")
-    if resources.get("time") is not None:
-        seconds = parse_time(resources["time"])
-        minutes = max(1, math.ceil(seconds / 60))
-        args.append(f"--time={minutes // 1440}-{minutes % 1440 // 60:02d}:{minutes % 60:02d}:00")
-    if resources.get("partition"):
-        args.append(f"--partition={resources['partition']}")
-    args.extend(resources.get("sbatch_opts") or [])
-    return args
-
-
-# ---------------------------------------------------------------------- the scheduler
+from repx.lab.graph import JobGraph
+from repx.lab.resources import validate_resources
+from repx.store import JobRecord, Status, Store, layout, owner_alive
 
 
 @dataclass
@@ -269,24 +63,32 @@ class SlurmOptions(SchedulerOptions):
     resources: ResourceRules = field(default_factory=ResourceRules)
 
 
-WRAPPER = """#!/bin/bash
+def wrapper_script(directives: str, table: str, outputs_root: str) -> str:
+    """The sbatch script of one submission: task ``$SLURM_ARRAY_TASK_ID`` runs the unit on
+    line (index + 1) of ``table`` (id, script, inputs JSON, params JSON) under the execution
+    contract, in the job folder of :mod:`repx.store.layout`. The store's database is never
+    touched here; the watcher records the outcome."""
+    meta = f"$job/{layout.META}"
+    inputs, params = f"{meta}/{layout.INPUTS_JSON}", f"{meta}/{layout.PARAMS_JSON}"
+    exit_code = f"{meta}/{layout.EXIT_CODE}"
+    argv = " ".join(f'"{arg}"' for arg in job_argv("$script", f"$job/{layout.OUT}", inputs,
+                                                     params))
+    return f"""#!/bin/bash
 {directives}
-# Generated by repx: task $SLURM_ARRAY_TASK_ID of this submission runs the unit on line
-# (index + 1) of the table (id, script, inputs JSON, params JSON), under the execution
-# contract. The store's database is never touched here; the watcher records the outcome.
+# Generated by repx: runs one unit of the table under the execution contract.
 set -uo pipefail
-table={table}
+table={_sh(table)}
 index=${{SLURM_ARRAY_TASK_ID:-0}}
 IFS=$'\\t' read -r id script inputs params < <(sed -n "$((index + 1))p" "$table")
-job={outputs}/$id
-mkdir -p "$job/out" "$job/repx"
-printf '%s\\n' "$inputs" > "$job/repx/inputs.json"
-printf '%s\\n' "$params" > "$job/repx/params.json"
-rm -f "$job/repx/exit_code"
-"$script" "$job/out" "$job/repx/inputs.json" "$job/repx/params.json" \\
-  > "$job/repx/stdout.log" 2> "$job/repx/stderr.log"
+job={_sh(outputs_root)}/$id
+mkdir -p "$job/{layout.OUT}" "{meta}"
+printf '%s\\n' "$inputs" > "{inputs}"
+printf '%s\\n' "$params" > "{params}"
+rm -f "{exit_code}"
+{argv} \\
+  > "{meta}/{layout.STDOUT_LOG}" 2> "{meta}/{layout.STDERR_LOG}"
 code=$?
-echo "$code" > "$job/repx/exit_code"
+echo "$code" > "{exit_code}"
 exit "$code"
 """
 
@@ -388,7 +190,7 @@ class SlurmScheduler(UnitScheduler):
                 self.store.update(JobRecord(uid, Status.QUEUED, owner=self.owner,
                                             slurm_id=record.slurm_id))
                 unit.slurm_id = record.slurm_id
-                unit.state = "submitted"
+                unit.state = UnitState.SUBMITTED
                 self.watching[record.slurm_id or ""] = unit
                 self.reporter.queued(unit)
                 self.reporter.message(f"{unit.label} {uid} is already on SLURM as job "
@@ -407,9 +209,10 @@ class SlurmScheduler(UnitScheduler):
             members = dep.deps if dep.gate else [dep]
             bucket = afterany if dep.soft else afterok
             for member in members:
-                if member.state == "done":
+                if member.state is UnitState.DONE:
                     continue
-                if member.slurm_id is None or member.state not in ("submitted", "foreign"):
+                if member.slurm_id is None or member.state not in (UnitState.SUBMITTED,
+                                                                   UnitState.FOREIGN):
                     return None
                 bucket.append(member.slurm_id)
         return afterok, afterany
@@ -417,7 +220,7 @@ class SlurmScheduler(UnitScheduler):
     def _submittable(self) -> list[tuple[Unit, list[str], list[str]]]:
         found = []
         for unit in self.units.values():
-            if unit.gate or unit.state not in ("waiting", "ready"):
+            if unit.gate or unit.state not in (UnitState.WAITING, UnitState.READY):
                 continue
             deps = self._dep_ids(unit)
             if deps is not None:
@@ -477,7 +280,7 @@ class SlurmScheduler(UnitScheduler):
     def _submit_group(self, directives: list[str],
                       members: list[tuple[Unit, list[str], list[str]]]) -> None:
         """One sbatch per chunk of ``members`` (aftercorr when the tasks line up)."""
-        corr = _corresponding(members)
+        corr = corresponding_array(members)
         if corr is not None:
             array_id, indexed = corr
             if max(indexed) < self.max_array:
@@ -487,8 +290,8 @@ class SlurmScheduler(UnitScheduler):
         chunk = max(1, self.max_array - 1)
         for start in range(0, len(members), chunk):
             part = members[start:start + chunk]
-            afterok = _collapse(d for _u, ok, _any in part for d in ok)
-            afterany = _collapse(d for _u, _ok, anyd in part for d in anyd)
+            afterok = collapse_to_arrays(d for _u, ok, _any in part for d in ok)
+            afterany = collapse_to_arrays(d for _u, _ok, anyd in part for d in anyd)
             self._sbatch(directives, list(enumerate(u for u, _a, _b in part)),
                          [f"afterok:{':'.join(afterok)}"] if afterok else [],
                          [f"afterany:{':'.join(afterany)}"] if afterany else [])
@@ -498,9 +301,9 @@ class SlurmScheduler(UnitScheduler):
         first = tasks[0][1]
         rows = [""] * (max(i for i, _u in tasks) + 1)
         for index, unit in tasks:
-            meta = self.resolver.meta_dir(unit.id)
+            meta = self.folders.meta_dir(unit.id)
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(meta + "/exit_code")  # an earlier attempt's, not this one's
+                os.unlink(f"{meta}/{layout.EXIT_CODE}")  # an earlier attempt's, not this one's
             try:
                 inputs = self._inputs_for(unit, meta, prepare=True)
             except RepxError as exc:
@@ -510,7 +313,7 @@ class SlurmScheduler(UnitScheduler):
                 unit.id, unit.script,
                 canonical_json(inputs), canonical_json(unit.job.params),
             ])
-        tasks = [(i, u) for i, u in tasks if u.state != "done"]
+        tasks = [(i, u) for i, u in tasks if u.state is not UnitState.DONE]
         if not tasks:
             return
         key = hash_part("\n".join(rows) + repr(directives))
@@ -524,14 +327,14 @@ class SlurmScheduler(UnitScheduler):
                  f"#SBATCH --chdir={self.store.root}"]
         lines += [f"#SBATCH {d}" for d in directives]
         table.write_text("\n".join(rows) + "\n")
-        script.write_text(WRAPPER.format(directives="\n".join(lines), table=_sh(str(table)),
-                                         outputs=_sh(self.outputs_root)))
+        script.write_text(wrapper_script("\n".join(lines), str(table),
+                                         self.folders.outputs_root))
         args = []
         dependency = ",".join(afterok + afterany)
         if dependency:
             args += [f"--dependency={dependency}", "--kill-on-invalid-dep=yes"]
         if not single:
-            args.append("--array=" + _ranges([i for i, _u in tasks]))
+            args.append("--array=" + array_ranges([i for i, _u in tasks]))
         try:
             job_id = self.cli.sbatch(str(script), args)
         except SlurmError as exc:
@@ -545,7 +348,7 @@ class SlurmScheduler(UnitScheduler):
             return
         for index, unit in tasks:
             unit.slurm_id = job_id if single else f"{job_id}_{index}"
-            unit.state = "submitted"
+            unit.state = UnitState.SUBMITTED
             self.watching[unit.slurm_id] = unit
             self.submitted.append(unit)
             self.reporter.queued(unit)
@@ -574,7 +377,7 @@ class SlurmScheduler(UnitScheduler):
                 # Without accounting (no slurmdbd), the exit code the task's wrapper wrote
                 # is the only trace of a job squeue has forgotten.
                 unit = self.watching[task]
-                code = _read_exit_code(f"{self.outputs_root}/{unit.id}/repx/exit_code")
+                code = _read_exit_code(self.folders.meta_file(unit.id, layout.EXIT_CODE))
                 if code is not None:
                     states[task] = ("COMPLETED" if code == 0 else "FAILED", "")
                 elif now - self._missing_since.setdefault(task, now) > 120:
@@ -584,8 +387,8 @@ class SlurmScheduler(UnitScheduler):
                 unit = self.watching.get(task)
                 if unit is None:
                     continue
-                if state in ("RUNNING", "COMPLETING") and unit.state == "submitted":
-                    unit.state = "running-slurm"
+                if state in ("RUNNING", "COMPLETING") and unit.state is UnitState.SUBMITTED:
+                    unit.state = UnitState.ON_SLURM
                     self.reporter.started(unit)
                     self.store.update(JobRecord(unit.id, Status.RUNNING, owner=self.owner,
                                                 slurm_id=task))
@@ -594,25 +397,17 @@ class SlurmScheduler(UnitScheduler):
                     self._ended(unit, state, reason)
             self._commit([])
 
-    def _make_ready(self, unit: Unit) -> None:
-        """As the base class, but a unit already on SLURM stays as it is (its upstream
-        finishing is what SLURM was waiting for)."""
-        if unit.state in ("submitted", "running-slurm"):
-            return
-        super()._make_ready(unit)
-
     def _ended(self, unit: Unit, state: str, reason: str) -> None:
-        if unit.state == "done":  # already given an outcome (blocked, cancelled)
+        if unit.state is UnitState.DONE:  # already given an outcome (blocked, cancelled)
             return
-        unit.state = "running"
-        meta = self.resolver.meta_dir(unit.id)
-        code = _read_exit_code(meta + "/exit_code")
+        unit.state = UnitState.RUNNING
+        code = _read_exit_code(self.folders.meta_file(unit.id, layout.EXIT_CODE))
         slurm_log = self._keep_slurm_log(unit)
         if state == "COMPLETED" and code in (0, None):
             self._complete(unit, 0)
         elif state == "CANCELLED" and "Dependency" in reason:
             self._record_cancelled(unit, "an upstream job failed (SLURM cancelled it)")
-            self._resolve(unit, BLOCKED, "an upstream job failed")
+            self._resolve(unit, Outcome.BLOCKED, "an upstream job failed")
         elif state == "FAILED" and code:
             self._complete(unit, code, f"exit code {code}")
         else:
@@ -620,9 +415,9 @@ class SlurmScheduler(UnitScheduler):
             self._complete(unit, code, why)
             if slurm_log:
                 self._finishes[-1].stderr_log = slurm_log
-        if unit.role == "step" and unit.outcome == FAILED:
+        if unit.role == "step" and unit.outcome is Outcome.FAILED:
             self._cancel_stage(unit)
-        if unit.outcome == FAILED and not self.options.keep_going:
+        if unit.outcome is Outcome.FAILED and not self.options.keep_going:
             self._cancel_pending()
 
     def _keep_slurm_log(self, unit: Unit) -> str:
@@ -633,7 +428,7 @@ class SlurmScheduler(UnitScheduler):
         source = self.submit_dir / "logs" / name
         if not source.exists():
             return ""
-        target = Path(f"{self.outputs_root}/{unit.id}/repx/slurm-{task}.out")
+        target = Path(self.folders.meta_file(unit.id, f"slurm-{task}.out"))
         with contextlib.suppress(OSError):
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, target)
@@ -641,19 +436,20 @@ class SlurmScheduler(UnitScheduler):
         return ""
 
     def _record_cancelled(self, unit: Unit, reason: str) -> None:
-        self._finishes.append(JobRecord(unit.id, Status.CANCELLED, owner=self.owner,
-                                        reason=reason, slurm_id=unit.slurm_id))
+        """Queue the record of a unit SLURM will not run (cancelled, or blocked there)."""
+        self._record(unit, Outcome.CANCELLED, logs=False, reason=reason,
+                     slurm_id=unit.slurm_id)
 
     def _cancel_stage(self, failed: Unit) -> None:
         """A failed branch cancels the rest of its scatter-gather stage."""
         others = [u for u in self.job_units.get(failed.job.id, ())
-                  if u is not failed and u.slurm_id and u.state != "done"]
+                  if u is not failed and u.slurm_id and u.state is not UnitState.DONE]
         self._cancel_units(others, f"branch {failed.label} failed")
 
     def _cancel_pending(self) -> None:
         """Fail-fast: nothing new is submitted, and what has not started is cancelled."""
         self.stopping = True
-        pending = [u for u in self.watching.values() if u.state == "submitted"]
+        pending = [u for u in self.watching.values() if u.state is UnitState.SUBMITTED]
         self._cancel_units(pending, "stopped after a failure (--keep-going runs it)")
 
     def _cancel_units(self, units: list[Unit], reason: str) -> None:
@@ -662,9 +458,9 @@ class SlurmScheduler(UnitScheduler):
         self.cli.scancel(u.slurm_id for u in units if u.slurm_id)
         for unit in units:
             self.watching.pop(unit.slurm_id or "", None)
-            if unit.state != "done":
+            if unit.state is not UnitState.DONE:
                 self._record_cancelled(unit, reason)
-                self._resolve(unit, CANCELLED, reason)
+                self._resolve(unit, Outcome.CANCELLED, reason)
 
     def _cancel_all(self, reason: str) -> None:
         self.stopping = True
@@ -681,7 +477,7 @@ class SlurmScheduler(UnitScheduler):
             self.cli.scancel(u.slurm_id for u in blocked if u.slurm_id)
 
     def _resolved(self, unit: Unit) -> None:
-        if unit.outcome == BLOCKED and self.watching.get(unit.slurm_id or "") is unit:
+        if unit.outcome is Outcome.BLOCKED and self.watching.get(unit.slurm_id or "") is unit:
             del self.watching[unit.slurm_id or ""]
             self._record_cancelled(unit, unit.reason or "blocked")
             self._blocked_queued.append(unit)
@@ -689,9 +485,6 @@ class SlurmScheduler(UnitScheduler):
     def _expand(self, scatter: Unit) -> None:
         super()._expand(scatter)
         self._expanded.add(scatter.job.id)
-
-
-# ------------------------------------------------------------------------------ helpers
 
 
 def _sh(text: str) -> str:
@@ -704,113 +497,3 @@ def _read_exit_code(path: str) -> int | None:
             return int(handle.read().strip())
     except (OSError, ValueError):
         return None
-
-
-def _ranges(indices: list[int]) -> str:
-    """``0-4,7,9-10`` for an sbatch --array list."""
-    indices = sorted(set(indices))
-    parts = []
-    start = prev = indices[0]
-    for i in indices[1:]:
-        if i == prev + 1:
-            prev = i
-            continue
-        parts.append(f"{start}-{prev}" if prev > start else str(start))
-        start = prev = i
-    parts.append(f"{start}-{prev}" if prev > start else str(start))
-    return ",".join(parts)
-
-
-def _compress_tasks(ids: Iterable[str]) -> list[str]:
-    """Job ids with the tasks of each array written as one ``array_[ranges]`` id."""
-    plain: set[str] = set()
-    tasks: dict[str, list[int]] = {}
-    for job_id in ids:
-        array, _, index = job_id.partition("_")
-        if index.isdigit():
-            tasks.setdefault(array, []).append(int(index))
-        elif job_id:
-            plain.add(job_id)
-    return sorted(plain) + [f"{array}_[{_ranges(indices)}]"
-                            for array, indices in sorted(tasks.items())]
-
-
-def _collapse(ids: Iterable[str]) -> list[str]:
-    """Dependency ids, with several tasks of one array collapsed into the whole array."""
-    by_array: dict[str, set[str]] = {}
-    for task in ids:
-        by_array.setdefault(task.split("_")[0], set()).add(task)
-    out = []
-    for array, tasks in by_array.items():
-        out.extend([array] if len(tasks) > 1 else tasks)
-    return sorted(out)
-
-
-def _corresponding(
-    members: list[tuple[Unit, list[str], list[str]]],
-) -> tuple[str, dict[int, Unit]] | None:
-    """When each member waits for exactly one task of one upstream array, all distinct:
-    (that array's id, {task index: member})."""
-    array = None
-    indexed: dict[int, Unit] = {}
-    if len(members) < 2:
-        return None
-    for unit, afterok, afterany in members:
-        if afterany or len(afterok) != 1 or "_" not in afterok[0]:
-            return None
-        job, _, index = afterok[0].partition("_")
-        if array is None:
-            array = job
-        if job != array or not index.isdigit() or int(index) in indexed:
-            return None
-        indexed[int(index)] = unit
-    assert array is not None
-    return array, indexed
-
-
-def cancel_jobs(store: Store, job_ids: Iterable[str] | None = None,
-                cli: SlurmCli | None = None) -> list[JobRecord]:
-    """``repx cancel``: scancel what repx submitted (all, or ``job_ids`` and their
-    scatter-gather units) and record it as cancelled; the records cancelled.
-
-    A build still watching these jobs records the outcome itself when it sees SLURM cancel
-    them; records whose build is gone (``--no-wait``) are taken over and closed here.
-    """
-    cli = cli or SlurmCli()
-    if job_ids is None:
-        records = [r for r in store.records() if r.status in (Status.QUEUED, Status.RUNNING)]
-    else:
-        wanted = list(dict.fromkeys(_with_units(store, job_ids)))
-        records = list(store.get_many(wanted).values())
-    active = [r for r in records if r.status in (Status.QUEUED, Status.RUNNING) and r.slurm_id]
-    if not active:
-        return []
-    cli.scancel(r.slurm_id for r in active if r.slurm_id)
-    me = owner_token()
-    closed = []
-    with store.batch():
-        for record in active:
-            if owner_alive(record.host, record.pid, record.owner):
-                closed.append(record)  # its build records the cancellation
-                continue
-            if store.claim(record.job_id, me, host=this_host(), pid=os.getpid(),
-                           lab=record.lab, run=record.run, stage=record.stage):
-                store.finish(JobRecord(record.job_id, Status.CANCELLED, owner=me,
-                                       reason="cancelled with `repx cancel`",
-                                       slurm_id=record.slurm_id))
-                closed.append(record)
-    return closed
-
-
-def _with_units(store: Store, job_ids: Iterable[str]) -> Iterator[str]:
-    """Job ids plus the scatter/step units listed in each one's ``repx/units.json``."""
-    for job_id in job_ids:
-        yield job_id
-        path = store.meta_dir(job_id) / "units.json"
-        try:
-            units = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        yield units.get("scatter", "")
-        for branch in units.get("branches", []):
-            yield from branch.get("steps", {}).values()

@@ -24,7 +24,7 @@ from pathlib import Path
 from repx.errors import LabError, RepxError
 
 #: The repository's nix/ folder (the library and the host package set).
-NIX_DIR = Path(__file__).resolve().parent.parent / "nix"
+NIX_DIR = Path(__file__).resolve().parents[2] / "nix"
 
 NIX_OPTIONS = ["--option", "substituters", "", "--option", "sandbox", "false"]
 

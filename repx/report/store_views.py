@@ -1,5 +1,5 @@
 """What the store knows about a lab's jobs, as plain data: the library behind ``repx status``,
-``show``, ``log`` and ``cache`` (the CLI in :mod:`repx.cli_inspect` only prints it).
+``show``, ``log`` and ``cache`` (the CLI in :mod:`repx.cli.store` only prints it).
 
 Everything here reads the store in as few transactions as it can (``statuses`` and
 ``get_many`` take one snapshot for any number of jobs) because these commands run beside a
@@ -16,13 +16,12 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from repx.engine.contract import resolve_output
 from repx.errors import UsageError
-from repx.expand import Job, JobGraph
-from repx.gc import dir_size, read_units, unit_ids
-from repx.store import JobRecord, Status, Store, StoreError, owner_alive
-
-#: Statuses of a job someone may still be working on.
-ACTIVE = (Status.RUNNING, Status.QUEUED)
+from repx.lab.graph import Job, JobGraph
+from repx.store import JobRecord, Status, Store, StoreError, layout, live_claim
+from repx.store.gc import dir_size
+from repx.store.layout import read_units, unit_ids
 
 #: How often ``repx log -f`` looks for new output and for the job's end.
 FOLLOW_POLL = 0.2
@@ -81,16 +80,11 @@ def open_store(store_dir: str | os.PathLike[str], *, readonly: bool = True,
     return Store(root, readonly=readonly)
 
 
-def live_claim(record: JobRecord) -> bool:
-    """Is the job RUNNING or QUEUED under an owner that may still be alive?"""
-    return record.status in ACTIVE and owner_alive(record.host, record.pid, record.owner)
-
-
 def stored_ids(store: Store) -> set[str]:
     """Ids of every job the store holds: records, and ``outputs/*`` folders without one."""
     ids = {r.job_id for r in store.records()}
     try:
-        ids.update(os.listdir(store.root / "outputs"))
+        ids.update(os.listdir(store.outputs_root))
     except OSError:
         pass
     return ids
@@ -150,7 +144,7 @@ def job_states(store: Store, job_ids: Iterable[str]) -> dict[str, str]:
     """A state per job that has a record: a :class:`Status` value, or ``stale`` for a
     RUNNING/QUEUED claim whose owner is gone (the next build runs it again)."""
     statuses = store.statuses(job_ids)
-    active = [i for i, s in statuses.items() if s in ACTIVE]
+    active = [i for i, s in statuses.items() if s.active]
     states: dict[str, str] = {i: s.value for i, s in statuses.items()}
     if active:
         for job_id, record in store.get_many(active).items():
@@ -201,7 +195,7 @@ def _record_dict(record: JobRecord) -> dict[str, Any]:
         "host": record.host,
         "pid": record.pid,
         "owner": record.owner,
-        "owner_alive": live_claim(record) if record.status in ACTIVE else None,
+        "owner_alive": live_claim(record) if record.status.active else None,
         "slurm_id": record.slurm_id,
         "lab": record.lab,
         "run": record.run,
@@ -223,23 +217,18 @@ def log_paths(store: Store, job_id: str, record: JobRecord | None) -> dict[str, 
     meta = store.meta_dir(job_id)
     return {
         "stdout": Path(record.stdout_log) if record and record.stdout_log
-        else meta / "stdout.log",
+        else meta / layout.STDOUT_LOG,
         "stderr": Path(record.stderr_log) if record and record.stderr_log
-        else meta / "stderr.log",
+        else meta / layout.STDERR_LOG,
     }
 
 
 def output_path(store: Store, job_id: str, template: object) -> Path | None:
-    """The path an output template (``$out/x.csv``) names inside the job's ``out/``."""
+    """Where an output declared as ``template`` of a stored job is, by the one rule of
+    :func:`repx.engine.contract.resolve_output`; None for an output that is not a path."""
     if not isinstance(template, str):
         return None
-    out = store.out_dir(job_id)
-    for var in ("${out}", "$out"):
-        if template == var:
-            return out
-        if template.startswith(var + "/"):
-            return out / template[len(var) + 1:]
-    return None
+    return Path(resolve_output(template, str(store.out_dir(job_id)), job=job_id, name=""))
 
 
 def _read_json(path: Path) -> Any:
@@ -269,8 +258,8 @@ def stored_detail(store: Store, job_id: str) -> dict[str, Any]:
         "files": files,
         "outputs_bytes": sum(f["size"] for f in files),
         "logs": {k: _file_info(p) for k, p in log_paths(store, job_id, record).items()},
-        "params_json": _read_json(store.meta_dir(job_id) / "params.json"),
-        "inputs_json": _read_json(store.meta_dir(job_id) / "inputs.json"),
+        "params_json": _read_json(store.meta_dir(job_id) / layout.PARAMS_JSON),
+        "inputs_json": _read_json(store.meta_dir(job_id) / layout.INPUTS_JSON),
     }
     units = _units(store, job_id)
     if units is not None:
@@ -281,7 +270,7 @@ def stored_detail(store: Store, job_id: str) -> dict[str, Any]:
 def _units(store: Store, job_id: str) -> dict[str, Any] | None:
     """A scatter-gather job's units with their states, if its ``units.json`` exists."""
     try:
-        units = read_units(store, job_id)
+        units = read_units(store.meta_dir(job_id), job_id)
     except StoreError as exc:
         return {"error": exc.message}
     if units is None:
@@ -452,7 +441,7 @@ def cache_stats(store: Store) -> dict[str, Any]:
         row["records"] += 1
         row["bytes"] += size
     try:
-        folders = set(os.listdir(store.root / "outputs"))
+        folders = set(os.listdir(store.outputs_root))
     except OSError:
         folders = set()
     roots = store.roots()

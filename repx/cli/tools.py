@@ -1,7 +1,8 @@
 """``repx viz``, ``repx makefile`` and ``repx init``: the tools around a build.
 
-Thin commands over :mod:`repx.viz`, :mod:`repx.makefile` and :mod:`repx.scaffold`, written
-like :mod:`repx.cli_inspect` (shared lab and store options, one-line errors).
+Thin commands over :mod:`repx.report.viz`, :mod:`repx.report.makefile` and
+:mod:`repx.lab.scaffold`, written like :mod:`repx.cli.store` (shared lab and store options,
+one-line errors).
 """
 
 from __future__ import annotations
@@ -11,12 +12,11 @@ from pathlib import Path
 
 import click
 
-from repx import makefile as mk
-from repx import scaffold
-from repx import viz as repx_viz
-from repx.cli_common import handle_errors, lab_options, store_option
+from repx.cli.common import handle_errors, lab_options, store_option
 from repx.errors import UsageError
-from repx.lab import LabOptions, open_lab
+from repx.lab import LabOptions, open_lab, scaffold
+from repx.report import makefile as mk
+from repx.report import viz as repx_viz
 from repx.store import Store
 
 # ------------------------------------------------------------------------------- viz

@@ -1,0 +1,146 @@
+"""``repx build`` and ``repx cancel``: running the jobs the store does not hold."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from repx.cli.common import Context, handle_errors, lab_options, store_option
+from repx.engine.build import BuildOptions, BuildResult, run_build
+from repx.engine.build import dry_run as dry_run_plan
+from repx.engine.progress import ConsoleReporter, QuietReporter
+from repx.errors import UsageError
+from repx.lab import LabOptions, open_lab
+from repx.lab.resources import parse_mem
+from repx.store import Store
+
+# ---------------------------------------------------------------------------- build
+
+
+@click.command("build")
+@click.argument("targets", nargs=-1)
+@lab_options
+@store_option
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
+              help="Jobs to run at once (default: the machine's CPUs).")
+@click.option("-k", "--keep-going", is_flag=True,
+              help="After a failure, still run everything that does not depend on it.")
+@click.option("--force", "force", multiple=True, metavar="JOB|STAGE|RUN",
+              help="Rerun these even if the store holds them (repeatable).")
+@click.option("--verify", is_flag=True,
+              help="Also compare the outputs of finished jobs with their recorded checksums.")
+@click.option("--cpus", type=click.IntRange(min=1), default=None,
+              help="CPUs the jobs' cpus hints may add up to (default: this machine's).")
+@click.option("--mem", metavar="SIZE", default=None,
+              help="Memory the jobs' mem hints may add up to, e.g. 16G (default: this "
+                   "machine's).")
+@click.option("--scheduler", type=click.Choice(["local", "slurm"]), default="local",
+              envvar="REPX_SCHEDULER", show_default=True,
+              help="Run jobs here, or submit them to SLURM (env REPX_SCHEDULER).")
+@click.option("--no-wait", is_flag=True,
+              help="SLURM: return once the jobs are submitted (a later build adopts them).")
+@click.option("--resources", "resources_file", metavar="FILE",
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="SLURM: resources.toml with [defaults] and [[rules]] (default: "
+                   "./resources.toml if it exists).")
+@click.option("--poll", type=click.FloatRange(min=0.1), default=1.0, show_default=True,
+              help="SLURM: seconds between two looks at squeue.")
+@click.option("--dry-run", is_flag=True, help="Show what would run; run nothing.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print a JSON summary (executed, up_to_date, failed, blocked, ...).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress; only failures.")
+@handle_errors
+def build(targets: tuple[str, ...], options: LabOptions, store_dir: str, jobs: int | None,
+          keep_going: bool, force: tuple[str, ...], verify: bool, cpus: int | None,
+          mem: str | None, scheduler: str, no_wait: bool, resources_file: Path | None,
+          poll: float, dry_run: bool, as_json: bool, quiet: bool) -> None:
+    """Build the lab and run the jobs of RUN, @GROUP or JOB that the store does not hold
+    (default: every run).
+
+    Exit code 0 when everything asked for is up to date, 1 when a job failed (or could not
+    run because of one), 2 for a usage or lab error, 130 when interrupted.
+
+    Example: repx build hyperparam-sweep -j 4 --keep-going
+    """
+    build_options = BuildOptions(
+        targets=targets, jobs=jobs or 0, keep_going=keep_going, force=force, verify=verify,
+        cpus=cpus or 0, mem=_parse_mem_option(mem), scheduler=scheduler, wait=not no_wait,
+        resources_file=resources_file or _default_resources(), poll=poll,
+    )
+    if dry_run:
+        plan = dry_run_plan(options, store_dir, build_options)
+        if as_json:
+            click.echo(json.dumps({"would_run": plan.to_run, "up_to_date": plan.up_to_date},
+                                  indent=2))
+            return
+        for job_id in plan.to_run:
+            click.echo(f"would run {job_id} ({plan.reasons.get(job_id, '')})")
+        click.echo(f"{len(plan.to_run)} jobs would run, {len(plan.up_to_date)} up to date")
+        return
+    reporter = QuietReporter() if quiet else ConsoleReporter()
+    result = run_build(options, store_dir, build_options, reporter)
+    _report(result, as_json=as_json, quiet=quiet)
+
+
+def _report(result: BuildResult, *, as_json: bool, quiet: bool) -> None:
+    """The last words of ``repx build``: the summary (or JSON), then the exit code."""
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+    elif not quiet:
+        click.echo(result.summary_line())
+    if result.interrupted:
+        click.echo("repx: build interrupted; running jobs were stopped and recorded as "
+                   "cancelled", err=True)
+    sys.exit(result.exit_code)
+
+
+@click.command("cancel")
+@click.argument("targets", nargs=-1)
+@lab_options
+@store_option
+@handle_errors
+def cancel(targets: tuple[str, ...], options: LabOptions, store_dir: str) -> None:
+    """Cancel the SLURM jobs repx submitted: all of them, or those of RUN, @GROUP or JOB.
+
+    Example: repx cancel hyperparam-sweep
+    """
+    from repx.engine.slurm.cancel import cancel_jobs
+
+    if not Store.exists(store_dir):
+        raise UsageError(f"no repx store at {store_dir}; run `repx build` first or pass --store")
+    with Store(store_dir) as store:
+        ids = None
+        if targets:
+            graph = open_lab(options)
+            ids = [job.id for job in graph.select(list(targets))]
+        closed = cancel_jobs(store, ids)
+    ctx = click.get_current_context().find_object(Context)
+    shown = closed if ctx and ctx.verbose else closed[:10]
+    for record in shown:
+        click.echo(f"cancelled {record.job_id} (SLURM job {record.slurm_id})")
+    if len(closed) > len(shown):
+        click.echo(f"… and {len(closed) - len(shown)} more (-v lists them all)")
+    click.echo(f"{len(closed)} SLURM jobs cancelled")
+
+
+def _default_resources() -> Path | None:
+    path = Path("resources.toml")
+    return path if path.is_file() else None
+
+
+def _parse_mem_option(value: str | None) -> int:
+    if value is None:
+        return 0
+    try:
+        return parse_mem(value)
+    except ValueError:
+        raise UsageError(f"--mem {value}: not a memory size (e.g. 512M, 16G)") from None
+
+
+def register(main: click.Group) -> None:
+    """Add this module's commands to the ``repx`` group."""
+    main.add_command(build)
+    main.add_command(cancel)

@@ -1,0 +1,77 @@
+"""The library API behind every command that needs a lab: build or open it, validate, expand.
+
+``open_lab`` is what the CLI, the tests and notebooks call. It either takes an already
+built lab directory (``--lab ./result``) or builds ``lab.nix`` first, so ``repx list jobs``
+in a lab's folder just works.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from repx.errors import LabError
+from repx.lab.blueprint import load_lab
+from repx.lab.expand import expand_lab
+from repx.lab.graph import JobGraph
+from repx.lab.nix import build_lab, find_lab_file, nixpkgs_path
+from repx.lab.script_checks import check_dynamic_outputs, lab_script_checks, validate_scripts
+
+
+@dataclass(frozen=True)
+class LabOptions:
+    """How to find the lab: a built directory, or a lab file to build (and how)."""
+
+    lab_dir: str | None = None
+    lab_file: str | None = None
+    nixpkgs: str | None = None
+    out_link: str | None = "result"
+    run_slice: str | None = None
+    show_trace: bool = False
+
+
+def cache_dir() -> Path:
+    """Where repx keeps per-user caches (validation results)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "repx"
+
+
+def is_lab_dir(path: Path) -> bool:
+    return (path / "lab.json").is_file() and (path / "runs").is_dir()
+
+
+def locate_lab(options: LabOptions, cwd: Path | None = None) -> Path:
+    """The built lab directory: ``--lab DIR`` as given, else build the lab file now."""
+    base = cwd or Path.cwd()
+    if options.lab_dir is not None:
+        path = (base / options.lab_dir).resolve()
+        if not is_lab_dir(path):
+            raise LabError(
+                f"{path} is not a built repx lab (no lab.json/runs/); "
+                "build one with `repx lab build`"
+            )
+        return path
+    lab_file = find_lab_file(options.lab_file, base)
+    link = None
+    if options.out_link:
+        link = Path(options.out_link)
+        if not link.is_absolute():
+            link = lab_file.parent / link
+    return build_lab(
+        lab_file,
+        out_link=link,
+        nixpkgs=nixpkgs_path(options.nixpkgs),
+        run_slice=options.run_slice,
+        show_trace=options.show_trace,
+    )
+
+
+def open_lab(options: LabOptions, *, validate: bool = True, cwd: Path | None = None) -> JobGraph:
+    """Build (or open) the lab, validate its scripts, and expand it into the job graph."""
+    lab_dir = locate_lab(options, cwd)
+    graph = expand_lab(load_lab(lab_dir))
+    if validate:
+        check_dynamic_outputs(graph)
+        validate_scripts(lab_script_checks(graph), cache_dir=cache_dir() / "validated")
+    return graph
