@@ -40,7 +40,7 @@ system-deps:
 	  apt-get install -y -qq "$${need[@]}" >/dev/null; \
 	fi
 
-# Debian's single-user Nix cannot use the build sandbox here (DESIGN.md "Nix on these machines").
+# Debian's single-user Nix cannot use the build sandbox on these machines.
 nix-conf:
 	@if ! grep -Eq '^[[:space:]]*sandbox[[:space:]]*=[[:space:]]*false[[:space:]]*$$' $(NIX_CONF) 2>/dev/null; then \
 	  if [[ $$(id -u) -ne 0 ]]; then \

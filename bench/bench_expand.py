@@ -31,7 +31,7 @@ def write_lab(folder: Path, side: int, dynamic: bool = False) -> None:
     """A lab with one run sweeping a × b (side × side combinations) over two stages.
 
     With ``dynamic`` the first stage's outputs are a ``{ params }:`` function, which
-    Nix evaluates once per combination (DESIGN decision 3).
+    Nix evaluates once per combination.
     """
     outputs = ('{ params }: { value = "$out/value-${toString params.a}.txt"; }' if dynamic
                else '{ value = "$out/value.txt"; }')

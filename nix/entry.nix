@@ -6,7 +6,7 @@
 , slice ? null
 }:
 let
-  u = import ./lib/util.nix;
+  u = import ./lib/internal/prelude.nix;
   pkgs = if nixpkgs == null then import ./pkgs { } else import nixpkgs { };
   repx-lib = import ./lib { inherit pkgs; };
   # mkLab learns the lab file's name for its messages.

@@ -32,7 +32,7 @@ REPX = [sys.executable, "-m", "repx.cli"]
 #: that when an input is missing on purpose.
 FAST_INPUTS = {"REPX_INPUT_TIMEOUT": "1", "REPX_INPUT_POLL": "0.1"}
 
-#: Keys every ``repx build --json`` object has (issue 3).
+#: Keys every ``repx build --json`` object has.
 JSON_KEYS = {"executed", "up_to_date", "failed", "blocked", "cancelled", "not_started",
              "failures"}
 

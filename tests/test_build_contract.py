@@ -1,4 +1,4 @@
-"""The execution contract (nix/lib/script.nix), point by point, on job processes that
+"""The execution contract (nix/lib/internal/script.nix), point by point, on job processes that
 ``repx build`` starts: arguments, ``$inputs``, working directory, the cleaning of ``$out``,
 the PATH, ``set -euxo pipefail``, per-job logs and the input-readiness wait.
 

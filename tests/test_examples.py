@@ -67,7 +67,7 @@ def test_param_sweep_effective_params(tmp_path: Path) -> None:
     combos = {(j["params"]["learning_rate"], j["params"]["optimizer"]) for j in train}
     assert combos == {(lr, opt) for lr in (0.1, 0.01, 0.001) for opt in ("adam", "sgd")}
     for job in train:
-        # Not swept: the stage default (seed 000 §1), recorded as such.
+        # Not swept: the stage default, recorded as such.
         assert job["params"]["batch_size"] == 32
         assert job["param_sources"]["batch_size"] == "default"
         assert job["param_sources"]["learning_rate"].endswith("train-model.learning_rate")
@@ -85,7 +85,7 @@ def test_zip_sweep_pairs_in_lockstep(tmp_path: Path) -> None:
     assert pairs == {("fast", 2), ("slow", 3)}
     assert {j["params"]["workload"] for j in process} == {"a", "b", "c"}
     for job in process:
-        # Dynamic attributes are resolved per combination (DESIGN decision 3).
+        # Dynamic attributes are resolved per combination, not once per run.
         assert job["outputs"]["result"] == f"$out/result-{job['params']['mode']}.txt"
         assert job["resources"]["mem"] == ("2G" if job["params"]["mode"] == "slow" else "1G")
 

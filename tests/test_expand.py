@@ -338,7 +338,7 @@ def test_consumer_before_producer_gets_upstream_id(tmp_path: Path) -> None:
     assert c1.depends_on == [p1.id]
     assert c1.inputs == {"data": {"job": p1.id, "output": "data"}}
     assert p1.id != p2.id
-    assert c1.id != c2.id  # DESIGN 5: the producer's change reaches the consumer
+    assert c1.id != c2.id  # the producer's change reaches the consumer
     assert list(g1.jobs) == [p1.id, c1.id]  # producer expanded first
 
 

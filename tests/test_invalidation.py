@@ -1,4 +1,4 @@
-"""What changes a job's identity, and what must not (DESIGN decision 4), on real Nix builds.
+"""What changes a job's identity, and what must not, on real Nix builds.
 
 Each test builds a lab, changes one thing, rebuilds, and compares the ids of
 jobs keyed by (stage, params).
@@ -31,7 +31,7 @@ RUN = """
 """
 
 # The consumer's attribute name sorts before its producer's on purpose: ids must
-# follow the dependency order, not the names (DESIGN decision 5).
+# follow the dependency order, not the names.
 PIPE = """
 { repx, ... }:
 repx.mkPipe rec {

@@ -1,4 +1,4 @@
-"""Every invalid lab of seed 004 (issue point 8) gives one readable message naming the file.
+"""Every invalid lab gives one readable message naming the file at fault.
 
 Each case builds a real lab with Nix; the message must name what is wrong and
 where, and must not be a Nix stack trace.

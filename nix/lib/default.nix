@@ -1,4 +1,4 @@
-# repx-lib: the public Nix API of seed 004 (mkLab, callRun, mkRun, mkUtils,
+# repx-lib: the public Nix API (mkLab, callRun, mkRun, mkUtils,
 # utils, mkPipelineHelpers), built from Nix builtins only so that it works
 # with the host package set (nix/pkgs) or a real nixpkgs alike.
 { pkgs }:

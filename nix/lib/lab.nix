@@ -2,7 +2,7 @@
 # the lab directory (docs/blueprint.md) by one builtins-only derivation.
 { pkgs, repx-lib }:
 let
-  u = import ./util.nix;
+  u = import ./internal/prelude.nix;
   inherit (builtins) attrNames concatMap elem filter isAttrs isList isString length listToAttrs
     mapAttrs match toJSON;
 

@@ -3,12 +3,12 @@
 { pkgs, repx-lib }:
 run:
 let
-  stage = import ./stage.nix { inherit pkgs run; };
+  stage = import ./internal/stage.nix { inherit pkgs run; };
 in
 {
   # An identity on the stages attribute set: it marks the set as a pipeline.
   mkPipe = stages:
     if builtins.isAttrs stages then stages
-    else throw "repx.mkPipe: expected an attribute set of stages, got ${(import ./util.nix).describe stages}.";
+    else throw "repx.mkPipe: expected an attribute set of stages, got ${(import ./internal/prelude.nix).describe stages}.";
   inherit (stage) callStage;
 }

@@ -3,7 +3,7 @@
 # happens in Python; here the axes are validated and the pipelines evaluated.
 { pkgs, repx-lib }:
 let
-  u = import ./util.nix;
+  u = import ./internal/prelude.nix;
   inherit (builtins) attrNames attrValues concatMap elem filter isAttrs isFunction isList
     isPath isString length listToAttrs map mapAttrs match toJSON;
 

@@ -1,7 +1,7 @@
-# mkUtils: parameter helpers for run files (seed 004, "Utility Functions").
+# mkUtils: parameter helpers for run files (scan, dirs, files, zip, range…).
 { pkgs ? { } }:
 let
-  u = import ./util.nix;
+  u = import ./internal/prelude.nix;
   inherit (builtins) attrNames concatStringsSep filter isAttrs isList isPath isString length
     map match readDir toJSON;
 

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 from repx.engine.contract import declared_outputs
 from repx.errors import UsageError
-from repx.lab.graph import Job, JobGraph, selection_closure
+from repx.lab.graph import JobGraph, selection_closure
 from repx.store import Status, Store
 
 
@@ -67,15 +68,17 @@ def resolve_force(graph: JobGraph, names: tuple[str, ...], closure: list[str]) -
     return forced & in_closure
 
 
-def outputs_present(job: Job, out_dir: str) -> str | None:
-    """None when every declared output exists, else the first missing one's description.
+def missing_output(outputs: dict[str, Any], out_dir: str,
+                   job_id: str) -> tuple[str, str] | None:
+    """(name, path) of the first declared output that does not exist; None when all do.
 
-    Paths are resolved by :func:`repx.engine.contract.declared_outputs`, exactly as the
-    scheduler checks them after a run, so a job judged complete there is complete here.
+    The one completeness check: the plan asks it of a succeeded record, the scheduler of a
+    unit that exited 0 and of a scatter-gather unit the store already holds. Paths are
+    resolved by :func:`repx.engine.contract.declared_outputs`.
     """
-    for name, path in declared_outputs(job.outputs, out_dir, job.id).items():
+    for name, path in declared_outputs(outputs, out_dir, job_id).items():
         if not os.path.exists(path):
-            return f"output '{name}' is missing ({path})"
+            return name, path
     return None
 
 
@@ -106,7 +109,9 @@ def plan_build(
             if job_id in forced:
                 reason = "forced"
             else:
-                reason = outputs_present(jobs[job_id], folders.out_dir(job_id))
+                missing = missing_output(jobs[job_id].outputs, folders.out_dir(job_id), job_id)
+                if missing is not None:
+                    reason = f"output '{missing[0]}' is missing ({missing[1]})"
                 if reason is None and verify:
                     problems = store.verify(records[job_id], checksums=True)
                     if problems:

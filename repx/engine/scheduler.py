@@ -29,12 +29,11 @@ from typing import Any
 
 from repx.engine.contract import (
     InputResolver,
-    declared_outputs,
     resolve_output,
     step_inputs,
     write_json,
 )
-from repx.engine.plan import Plan
+from repx.engine.plan import Plan, missing_output
 from repx.engine.units import (
     Outcome,
     Unit,
@@ -368,11 +367,10 @@ class UnitScheduler:
                 self.unit_graph.push_ready(unit)
 
     def _outputs_missing(self, unit: Unit) -> str | None:
-        out = self.folders.out_dir(unit.id)
-        for name, path in declared_outputs(unit.outputs, out, unit.id).items():
-            if not os.path.exists(path):
-                return f"did not write its declared output '{name}' ({path})"
-        return None
+        missing = missing_output(unit.outputs, self.folders.out_dir(unit.id), unit.id)
+        if missing is None:
+            return None
+        return f"did not write its declared output '{missing[0]}' ({missing[1]})"
 
     def _fail(self, unit: Unit, reason: str, exit_code: int | None = None, *,
               record: bool = True, report: bool = True) -> None:

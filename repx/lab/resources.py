@@ -158,7 +158,7 @@ def validate_resources(raw: dict[str, Any] | None, where: str) -> Resources:
 
 
 def merge_resources(own: Resources, upstream: Sequence[Resources]) -> Resources:
-    """DESIGN 7: max mem/cpus/time over ``own`` and ``upstream``; partition, sbatch_opts own
+    """Max mem/cpus/time over ``own`` and ``upstream``; partition, sbatch_opts own
     else the first upstream's. Ties keep the earlier value (own first, then deps order)."""
     if not upstream:
         return own

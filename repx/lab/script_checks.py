@@ -83,7 +83,7 @@ WRAPPERS: dict[str, frozenset[str]] = {
 }
 
 #: Runtime-provided variables, declared for shellcheck so SC2154 does not fire on them.
-#: ``set -euxo pipefail`` mirrors the runtime header (seed 004's execution contract).
+#: ``set -euxo pipefail`` mirrors the runtime header of the execution contract.
 _PRELUDE_LINES: tuple[str, ...] = (
     "#!/usr/bin/env bash",
     "set -euxo pipefail",
@@ -489,7 +489,7 @@ def _mark_passed(cache_dir: Path | None, key: str) -> None:
 
 
 def render_param(value: object) -> str:
-    """A param value as the stage script renders it at run time (see nix/lib/script.nix).
+    """A param value as the stage script renders it at run time (see nix/lib/internal/script.nix).
 
     The script reads the params JSON itself, so this follows JSON text: strings
     raw, numbers and booleans as written (``true``/``false``), null empty.

@@ -6,10 +6,10 @@
 # bash itself; jq is used only for JSON in another layout (a file written by
 # hand). Params referenced as `params.x` in the body are tokens
 # `__repx_param_x__`, replaced by the job's values at run time, so the script
-# is one per stage, not one per combination (DESIGN decision 6).
+# is one per stage, not one per combination.
 { pkgs }:
 let
-  u = import ./util.nix;
+  u = import ./prelude.nix;
   binOf = p: "${p.bin or p.out or p}/bin";
   corePackages = [ pkgs.bash pkgs.coreutils pkgs.findutils pkgs.gnused pkgs.gnugrep pkgs.jq ];
   hasTokens = body: builtins.match ".*__repx_param_[A-Za-z0-9_'-]+__.*" body != null;

@@ -4,7 +4,7 @@
 { pkgs, run }:
 # run = { name, file, axes, zips } of the run being evaluated (for dynamic attrs).
 let
-  u = import ./util.nix;
+  u = import ./prelude.nix;
   scripts = import ./script.nix { inherit pkgs; };
   inherit (builtins)
     attrNames concatMap elem filter functionArgs hasAttr isAttrs isFunction isList
@@ -18,7 +18,7 @@ let
   stepKeys = phaseKeys ++ [ "deps" ];
   specialInputs = [ "worker__item" "worker__outs" "store__base" ];
 
-  # params/parameters alias (DESIGN decision 1).
+  # `parameters` is accepted as an alias of `params`; giving both is an error.
   paramsOf = what: file: def:
     if def ? params && def ? parameters then
       throw "${what} in '${file}': give either 'params' or its alias 'parameters', not both."
@@ -40,7 +40,7 @@ let
     if args == [ "parameters" ] then f { parameters = params; } else f { inherit params; };
 
   # Input default values: a relative file path beside the stage file is copied
-  # into the store, so its content is part of the job identity (DESIGN 14).
+  # into the store, so its content is part of the job identity.
   resolveInputDefault = dir: name: default:
     let
       isRelativeFile = isString default && default != "" && !(u.hasPrefix "/" default)
@@ -104,7 +104,8 @@ let
     else throw "Pipeline connection error in '${file}': a dependency of stage \"${consumer}\" must be a stage or a list [ stage \"source\" \"target\" ], got ${u.describe item}.";
 
   # The distinct effective declared-param assignments this stage sees in the
-  # run, for attributes given as { params }: functions (DESIGN decision 3).
+  # run, for attributes given as { params }: functions (each is resolved per
+  # combination, never once per run).
   # A dot-notation key "S.p" targets this stage when S is its pname; a plain
   # key "p" targets it unless a dot key for the same param does.
   effectiveCombos = { pname, key ? null, defaults }:
