@@ -45,7 +45,7 @@ from repx.engine.units import (
 from repx.errors import RepxError
 from repx.identity import canonical_json, scatter_id
 from repx.lab.graph import Job, JobGraph
-from repx.lab.resources import validate_resources
+from repx.lab.resources import Resources, validate_resources
 from repx.store import JobRecord, Status, Store, layout, owner_alive, owner_token, this_host
 
 #: How often units claimed by another live ``repx build`` are looked up again.
@@ -154,16 +154,19 @@ class UnitScheduler:
     # ------------------------------------------------------------------ graph of units
 
     def _new_unit(self, job: Job, role: str, uid: str, label: str, script: str,
-                  outputs: dict[str, Any], resources: Any, **extra: Any) -> Unit:
-        parsed = validate_resources(resources, f"stage '{job.pname}' (file {job.stage_file})") \
-            if isinstance(resources, dict) and not hasattr(resources, "mem_bytes") else resources
-        cpus = (getattr(parsed, "cpu_count", None) or job.resources.cpu_count or 1)
-        mem = (getattr(parsed, "mem_bytes", None) or job.resources.mem_bytes or 0)
+                  outputs: dict[str, Any], resources: Resources | dict[str, Any],
+                  **extra: Any) -> Unit:
+        """A unit of ``job`` with its own hints (an executable's, else the job's merged ones);
+        admission falls back to the job's cpus/mem for what those hints leave unset."""
+        parsed = resources if isinstance(resources, Resources) else validate_resources(
+            resources, f"stage '{job.pname}' (file {job.stage_file})")
+        cpus = parsed.cpu_count or job.resources.cpu_count or 1
+        mem = parsed.mem_bytes or job.resources.mem_bytes or 0
         self._order += 1
         unit = Unit(
             id=uid, job=job, role=role, label=label, script=script, outputs=outputs,
             cpus=int(cpus), mem=int(mem), run_index=self.run_index.get(job.run, 0),
-            order=self._order, **extra,
+            order=self._order, resources=parsed, **extra,
         )
         self.unit_graph.add(unit)
         self.job_units.setdefault(job.id, []).append(unit)
@@ -443,7 +446,7 @@ class UnitScheduler:
 
     def _manifest_writer(self, meta: str) -> Callable[[str, list[str]], str]:
         def write(run: str, job_ids: list[str]) -> str:
-            path = f"{meta}/metadata__{run}.json"
+            path = f"{meta}/{layout.manifest_file(run)}"
             statuses = {j: self.job_outcome(j) for j in job_ids}
             write_json(path, self.resolver.manifest_entries(job_ids, statuses))
             return path

@@ -33,6 +33,7 @@ from typing import Any
 from repx.errors import LabError
 from repx.identity import step_id
 from repx.lab.graph import Job
+from repx.lab.resources import NO_RESOURCES, Resources
 from repx.store import Status
 
 
@@ -104,6 +105,7 @@ class Unit:
     script: str
     #: Declared outputs (templates) to check after a zero exit.
     outputs: dict[str, Any]
+    #: For admission (``cpus`` hint, else 1; ``mem`` in bytes, else 0).
     cpus: int
     mem: int
     run_index: int
@@ -126,6 +128,8 @@ class Unit:
     reason: str = ""
     #: The store said RUNNING/QUEUED for this id at plan time (a dead build's leftover).
     maybe_orphan: bool = False
+    #: The hints this unit runs with: its executable's own, else its job's merged hints.
+    resources: Resources = field(default_factory=lambda: NO_RESOURCES)
 
     def __repr__(self) -> str:
         return f"Unit({self.id!r}, {self.role})"

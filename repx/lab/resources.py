@@ -99,7 +99,8 @@ class Resources(dict[str, Any]):
         self.time_seconds = time_seconds
 
 
-_NO_RESOURCES = Resources()
+#: The hints of a stage that sets none (shared: read-only).
+NO_RESOURCES = Resources()
 
 
 def validate_resources(raw: dict[str, Any] | None, where: str) -> Resources:
@@ -110,7 +111,7 @@ def validate_resources(raw: dict[str, Any] | None, where: str) -> Resources:
     compute ``null`` for some combinations).
     """
     if not raw:
-        return _NO_RESOURCES
+        return NO_RESOURCES
     unknown = sorted(k for k in raw if k not in RESOURCE_KEYS)
     if unknown:
         raise LabError(

@@ -50,7 +50,6 @@ from repx.engine.units import Outcome, Unit, UnitState
 from repx.errors import RepxError
 from repx.identity import canonical_json, hash_part
 from repx.lab.graph import JobGraph
-from repx.lab.resources import validate_resources
 from repx.store import JobRecord, Status, Store, layout, owner_alive
 
 
@@ -229,13 +228,7 @@ class SlurmScheduler(UnitScheduler):
 
     def _resources(self, unit: Unit) -> dict[str, Any]:
         job = unit.job
-        raw = job.resources
-        if unit.role in ("scatter", "step", "gather"):
-            exe = job.executables["scatter" if unit.role == "scatter" else
-                                  "gather" if unit.role == "gather" else f"step-{unit.step}"]
-            if exe.resources:
-                raw = validate_resources(exe.resources,
-                                         f"stage '{job.pname}' (file {job.stage_file})")
+        raw = unit.resources
         hints = {
             "mem": raw.mem_bytes and f"{math.ceil(raw.mem_bytes / 2**20)}M",
             "cpus": raw.cpu_count,
