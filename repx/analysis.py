@@ -4,20 +4,7 @@ The implementation is :mod:`repx.report.analysis`; this name is what notebooks a
 documentation use, so it stays stable whatever the package layout.
 """
 
-from repx.report.analysis import (
-    AnalysisError,
-    Experiment,
-    JobCollection,
-    JobNotRunError,
-    JobView,
-    OutputMissingError,
-)
+from repx.report import analysis as _implementation
+from repx.report.analysis import *  # noqa: F403
 
-__all__ = [
-    "AnalysisError",
-    "Experiment",
-    "JobCollection",
-    "JobNotRunError",
-    "JobView",
-    "OutputMissingError",
-]
+__all__ = _implementation.__all__

@@ -124,14 +124,12 @@ def run_build(
     do is answered from the lab's cached job index (:mod:`repx.engine.noop_index`) without
     expanding the lab; anything else expands it, plans, and runs what is missing.
     """
-    lab_dir = lab.lab.path if isinstance(lab, JobGraph) else locate_lab(lab)
-    index = index_path(cache_dir(), Path(lab_dir), options.targets)
+    lab_dir, index = _lab_and_index(lab, options.targets)
     if not (options.force or options.verify):
         noop = _noop_build(lab_dir, store, index, options.targets)
         if noop is not None:
             return noop
-    graph = lab if isinstance(lab, JobGraph) else open_lab(replace(lab, lab_dir=str(lab_dir)))
-    _index_whole_runs(index, graph, options.targets)
+    graph = _expanded(lab, lab_dir, index, options.targets)
     if isinstance(store, Store):
         return _full_build(graph, store, options, reporter)
     with Store(store) as opened:
@@ -148,16 +146,14 @@ def dry_run(
     With nothing to do the answer comes from the cached job index, as for a build; with no
     store (or none at ``store``) everything would run.
     """
-    lab_dir = lab.lab.path if isinstance(lab, JobGraph) else locate_lab(lab)
-    index = index_path(cache_dir(), Path(lab_dir), options.targets)
+    lab_dir, index = _lab_and_index(lab, options.targets)
     opened = _open_existing(store, readonly=True)
     try:
         if opened is not None and not (options.force or options.verify):
             ids = up_to_date_ids(index, opened)
             if ids is not None:
                 return Plan(closure=ids, up_to_date=ids, to_run=[])
-        graph = lab if isinstance(lab, JobGraph) else open_lab(replace(lab, lab_dir=str(lab_dir)))
-        _index_whole_runs(index, graph, options.targets)
+        graph = _expanded(lab, lab_dir, index, options.targets)
         if opened is None:
             closure = selection_closure(graph, list(options.targets))
             return Plan(closure, [], list(closure), dict.fromkeys(closure, "not in the store"))
@@ -176,11 +172,23 @@ def _open_existing(store: Store | str | os.PathLike[str] | None, *,
     return Store(store, readonly=readonly) if Store.exists(store) else None
 
 
-def _index_whole_runs(index: Path, graph: JobGraph, targets: tuple[str, ...]) -> None:
-    """Write the no-op index of a selection of whole runs (a Makefile recipe per job would
-    leave one index per job, so single jobs are not indexed)."""
+def _lab_and_index(lab: LabOptions | JobGraph,
+                   targets: tuple[str, ...]) -> tuple[Path, Path]:
+    """The built lab directory (building the lab file first if need be) and where the no-op
+    index of ``targets`` in it lives."""
+    lab_dir = Path(lab.lab.path) if isinstance(lab, JobGraph) else locate_lab(lab)
+    return lab_dir, index_path(cache_dir(), lab_dir, targets)
+
+
+def _expanded(lab: LabOptions | JobGraph, lab_dir: Path, index: Path,
+              targets: tuple[str, ...]) -> JobGraph:
+    """The job graph of the lab (expanded and validated now unless given), after writing the
+    no-op index of a selection of whole runs (a Makefile recipe per job would leave one
+    index per job, so single jobs are not indexed)."""
+    graph = lab if isinstance(lab, JobGraph) else open_lab(replace(lab, lab_dir=str(lab_dir)))
     if not index.exists() and all(t.startswith("@") or t in graph.runs for t in targets):
         write_index(index, graph, selection_closure(graph, list(targets)))
+    return graph
 
 
 def _full_build(graph: JobGraph, store: Store, options: BuildOptions,

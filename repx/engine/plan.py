@@ -19,7 +19,7 @@ from typing import Any
 from repx.engine.contract import declared_outputs
 from repx.errors import UsageError
 from repx.lab.graph import JobGraph, selection_closure
-from repx.store import Status, Store
+from repx.store import ACTIVE_STATUSES, Status, Store
 
 
 @dataclass
@@ -119,7 +119,7 @@ def plan_build(
         elif status is None:
             reason = "not in the store"
         else:
-            if status in (Status.RUNNING, Status.QUEUED):
+            if status in ACTIVE_STATUSES:
                 in_flight.add(job_id)
             reason = f"{status.value} before"
         if reason is None:

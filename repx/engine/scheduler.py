@@ -46,7 +46,16 @@ from repx.errors import RepxError
 from repx.identity import canonical_json, scatter_id
 from repx.lab.graph import Job, JobGraph
 from repx.lab.resources import Resources, validate_resources
-from repx.store import JobRecord, Status, Store, layout, owner_alive, owner_token, this_host
+from repx.store import (
+    ACTIVE_STATUSES,
+    JobRecord,
+    Status,
+    Store,
+    layout,
+    owner_alive,
+    owner_token,
+    this_host,
+)
 
 #: How often units claimed by another live ``repx build`` are looked up again.
 FOREIGN_POLL_SECONDS = 0.25
@@ -271,14 +280,14 @@ class UnitScheduler:
             if self._cached(unit, status):
                 unit.state = UnitState.CACHED
                 refused.append(unit)
-            elif (self.waits_for_slurm_jobs and status in (Status.RUNNING, Status.QUEUED)
+            elif (self.waits_for_slurm_jobs and status in ACTIVE_STATUSES
                   and self._on_slurm(unit.id)):
                 refused.append(unit)
             elif not store.claim(unit.id, self.owner, host=self.host, pid=self.pid,
                                  lab=self.lab, run=unit.job.run, stage=self._stage(unit),
                                  force=self._takes_over(unit, status)):
                 refused.append(unit)
-            elif status in (Status.RUNNING, Status.QUEUED):
+            elif status in ACTIVE_STATUSES:
                 unit.maybe_orphan = True  # an abandoned claim: see local.kill_orphans
         return refused
 

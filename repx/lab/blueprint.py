@@ -4,7 +4,7 @@ The lab directory is written by the Nix side (``nix/lib``) and is the only thing
 reads from a build; its format is the contract in ``docs/blueprint.md``. This module only
 parses and checks the *shape* of that JSON: everything that depends on parameter
 combinations (effective params, dot-notation resolution, input defaults, resource merging,
-identities) is done by :mod:`repx.expand`, because it is O(jobs) and Nix is slow at it.
+identities) is done by :mod:`repx.lab.expand`, because it is O(jobs) and Nix is slow at it.
 
 Loading must stay cheap (it runs on every CLI call), so it is plain :func:`json.load` and
 dataclass construction; the dataclasses are frozen (their dict/list members are shared

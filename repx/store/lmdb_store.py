@@ -51,6 +51,7 @@ from repx.errors import UsageError
 from repx.store import layout
 from repx.store.errors import StoreError
 from repx.store.records import (
+    ACTIVE_STATUSES,
     RECORD_FORMAT,
     STATUS_BY_CODE,
     JobRecord,
@@ -654,7 +655,7 @@ class Store:
                 status = status_of(value)
                 if status is Status.SUCCEEDED and not force:
                     return False
-                if status in (Status.RUNNING, Status.QUEUED):
+                if status in ACTIVE_STATUSES:
                     prev = JobRecord.from_msgpack(value)
                     if prev.owner != owner and owner_alive(prev.host, prev.pid, prev.owner):
                         return False

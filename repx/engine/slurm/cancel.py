@@ -20,11 +20,11 @@ def cancel_jobs(store: Store, job_ids: Iterable[str] | None = None,
     """
     cli = cli or SlurmCli()
     if job_ids is None:
-        records = [r for r in store.records() if r.status in (Status.QUEUED, Status.RUNNING)]
+        records = [r for r in store.records() if r.status.active]
     else:
         wanted = list(dict.fromkeys(_with_units(store, job_ids)))
         records = list(store.get_many(wanted).values())
-    active = [r for r in records if r.status in (Status.QUEUED, Status.RUNNING) and r.slurm_id]
+    active = [r for r in records if r.status.active and r.slurm_id]
     if not active:
         return []
     cli.scancel(r.slurm_id for r in active if r.slurm_id)

@@ -170,7 +170,7 @@ class SlurmScheduler(UnitScheduler):
         them if SLURM still runs them, instead of submitting them again."""
         records = self.store.get_many(list(self.units))
         candidates = {uid: r for uid, r in records.items()
-                      if r.status in (Status.QUEUED, Status.RUNNING) and r.slurm_id}
+                      if r.status.active and r.slurm_id}
         if not candidates:
             return
         states = self.cli.states(r.slurm_id for r in candidates.values() if r.slurm_id)
