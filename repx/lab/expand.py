@@ -237,7 +237,7 @@ class _RunExpander:
         run = self.run
         members = self._dimensions()
         targets = self._targets(members)
-        pipelines = [self._plans(pi, p, targets) for pi, p in enumerate(run.pipelines)]
+        pipelines = [self._stage_plans(pi, p, targets) for pi, p in enumerate(run.pipelines)]
         run_ids: dict[str, None] = {}
         make = self._make
         for idx in product(*[range(len(d)) for d in self.dims]):
@@ -363,7 +363,7 @@ class _RunExpander:
                 slot[m.param] = m
         return dotted
 
-    def _plans(
+    def _stage_plans(
         self, pi: int, pipeline: Pipeline, targets: dict[tuple[int, str], dict[str, _Member]]
     ) -> list[_StagePlan]:
         order = _topo_stages(pipeline)

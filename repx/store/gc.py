@@ -355,7 +355,7 @@ def collect(store: Store, *, dry_run: bool = False, keep_recent: int | None = No
     cache: dict[str, tuple[set[str], list[str]] | None] = {}
     for _attempt in range(_MAX_REPLANS):
         result.warnings = []
-        _plan(store, result, cache, write=not dry_run)
+        _find_garbage(store, result, cache, write=not dry_run)
         if dry_run:
             return result
         now = store.roots()
@@ -366,8 +366,10 @@ def collect(store: Store, *, dry_run: bool = False, keep_recent: int | None = No
     return result
 
 
-def _plan(store: Store, result: GcResult,
-          cache: dict[str, tuple[set[str], list[str]] | None], write: bool) -> None:
+def _find_garbage(store: Store, result: GcResult,
+                  cache: dict[str, tuple[set[str], list[str]] | None], write: bool) -> None:
+    """Fill ``result`` with what no root reaches: records to remove, folders without a
+    record, and live claims that are kept."""
     reachable = _reachable(store, result.roots, result.warnings, cache, write)
     root_labs = {r.lab_path for r in result.roots}
     result.reachable = 0
