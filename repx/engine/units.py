@@ -72,7 +72,7 @@ class Outcome(StrEnum):
     @property
     def ok(self) -> bool:
         """Whether units waiting on this one may run (hard dependencies)."""
-        return self in (Outcome.SUCCEEDED, Outcome.UP_TO_DATE)
+        return self in _OK
 
     @property
     def store_status(self) -> Status | None:
@@ -80,6 +80,8 @@ class Outcome(StrEnum):
         never records (done elsewhere, or never started)."""
         return _RECORDED.get(self)
 
+
+_OK = frozenset({Outcome.SUCCEEDED, Outcome.UP_TO_DATE})
 
 #: The one mapping from outcomes to store statuses. A blocked unit is recorded only when it
 #: was already queued on SLURM (it is cancelled there).
@@ -158,9 +160,7 @@ class UnitGraph:
     def wait_for(self, unit: Unit, deps: list[Unit]) -> None:
         """Add edges only: ``unit`` waits for ``deps``, none of which has an outcome yet."""
         for dep in dict.fromkeys(deps):
-            unit.deps_left += 1
-            unit.deps.append(dep)
-            dep.dependents.append(unit)
+            _add_edge(unit, dep)
 
     def link(self, unit: Unit, deps: list[Unit]) -> None:
         """Make ``unit`` wait for ``deps``; those already done count at once (a failed one
@@ -172,7 +172,7 @@ class UnitGraph:
                     continue
                 self.resolve(unit, Outcome.BLOCKED, f"{dep.label} {dep.id} {dep.outcome}")
                 return
-            self.wait_for(unit, [dep])
+            _add_edge(unit, dep)
         if unit.deps_left == 0 and unit.state is UnitState.WAITING:
             self.make_ready(unit)
 
@@ -204,10 +204,11 @@ class UnitGraph:
             u.reason = why
             if not u.gate:
                 self._on_done(u)
+            ok = oc in _OK
             for dep in u.dependents:
                 if dep.state is UnitState.DONE:
                     continue
-                if oc.ok or dep.soft:
+                if ok or dep.soft:
                     dep.deps_left -= 1
                     if dep.deps_left == 0:
                         if dep.gate:
@@ -217,6 +218,13 @@ class UnitGraph:
                 else:
                     stack.append((dep, Outcome.BLOCKED, f"{u.label} {u.id} {oc}"
                                   if oc is not Outcome.BLOCKED else u.reason))
+
+
+def _add_edge(unit: Unit, dep: Unit) -> None:
+    """``unit`` waits for ``dep`` (one edge of the unit graph)."""
+    unit.deps_left += 1
+    unit.deps.append(dep)
+    dep.dependents.append(unit)
 
 
 # ------------------------------------------------------------------ scatter-gather branches

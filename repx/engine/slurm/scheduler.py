@@ -399,7 +399,8 @@ class SlurmScheduler(UnitScheduler):
         if state == "COMPLETED" and code in (0, None):
             self._complete(unit, 0)
         elif state == "CANCELLED" and "Dependency" in reason:
-            self._record_cancelled(unit, "an upstream job failed (SLURM cancelled it)")
+            self._record_off_slurm(unit, Outcome.BLOCKED,
+                                   "an upstream job failed (SLURM cancelled it)")
             self._resolve(unit, Outcome.BLOCKED, "an upstream job failed")
         elif state == "FAILED" and code:
             self._complete(unit, code, f"exit code {code}")
@@ -428,10 +429,10 @@ class SlurmScheduler(UnitScheduler):
             return str(target)
         return ""
 
-    def _record_cancelled(self, unit: Unit, reason: str) -> None:
-        """Queue the record of a unit SLURM will not run (cancelled, or blocked there)."""
-        self._record(unit, Outcome.CANCELLED, logs=False, reason=reason,
-                     slurm_id=unit.slurm_id)
+    def _record_off_slurm(self, unit: Unit, outcome: Outcome, reason: str) -> None:
+        """Queue the record of a unit SLURM will not run (``outcome`` is CANCELLED, or
+        BLOCKED for one whose upstream failed while it was queued)."""
+        self._record(unit, outcome, logs=False, reason=reason, slurm_id=unit.slurm_id)
 
     def _cancel_stage(self, failed: Unit) -> None:
         """A failed branch cancels the rest of its scatter-gather stage."""
@@ -452,7 +453,7 @@ class SlurmScheduler(UnitScheduler):
         for unit in units:
             self.watching.pop(unit.slurm_id or "", None)
             if unit.state is not UnitState.DONE:
-                self._record_cancelled(unit, reason)
+                self._record_off_slurm(unit, Outcome.CANCELLED, reason)
                 self._resolve(unit, Outcome.CANCELLED, reason)
 
     def _cancel_all(self, reason: str) -> None:
@@ -472,7 +473,7 @@ class SlurmScheduler(UnitScheduler):
     def _resolved(self, unit: Unit) -> None:
         if unit.outcome is Outcome.BLOCKED and self.watching.get(unit.slurm_id or "") is unit:
             del self.watching[unit.slurm_id or ""]
-            self._record_cancelled(unit, unit.reason or "blocked")
+            self._record_off_slurm(unit, Outcome.BLOCKED, unit.reason or "blocked")
             self._blocked_queued.append(unit)
 
     def _expand(self, scatter: Unit) -> None:
