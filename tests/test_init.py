@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from repx.lab.scaffold import FILES
+from repx.lab import scaffold
 from tests.conftest import REPO, require_nix
 from tests.test_examples import repx
 
@@ -21,12 +21,13 @@ def test_init_then_build_in_a_fresh_folder(tmp_path: Path) -> None:
     require_nix()
     out = repx("init", "my-lab", cwd=tmp_path).stdout
     lab = tmp_path / "my-lab"
-    for name in FILES:
+    for name in scaffold.LAB_FILES:
         assert (lab / name).is_file(), name
         assert f"created {Path('my-lab') / name}" in out
+    assert not (lab / "flake.nix").exists()  # only with --flake
     assert "next: cd my-lab && repx build" in out
     readme = (lab / "README.md").read_text()
-    for name in FILES:
+    for name in [*scaffold.LAB_FILES, scaffold.FLAKE_FILE]:
         if name != "README.md":
             assert f"`{name}`" in readme, f"README.md does not explain {name}"
 
@@ -47,7 +48,7 @@ def test_init_then_build_in_a_fresh_folder(tmp_path: Path) -> None:
     assert again.returncode == 2
     assert "already has lab.nix, runs/sweep.nix" in again.stderr and "--force" in again.stderr
     repx("init", "--force", cwd=lab)
-    assert run.read_text() == FILES["runs/sweep.nix"]
+    assert run.read_text() == scaffold.scaffold_files("my-lab")["runs/sweep.nix"]
 
 
 def quickstart_block() -> list[str]:
@@ -131,3 +132,134 @@ def test_cli_reference_documents_every_command_and_option() -> None:
             if opt not in global_options:
                 missing.append(f"global option {opt}")
     assert not missing, "docs/cli.md is missing:\n" + "\n".join(missing)
+
+
+# ----------------------------------------------------------- --name, --flake, the template
+
+#: What `repx init --flake` writes, NAME and FLAKE_DIR filled in: the lab's flake takes this
+#: machine's repx flake as its input and builds ./lab.nix with repx's library.
+EXPECTED_FLAKE = """\
+{
+  description = "NAME: a repx lab";
+  # The repx flake: this machine's installed copy (works offline). With internet, a
+  # published repx can be used instead, e.g. "github:OWNER/repx".
+  inputs.repx.url = "path:FLAKE_DIR";
+  outputs = { self, repx }:
+    let
+      systems = [ "x86_64-linux" "aarch64-linux" ];
+      forAllSystems = f: builtins.listToAttrs (map (system: { name = system; value = f system; }) systems);
+      gitHash = self.rev or self.dirtyRev or "dirty";
+    in {
+      packages = forAllSystems (system:
+        let
+          # Without nixpkgs: the host package set (needs --impure). With nixpkgs:
+          #   pkgs = import nixpkgs { inherit system; overlays = [ repx.overlays.default ]; };
+          pkgs = repx.legacyPackages.${system};
+          lab = import ./lab.nix { inherit pkgs gitHash; repx-lib = repx.lib; };
+        in {
+          lab = lab.lab // { inherit (lab) runs; };
+          default = lab.lab;
+        });
+    };
+}
+"""  # noqa: E501 - the flake as written, one long line included
+
+
+def nix_parses(path: Path) -> None:
+    """``path`` is valid Nix (parsed by Nix itself; nothing is evaluated or built)."""
+    result = subprocess.run(["nix-instantiate", "--parse", str(path)], capture_output=True,
+                            text=True, check=False)
+    assert result.returncode == 0, f"{path}: {result.stderr}"
+
+
+def test_the_template_is_the_scaffold_plus_a_flake() -> None:
+    """nix/templates/default holds exactly the scaffold's files and flake.nix (one source:
+    the scaffold reads them there), named after the template's lab, with the url
+    placeholder that `repx init --flake` replaces."""
+    template = scaffold.TEMPLATE_DIR
+    held = sorted(str(p.relative_to(template)) for p in template.rglob("*") if p.is_file())
+    assert held == sorted([*scaffold.LAB_FILES, scaffold.FLAKE_FILE])
+    for name in scaffold.LAB_FILES:
+        assert scaffold.scaffold_files()[name] == (template / name).read_text()
+    flake = (template / scaffold.FLAKE_FILE).read_text()
+    assert f'inputs.repx.url = "{scaffold.REPX_URL_PLACEHOLDER}";' in flake
+    assert f'description = "{scaffold.TEMPLATE_NAME}: a repx lab";' in flake
+    assert scaffold.TEMPLATE_COMMENT in flake  # the placeholder is explained to its users
+
+
+@pytest.mark.nix
+def test_template_flake_and_lab_files_are_valid_nix() -> None:
+    require_nix()
+    template = scaffold.TEMPLATE_DIR
+    for name in [scaffold.FLAKE_FILE, *scaffold.LAB_FILES]:
+        if name.endswith(".nix"):
+            nix_parses(template / name)
+
+
+def test_name_is_written_where_the_lab_is_named(tmp_path: Path) -> None:
+    out = repx("init", "lab", "--name", "ablation-2.b_x", cwd=tmp_path).stdout
+    lab = tmp_path / "lab"
+    assert "created lab/lab.nix" in out
+    assert (lab / "README.md").read_text().startswith("# ablation-2.b_x: a repx lab\n")
+    assert (lab / "lab.nix").read_text().startswith("# ablation-2.b_x: a repx lab, ")
+    for name in scaffold.LAB_FILES:
+        text = (lab / name).read_text()
+        assert scaffold.TEMPLATE_NAME not in text, name
+        # Only the name differs from the template.
+        template = (scaffold.TEMPLATE_DIR / name).read_text()
+        assert text == template.replace(scaffold.TEMPLATE_NAME, "ablation-2.b_x"), name
+    assert not (lab / "flake.nix").exists()
+
+
+def test_name_defaults_to_the_folder_name(tmp_path: Path) -> None:
+    repx("init", "noise study", cwd=tmp_path)
+    readme = (tmp_path / "noise study" / "README.md").read_text()
+    assert readme.startswith("# noise-study: a repx lab\n")  # made a valid name
+
+
+@pytest.mark.parametrize("name", ["my lab", "-lab", "lab/x", 'a"b', "", "ünï"])
+def test_invalid_name_is_a_clear_error_and_writes_nothing(name: str, tmp_path: Path) -> None:
+    result = repx("init", "lab", "--name", name, cwd=tmp_path, check=False)
+    assert result.returncode == 2
+    assert f"repx: --name {name!r} is not a valid lab name: use letters, digits, '-', '_' " \
+           "and '.', starting with a letter or digit" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "lab").exists()
+
+
+def test_flake_writes_a_flake_using_this_repx(tmp_path: Path) -> None:
+    out = repx("init", "study", "--flake", "--name", "study-1", cwd=tmp_path).stdout
+    lab = tmp_path / "study"
+    assert "created study/flake.nix" in out
+    flake = (lab / "flake.nix").read_text()
+    flake_dir = str(scaffold.FLAKE_DIR)
+    assert flake == EXPECTED_FLAKE.replace("NAME", "study-1").replace("FLAKE_DIR", flake_dir)
+    url = re.search(r'^  inputs\.repx\.url = "(.*)";$', flake, re.M)
+    assert url and url.group(1) == f"path:{flake_dir}"
+    assert (Path(flake_dir) / "flake.nix").is_file()  # the input is a flake indeed
+    assert "[template]" not in flake
+    for name in scaffold.LAB_FILES:  # the lab files are the plain scaffold's
+        assert (lab / name).read_text() == scaffold.scaffold_files("study-1")[name], name
+
+
+def test_flake_refuses_an_existing_flake_unless_forced(tmp_path: Path) -> None:
+    lab = tmp_path / "lab"
+    lab.mkdir()
+    (lab / "flake.nix").write_text("{ outputs = _: { }; }\n")
+    refused = repx("init", "lab", "--flake", cwd=tmp_path, check=False)
+    assert refused.returncode == 2
+    assert "repx: lab already has flake.nix; choose an empty folder, or pass --force" \
+        in refused.stderr
+    assert not (lab / "lab.nix").exists()  # nothing written
+    # Without --flake the existing flake.nix is not the scaffold's business.
+    repx("init", "lab", cwd=tmp_path)
+    assert (lab / "flake.nix").read_text() == "{ outputs = _: { }; }\n"
+    repx("init", "lab", "--flake", "--force", cwd=tmp_path)
+    assert 'inputs.repx.url = "path:' in (lab / "flake.nix").read_text()
+
+
+def test_flake_url_of_a_path_with_spaces_is_percent_encoded(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(scaffold, "FLAKE_DIR", Path('/opt/my repx/"x"'))
+    flake = scaffold.scaffold_files("lab", flake=True)["flake.nix"]
+    assert 'inputs.repx.url = "path:/opt/my%20repx/%22x%22";' in flake

@@ -1,6 +1,8 @@
 # mkLab and callRun: the lab's runs, their dependencies and groups, written as
 # the lab directory (docs/blueprint.md) by one builtins-only derivation.
-{ pkgs, repx-lib }:
+# Independent of any package set: the `pkgs` given to mkLab is the one every
+# run, pipeline and stage of the lab receives, so overlays reach the stages.
+{ repx-lib }:
 let
   u = import ./internal/prelude.nix;
   inherit (builtins) attrNames concatMap elem filter isAttrs isList isString length listToAttrs
@@ -12,10 +14,9 @@ let
   depTypes = [ "hard" "soft" ];
 
   isPlaceholder = x: isAttrs x && (x._repx_type or null) == "run_placeholder";
-  mkRun = import ./run.nix { inherit pkgs repx-lib; };
 
   # The lab directory for a list of evaluated runs (dependencies first).
-  labDirectory = { drvName, runs, groups, gitHash, labVersion, containerMode, runContainerMode, labFile }:
+  labDirectory = { drvName, system, runs, groups, gitHash, labVersion, containerMode, runContainerMode, labFile }:
     let
       manifest = {
         format = "repx-lab/1";
@@ -45,7 +46,7 @@ let
     in
     builtins.derivation ({
       name = drvName;
-      system = builtins.currentSystem;
+      inherit system;
       builder = "/bin/sh";
       PATH = "/usr/bin:/bin";
       labJSON = toJSON manifest;
@@ -70,6 +71,11 @@ in
     let
       labFile = args._labFile or "lab.nix";
       where = "mkLab (file '${labFile}')";
+      pkgs =
+        if !(args ? pkgs) then throw "${where}: 'pkgs' is required (the package set the lab's stages use: `inherit pkgs;`)."
+        else if !isAttrs args.pkgs then throw "${where}: 'pkgs' must be a package set (an attribute set), got ${u.describe args.pkgs}."
+        else args.pkgs;
+      mkRun = import ./run.nix { inherit pkgs repx-lib; };
       keysOk = u.checkKeys {
         what = "mkLab";
         file = labFile;
@@ -160,6 +166,7 @@ in
 
       common = {
         inherit gitHash labVersion containerMode runContainerMode labFile;
+        system = u.systemOf pkgs;
       };
       checked = keysOk && modeOk "containerMode" containerMode
         && modeOk "runContainerMode" runContainerMode && runsOk && namesOk && groupsOk;

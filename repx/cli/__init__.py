@@ -2,7 +2,8 @@
 
 One module per command family: :mod:`.lab` (lab build, list, trace-params), :mod:`.build`
 (build, cancel), :mod:`.store` (status, show, log, cache, gc), :mod:`.tools` (viz,
-makefile, init); :mod:`.common` holds the shared options and error handling. Every command
+makefile, init), :mod:`.completion` (completion, and the candidates TAB offers);
+:mod:`.common` holds the shared options and error handling. Every command
 turns a ``RepxError`` into ``repx: <message>`` and its exit code (2 for lab and usage
 errors); a traceback is shown only with ``-v``.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 import click
 
 from repx import __version__
-from repx.cli import build, lab, store, tools
+from repx.cli import build, completion, lab, store, tools
 from repx.cli.common import Context
 
 
@@ -25,5 +26,5 @@ def main(ctx: click.Context, verbose: int) -> None:
     ctx.obj = Context(verbose)
 
 
-for _family in (lab, build, store, tools):
+for _family in (lab, build, store, tools, completion):
     _family.register(main)

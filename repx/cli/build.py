@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from repx.cli.common import Context, handle_errors, lab_options, store_option
+from repx.cli.completion import complete_targets
 from repx.engine.build import BuildOptions, BuildResult, run_build
 from repx.engine.build import dry_run as dry_run_plan
 from repx.engine.progress import ConsoleReporter, QuietReporter
@@ -21,7 +22,7 @@ from repx.store import Store
 
 
 @click.command("build")
-@click.argument("targets", nargs=-1)
+@click.argument("targets", nargs=-1, shell_complete=complete_targets)
 @lab_options
 @store_option
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
@@ -98,7 +99,7 @@ def _report(result: BuildResult, *, as_json: bool, quiet: bool) -> None:
 
 
 @click.command("cancel")
-@click.argument("targets", nargs=-1)
+@click.argument("targets", nargs=-1, shell_complete=complete_targets)
 @lab_options
 @store_option
 @handle_errors

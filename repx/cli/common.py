@@ -16,8 +16,9 @@ from typing import Any
 
 import click
 
-from repx.errors import RepxError
+from repx.errors import RepxError, UsageError
 from repx.lab import LabOptions
+from repx.lab.nix import LabArgument
 from repx.store.lmdb_store import DEFAULT_STORE
 
 
@@ -28,21 +29,64 @@ class Context:
         self.verbose = verbose
 
 
+LAB_FILE_HELP = ("The lab to build: a lab file, a flake.nix[#ATTR] or a folder "
+                 "(default ./lab.nix, else ./flake.nix#lab, else ./nix/lab.nix).")
+
+
+def lab_arguments(arg: tuple[tuple[str, str], ...],
+                  argstr: tuple[tuple[str, str], ...]) -> tuple[LabArgument, ...]:
+    """``--arg``/``--argstr`` pairs as lab arguments; a name given twice is an error."""
+    arguments = [LabArgument(n, v) for n, v in arg] + [LabArgument(n, v, True) for n, v in argstr]
+    seen: set[str] = set()
+    for argument in arguments:
+        if argument.name in seen:
+            raise UsageError(f"the lab argument '{argument.name}' is given twice "
+                             "(--arg/--argstr)")
+        seen.add(argument.name)
+    return tuple(arguments)
+
+
+def nix_build_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--arg``, ``--argstr`` and ``--impure``: how the lab is evaluated (every command that
+    builds the lab takes them)."""
+
+    @click.option("--arg", "lab_arg", type=(str, str), multiple=True, metavar="NAME EXPR",
+                  help="Pass the Nix expression EXPR as argument NAME of the lab file's "
+                       "function (repeatable).")
+    @click.option("--argstr", "lab_argstr", type=(str, str), multiple=True,
+                  metavar="NAME VALUE",
+                  help="Pass the string VALUE as argument NAME of the lab file's function.")
+    @click.option("--impure", is_flag=True,
+                  help="Evaluate a flake lab impurely (needed with the host package set).")
+    @functools.wraps(func)
+    def wrapper(*args: Any, lab_arg: tuple[tuple[str, str], ...],
+                lab_argstr: tuple[tuple[str, str], ...], impure: bool, **kwargs: Any) -> Any:
+        return func(*args, nix_args=(lab_arg, lab_argstr, impure), **kwargs)
+
+    return wrapper
+
+
 def lab_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """The options that say which lab a command works on."""
 
     @click.option("--lab", "lab_dir", metavar="DIR",
                   help="A built lab directory (e.g. ./result); default: build ./lab.nix first.")
-    @click.option("-f", "--file", "lab_file", metavar="FILE",
-                  help="The lab file to build (default ./lab.nix, else ./nix/lab.nix).")
+    @click.option("-f", "--file", "lab_file", metavar="FILE", help=LAB_FILE_HELP)
     @click.option("--nixpkgs", metavar="PATH", envvar="REPX_NIXPKGS",
                   help="Use this nixpkgs instead of the host package set (env REPX_NIXPKGS).")
+    @nix_build_options
     @functools.wraps(func)
     def wrapper(*args: Any, lab_dir: str | None, lab_file: str | None,
-                nixpkgs: str | None, **kwargs: Any) -> Any:
+                nixpkgs: str | None, nix_args: tuple[Any, Any, bool], **kwargs: Any) -> Any:
         ctx = click.get_current_context().find_object(Context)
+        arg, argstr, impure = nix_args
+        try:
+            arguments = lab_arguments(arg, argstr)
+        except RepxError as error:
+            raise click.UsageError(error.message) from error
         options = LabOptions(lab_dir=lab_dir, lab_file=lab_file, nixpkgs=nixpkgs,
-                             show_trace=bool(ctx and ctx.verbose > 1))
+                             show_trace=bool(ctx and ctx.verbose > 1),
+                             lab_args=arguments, impure=impure)
         return func(*args, options=options, **kwargs)
 
     return wrapper

@@ -5,10 +5,21 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from typing import Any
 
 import click
 
-from repx.cli.common import Context, handle_errors, lab_options, short, table
+from repx.cli.common import (
+    LAB_FILE_HELP,
+    Context,
+    handle_errors,
+    lab_arguments,
+    lab_options,
+    nix_build_options,
+    short,
+    table,
+)
+from repx.cli.completion import complete_jobs, complete_run_names, complete_targets
 from repx.lab import LabOptions, open_lab
 
 # ----------------------------------------------------------------------------- lab
@@ -20,24 +31,29 @@ def lab_group() -> None:
 
 
 @lab_group.command("build")
-@click.option("-f", "--file", "lab_file", metavar="FILE", help="The lab file (default ./lab.nix).")
+@click.option("-f", "--file", "lab_file", metavar="FILE", help=LAB_FILE_HELP)
 @click.option("--nixpkgs", metavar="PATH", envvar="REPX_NIXPKGS",
               help="Use this nixpkgs instead of the host package set.")
 @click.option("-o", "--out-link", default="result", show_default=True,
               help="Where to link the built lab.")
-@click.option("--run", "run_slice", metavar="RUN",
+@click.option("--run", "run_slice", metavar="RUN", shell_complete=complete_run_names,
               help="Build only this run (and the runs it depends on).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+@nix_build_options
 @handle_errors
 def lab_build(lab_file: str | None, nixpkgs: str | None, out_link: str, run_slice: str | None,
-              as_json: bool) -> None:
-    """Build lab.nix into a read-only lab directory and validate its scripts.
+              as_json: bool, nix_args: tuple[Any, Any, bool]) -> None:
+    """Build lab.nix (or a flake's lab) into a read-only lab directory and validate its
+    scripts.
 
-    Example: repx lab build -f examples/param-sweep/lab.nix
+    Examples: repx lab build -f examples/param-sweep/lab.nix;
+    repx lab build --argstr mountDir /scratch; repx lab build -f flake.nix#lab --impure
     """
     ctx = click.get_current_context().find_object(Context)
+    arg, argstr, impure = nix_args
     graph = open_lab(LabOptions(lab_file=lab_file, nixpkgs=nixpkgs, out_link=out_link,
-                                run_slice=run_slice, show_trace=bool(ctx and ctx.verbose > 1)))
+                                run_slice=run_slice, show_trace=bool(ctx and ctx.verbose > 1),
+                                lab_args=lab_arguments(arg, argstr), impure=impure))
     summary = {
         "lab": str(graph.lab.path),
         "runs": {name: len(run.job_ids) for name, run in graph.runs.items()},
@@ -88,7 +104,7 @@ def list_runs(options: LabOptions, as_json: bool) -> None:
 
 
 @list_group.command("jobs")
-@click.argument("targets", nargs=-1)
+@click.argument("targets", nargs=-1, shell_complete=complete_targets)
 @lab_options
 @click.option("-s", "--stage", help="Only jobs of this stage (pname or pipeline key).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of job objects.")
@@ -136,7 +152,7 @@ def list_groups(options: LabOptions, as_json: bool) -> None:
 
 
 @click.command("trace-params")
-@click.argument("job")
+@click.argument("job", shell_complete=complete_jobs)
 @lab_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @handle_errors

@@ -15,10 +15,16 @@ from typing import Any
 import click
 
 from repx.cli.common import handle_errors, lab_options, store_option, table
+from repx.cli.completion import (
+    complete_gc_roots,
+    complete_jobs,
+    complete_run_names,
+    complete_runs,
+)
 from repx.errors import LabError, UsageError
 from repx.lab import LabOptions, open_lab
 from repx.lab.graph import JobGraph
-from repx.lab.nix import find_lab_file
+from repx.lab.nix import find_lab_source
 from repx.report import store_views as ins
 from repx.store import Status
 from repx.store import gc as repx_gc
@@ -73,7 +79,7 @@ def _maybe_lab(options: LabOptions) -> JobGraph | None:
     """The lab, or None when none was named and the folder has no lab file."""
     if options.lab_dir is None and options.lab_file is None:
         try:
-            find_lab_file(None)
+            find_lab_source(None)
         except LabError:
             return None
     return open_lab(options)
@@ -453,14 +459,15 @@ _JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def register(main: click.Group) -> None:
     """Add this module's commands to the ``repx`` group."""
     main.command("status")(handle_errors(_JSON(store_option(lab_options(
-        click.argument("runs", nargs=-1, metavar="[RUN|@GROUP]...")(status))))))
+        click.argument("runs", nargs=-1, metavar="[RUN|@GROUP]...",
+                       shell_complete=complete_runs)(status))))))
     main.command("show")(handle_errors(_JSON(store_option(lab_options(
-        click.argument("job")(show))))))
+        click.argument("job", shell_complete=complete_jobs)(show))))))
     main.command("log")(handle_errors(
         click.option("--stderr", is_flag=True, help="Print the stderr log instead.")(
             click.option("-f", "--follow", is_flag=True,
                          help="Keep printing until the job is no longer running.")(
-                store_option(click.argument("job")(log))))))
+                store_option(click.argument("job", shell_complete=complete_jobs)(log))))))
 
     @main.group("cache")
     def cache() -> None:
@@ -472,15 +479,18 @@ def register(main: click.Group) -> None:
     status_opt = click.option("--status", "statuses", type=_STATUS_CHOICES, multiple=True,
                               help="Only jobs in this state (repeatable).")
     cache.command("ls")(handle_errors(_JSON(status_opt(store_option(
-        click.option("--run", help="Only jobs recorded for this run.")(
+        click.option("--run", help="Only jobs recorded for this run.",
+                     shell_complete=complete_run_names)(
             click.option("--stage", help="Only jobs of this stage (pname).")(cache_ls)))))))
     cache.command("stats")(handle_errors(_JSON(store_option(cache_stats))))
-    cache.command("show")(handle_errors(_JSON(store_option(click.argument("job")(cache_show)))))
+    job_arg = click.argument("job", shell_complete=complete_jobs)
+    jobs_arg = click.argument("jobs", nargs=-1, metavar="[JOB]...", shell_complete=complete_jobs)
+    cache.command("show")(handle_errors(_JSON(store_option(job_arg(cache_show)))))
     cache.command("verify")(handle_errors(_JSON(store_option(
         click.option("--quick", is_flag=True, help="Compare sizes only, not BLAKE3 digests.")(
-            click.argument("jobs", nargs=-1, metavar="[JOB]...")(cache_verify))))))
+            jobs_arg(cache_verify))))))
     cache.command("rm")(handle_errors(_JSON(status_opt(store_option(
-        click.argument("jobs", nargs=-1, metavar="[JOB]...")(cache_rm))))))
+        jobs_arg(cache_rm))))))
 
     @main.group("gc", invoke_without_command=True)
     @click.option("--dry-run", is_flag=True, help="Only report what would be removed.")
@@ -500,5 +510,6 @@ def register(main: click.Group) -> None:
     gc_group.command("roots")(handle_errors(_JSON(store_option(gc_roots))))
     gc_group.command("pin")(handle_errors(store_option(lab_options(
         click.argument("name", required=False)(gc_pin)))))
-    gc_group.command("unpin")(handle_errors(store_option(click.argument("name")(gc_unpin))))
+    root_arg = click.argument("name", shell_complete=complete_gc_roots)
+    gc_group.command("unpin")(handle_errors(store_option(root_arg(gc_unpin))))
 

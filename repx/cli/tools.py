@@ -8,11 +8,13 @@ one-line errors).
 from __future__ import annotations
 
 import os
+import shlex
 from pathlib import Path
 
 import click
 
 from repx.cli.common import handle_errors, lab_options, store_option
+from repx.cli.completion import complete_runs, complete_targets
 from repx.errors import UsageError
 from repx.lab import LabOptions, open_lab, scaffold
 from repx.report import makefile as mk
@@ -30,7 +32,7 @@ def _statuses(store_dir: str, job_ids: list[str]) -> dict[str, str]:
         return {job_id: status.value for job_id, status in store.statuses(job_ids).items()}
 
 
-@click.argument("runs", nargs=-1, metavar="[RUN|@GROUP]...")
+@click.argument("runs", nargs=-1, metavar="[RUN|@GROUP]...", shell_complete=complete_runs)
 @lab_options
 @store_option
 @click.option("-o", "--output", metavar="FILE",
@@ -72,7 +74,8 @@ def viz(runs: tuple[str, ...], options: LabOptions, store_dir: str, output: str 
 # -------------------------------------------------------------------------- makefile
 
 
-@click.argument("targets", nargs=-1, metavar="[RUN|@GROUP|JOB]...")
+@click.argument("targets", nargs=-1, metavar="[RUN|@GROUP|JOB]...",
+                shell_complete=complete_targets)
 @lab_options
 @store_option
 @click.option("-o", "--output", metavar="FILE",
@@ -109,19 +112,25 @@ def makefile(targets: tuple[str, ...], options: LabOptions, store_dir: str,
 
 
 @click.argument("folder", required=False, default=".", metavar="[DIR]")
+@click.option("--name", metavar="NAME",
+              help="The lab's name (letters, digits, -_.; default: DIR's name).")
+@click.option("--flake", is_flag=True,
+              help="Also write a flake.nix building the lab (inputs.repx: this repx).")
 @click.option("--force", is_flag=True, help="Overwrite the scaffold's files if they exist.")
 @handle_errors
-def init(folder: str, force: bool) -> None:
+def init(folder: str, name: str | None, flake: bool, force: bool) -> None:
     """Create a small working lab in DIR (default: here): lab.nix, a run, a pipeline, two
-    stages and a README explaining each file. `repx build` in DIR runs it at once.
+    stages and a README explaining each file, for a lab called NAME. `repx build` in DIR
+    runs it at once. With --flake also a flake.nix whose repx input is this machine's repx
+    flake, so that `nix build --impure .#lab` builds the lab too.
 
-    Example: repx init my-lab && cd my-lab && repx build
+    Example: repx init my-lab --flake && cd my-lab && repx build
     """
     path = Path(folder)
-    written = scaffold.init_lab(path, force=force)
+    written = scaffold.init_lab(path, name=name, flake=flake, force=force)
     for file in written:
         click.echo(f"created {os.path.relpath(file)}")
-    where = "" if path.resolve() == Path.cwd() else f"cd {folder} && "
+    where = "" if path.resolve() == Path.cwd() else f"cd {shlex.quote(folder)} && "
     click.echo(f"next: {where}repx build   (see README.md in {folder})")
 
 

@@ -14,6 +14,7 @@ and turns its failures into one readable message. Why each choice:
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -23,45 +24,131 @@ from pathlib import Path
 
 from repx.errors import LabError, RepxError
 
-#: The repository's nix/ folder (the library and the host package set).
-NIX_DIR = Path(__file__).resolve().parents[2] / "nix"
+#: repx's flake source (flake.nix, nix/, the Python sources). An installed wheel carries a copy
+#: as repx/_flake (setup.py writes it); an editable install or a checkout on PYTHONPATH has
+#: none and uses the checkout itself.
+_INSTALLED_FLAKE_DIR = Path(__file__).resolve().parents[1] / "_flake"
+FLAKE_DIR: Path = (
+    _INSTALLED_FLAKE_DIR if _INSTALLED_FLAKE_DIR.is_dir() else Path(__file__).resolve().parents[2]
+)
+
+#: repx's Nix library and host package set; :func:`nix_entry_file` checks it is there.
+NIX_DIR = FLAKE_DIR / "nix"
+
+
+def nix_entry_file() -> Path:
+    """The nix/entry.nix that builds a lab; checked when a build needs it, not at import time.
+
+    An install without it (a wheel built from a tree with no nix/, files deleted by hand)
+    would otherwise fail deep inside nix-build with a path the user never chose.
+    """
+    entry = NIX_DIR / "entry.nix"
+    if not entry.is_file():
+        raise RepxError(
+            f"repx's Nix library is missing: {entry} does not exist, so this repx installation "
+            "is incomplete; reinstall it (pip install --force-reinstall repx-lab, or from a "
+            "clone: pip install .) or run repx from a full clone"
+        )
+    return entry
+
 
 NIX_OPTIONS = ["--option", "substituters", "", "--option", "sandbox", "false"]
 
-LAB_FILE_CANDIDATES = ("lab.nix", "nix/lab.nix")
+#: Extra options for repx's own flake calls only: the user's nix.conf is left alone.
+FLAKE_OPTIONS = ["--extra-experimental-features", "nix-command flakes"]
+
+#: Where a lab is looked for in a folder, in order: a lab file wins over a flake
+#: beside it (the flake usually imports it), and a root flake over nix/lab.nix.
+LAB_FILE_CANDIDATES = ("lab.nix", "flake.nix", "nix/lab.nix")
+
+#: The flake output a flake lab is built from, when ``-f flake.nix`` names none.
+DEFAULT_FLAKE_ATTR = "lab"
+
+_ARG_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_'-]*$")
+_RESERVED_ARG_NAMES = frozenset({"repxLabFile", "repxNixpkgs", "repxSlice", "repxLabArgNames"})
 
 
 @dataclass(frozen=True)
 class LabSource:
-    """Where a lab comes from: its lab.nix and the folder it lives in."""
+    """Where a lab comes from: a lab file (lab.nix), or a flake and the output to build."""
 
     lab_file: Path
+    flake_attr: str | None = None
 
     @property
     def folder(self) -> Path:
         return self.lab_file.parent
 
+    @property
+    def is_flake(self) -> bool:
+        return self.flake_attr is not None
 
-def find_lab_file(explicit: str | os.PathLike[str] | None = None, cwd: Path | None = None) -> Path:
-    """The lab file to build: ``-f FILE``, else ./lab.nix, else ./nix/lab.nix."""
+    def __str__(self) -> str:
+        return f"{self.lab_file}#{self.flake_attr}" if self.is_flake else str(self.lab_file)
+
+
+@dataclass(frozen=True)
+class LabArgument:
+    """One argument for the lab file's function: ``--arg NAME EXPR`` or ``--argstr NAME VALUE``."""
+
+    name: str
+    value: str
+    is_string: bool = False
+
+    def __post_init__(self) -> None:
+        flag = "--argstr" if self.is_string else "--arg"
+        if not _ARG_NAME.match(self.name):
+            raise LabError(f"{flag} {self.name!r}: not a valid Nix argument name")
+        if self.name in _RESERVED_ARG_NAMES:
+            raise LabError(f"{flag} {self.name}: the name is reserved by repx's lab entry point")
+
+    def nix_args(self) -> list[str]:
+        return ["--argstr" if self.is_string else "--arg", self.name, self.value]
+
+
+def _source_for(path: Path) -> LabSource:
+    if path.name == "flake.nix":
+        return LabSource(path, DEFAULT_FLAKE_ATTR)
+    return LabSource(path)
+
+
+def find_lab_source(explicit: str | os.PathLike[str] | None = None,
+                    cwd: Path | None = None) -> LabSource:
+    """The lab to build: ``-f FILE[#ATTR]``, else ./lab.nix, ./flake.nix (its ``lab``
+    output) or ./nix/lab.nix."""
     base = cwd or Path.cwd()
     if explicit is not None:
-        path = (base / explicit).resolve()
+        text = os.fspath(explicit)
+        path_text, _, attr = text.partition("#")
+        path = (base / (path_text or ".")).resolve()
         if path.is_dir():
-            for candidate in LAB_FILE_CANDIDATES:
-                if (path / candidate).is_file():
-                    return path / candidate
-            raise LabError(f"no lab.nix in {path} (looked for {', '.join(LAB_FILE_CANDIDATES)})")
-        if not path.is_file():
+            found = next((path / c for c in LAB_FILE_CANDIDATES if (path / c).is_file()), None)
+            if found is None:
+                raise LabError(
+                    f"no lab in {path} (looked for {', '.join(LAB_FILE_CANDIDATES)})")
+            path = found
+        elif not path.is_file():
             raise LabError(f"lab file {path} does not exist")
-        return path
+        source = _source_for(path)
+        if attr:
+            if not source.is_flake:
+                raise LabError(
+                    f"-f {text}: '#{attr}' selects a flake output, but {path} is not a "
+                    "flake.nix")
+            source = LabSource(path, attr)
+        return source
     for candidate in LAB_FILE_CANDIDATES:
         if (base / candidate).is_file():
-            return (base / candidate).resolve()
+            return _source_for((base / candidate).resolve())
     raise LabError(
-        f"no lab found: {base} has neither lab.nix nor nix/lab.nix "
+        f"no lab found: {base} has no lab.nix, flake.nix or nix/lab.nix "
         "(use -f FILE, --lab DIR for a built lab, or `repx init` to start one)"
     )
+
+
+def find_lab_file(explicit: str | os.PathLike[str] | None = None, cwd: Path | None = None) -> Path:
+    """The lab file (lab.nix or flake.nix) :func:`find_lab_source` would build."""
+    return find_lab_source(explicit, cwd).lab_file
 
 
 def git_hash(folder: Path) -> str:
@@ -106,6 +193,9 @@ def _require_nix() -> str:
     return nix_build
 
 
+#: repx's library as a flake input: a copy in the Nix store (``…-source/nix/lib/…``).
+_STORE_COPY_OF_LIBRARY = re.compile(r"/nix/store/[a-z0-9]{32}-source/nix/(lib|entry\.nix)")
+
 _TRACE_NOISE = re.compile(r"^\(use '--show-trace' to show detailed location information\)$")
 
 
@@ -127,7 +217,8 @@ def summarize_nix_error(stderr: str) -> str:
         if _TRACE_NOISE.match(line.strip()):
             continue
         stripped = line.strip()
-        if stripped.startswith("at ") and str(NIX_DIR) in stripped:
+        if stripped.startswith("at ") and (str(NIX_DIR) in stripped
+                                           or _STORE_COPY_OF_LIBRARY.search(stripped)):
             skip_location = True
             continue
         if skip_location:
@@ -138,7 +229,44 @@ def summarize_nix_error(stderr: str) -> str:
         out.append(line)
     text = "\n".join(out).strip()
     text = re.sub(r"^error:\s*", "", text)
-    return re.sub(r"\n{3,}", "\n\n", text)
+    return _with_builder_logs(re.sub(r"\n{3,}", "\n\n", text), lines[:start])
+
+
+#: nix-build's line as a builder starts; the builder's own output follows it.
+_BUILDING = re.compile(r"^building '(/nix/store/[^']+\.drv)'")
+_BUILDER_FAILED = re.compile(r"builder for '(/nix/store/[^']+\.drv)' failed")
+
+#: How much of a failed builder's output a message shows (the end is where the reason is).
+BUILDER_LOG_LINES = 25
+
+
+def _with_builder_logs(message: str, before_error: list[str]) -> str:
+    """``message`` plus the output of each builder it says failed.
+
+    nix-build streams a builder's output before its ``error:`` line, which only names the
+    derivation; the reason (a stage script's message, the Python modules that
+    python3.withPackages could not import) is in those earlier lines. ``nix build`` already puts
+    the "last N log lines" in the error, so nothing is added there.
+    """
+    if "log lines:" in message:
+        return message
+    logs: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in before_error:
+        started = _BUILDING.match(line)
+        if started:
+            current = logs.setdefault(started.group(1), [])
+        elif current is not None and line.strip():
+            current.append(line)
+    out: list[str] = []
+    for line in message.splitlines():
+        out.append(line)
+        failed = _BUILDER_FAILED.search(line)
+        log = logs.pop(failed.group(1), [])[-BUILDER_LOG_LINES:] if failed else []
+        if log:
+            out.append(f"last {len(log)} log lines:")
+            out.extend(f"> {entry}" for entry in log)
+    return "\n".join(out)
 
 
 def _explain(message: str) -> str:
@@ -153,42 +281,123 @@ def _explain(message: str) -> str:
     return message
 
 
+def _run_nix(command: list[str]) -> subprocess.CompletedProcess[str]:
+    """Run a Nix build, once more when a builder was killed at random (see module doc)."""
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0 and "signal 9" in result.stderr:
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+    return result
+
+
+def _lab_file_command(source: LabSource, *, nixpkgs: str | None, run_slice: str | None,
+                      lab_args: tuple[LabArgument, ...]) -> list[str]:
+    command = [
+        _require_nix(), str(nix_entry_file()),
+        "--arg", "repxLabFile", str(source.lab_file),
+        *NIX_OPTIONS,
+    ]
+    if not any(arg.name == "gitHash" for arg in lab_args):
+        command += ["--argstr", "gitHash", git_hash(source.folder)]
+    if lab_args:
+        names = " ".join(json.dumps(arg.name) for arg in lab_args)
+        command += ["--arg", "repxLabArgNames", f"[ {names} ]"]
+        for arg in lab_args:
+            command += arg.nix_args()
+    if nixpkgs:
+        command += ["--arg", "repxNixpkgs", nixpkgs]
+    if run_slice:
+        command += ["--argstr", "repxSlice", run_slice]
+    return command
+
+
+def _flake_command(source: LabSource, *, nixpkgs: str | None, run_slice: str | None,
+                   lab_args: tuple[LabArgument, ...], impure: bool) -> list[str]:
+    if lab_args:
+        raise LabError(
+            f"{source}: --arg/--argstr go to a lab file's function; a flake lab takes its "
+            "arguments in flake.nix (build its lab.nix with -f to pass them)")
+    if nixpkgs:
+        raise LabError(
+            f"{source}: --nixpkgs applies to lab files; a flake chooses its package set "
+            "itself (e.g. an input `nixpkgs` and `import nixpkgs { inherit system; }`)")
+    nix = shutil.which("nix")
+    if nix is None:
+        raise RepxError("the `nix` command is not installed (flake labs need it): install Nix")
+    attr = source.flake_attr or DEFAULT_FLAKE_ATTR
+    if run_slice:
+        attr = f"{attr}.runs.{run_slice}"
+    command = [nix, *FLAKE_OPTIONS, "build", f"{source.folder}#{attr}", "--json",
+               *NIX_OPTIONS]
+    if impure:
+        command.append("--impure")
+    return command
+
+
+def _flake_hint(message: str, source: LabSource, impure: bool) -> str:
+    """Hints for the mistakes a flake lab meets first."""
+    pure_failure = re.search(r"currentSystem|access to (absolute )?path .* is forbidden in pure"
+                             r"|repx host package set: .* is not installed", message)
+    if pure_failure and not impure:
+        return (f"{message}\n\nhint: the flake evaluates something impure (such as the host "
+                "package set, repx.legacyPackages); build with --impure")
+    if re.search(r"/nix/store/[^/]+-source/.*(No such file|does not exist)", message):
+        return (f"{message}\n\nhint: in a git checkout, Nix sees only the files git tracks: "
+                f"`git add` the lab's files in {source.folder}")
+    if "does not provide attribute" in message:
+        return (f"{message}\n\nhint: the flake has no output '{source.flake_attr}' for this "
+                "system; name one with -f flake.nix#ATTR (e.g. packages.<system>.lab)")
+    return message
+
+
 def build_lab(
-    lab_file: Path,
+    source: LabSource | Path,
     *,
     out_link: Path | None = None,
     nixpkgs: str | None = None,
     run_slice: str | None = None,
     show_trace: bool = False,
+    lab_args: tuple[LabArgument, ...] = (),
+    impure: bool = False,
 ) -> Path:
-    """Build the lab of ``lab_file`` and return its store path (linked at ``out_link``)."""
-    nix_build = _require_nix()
-    command = [
-        nix_build, str(NIX_DIR / "entry.nix"),
-        "--arg", "labFile", str(lab_file),
-        "--argstr", "gitHash", git_hash(lab_file.parent),
-        *NIX_OPTIONS,
-    ]
-    if nixpkgs:
-        command += ["--arg", "nixpkgs", nixpkgs]
-    if run_slice:
-        command += ["--argstr", "slice", run_slice]
+    """Build the lab of ``source`` and return its store path (linked at ``out_link``).
+
+    A lab file goes through repx's own ``nix/entry.nix`` (nix-build); a flake is built with
+    ``nix build DIR#ATTR`` with the flake features switched on for this call only.
+    """
+    if isinstance(source, Path):
+        source = _source_for(source)
+    if source.is_flake:
+        command = _flake_command(source, nixpkgs=nixpkgs, run_slice=run_slice,
+                                 lab_args=lab_args, impure=impure)
+    else:
+        command = _lab_file_command(source, nixpkgs=nixpkgs, run_slice=run_slice,
+                                    lab_args=lab_args)
     if show_trace:
         command.append("--show-trace")
-    command += ["-o", str(out_link)] if out_link else ["--no-out-link"]
+    if source.is_flake:
+        command += ["-o", str(out_link)] if out_link else ["--no-link"]
+    else:
+        command += ["-o", str(out_link)] if out_link else ["--no-out-link"]
 
-    result = None
-    for _attempt in range(2):
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
-        if result.returncode == 0:
-            break
-        if "signal 9" not in result.stderr:
-            break
-    assert result is not None
+    result = _run_nix(command)
     if result.returncode != 0:
-        raise LabError(
-            f"building the lab {lab_file} failed:\n{_explain(summarize_nix_error(result.stderr))}",
-            detail=result.stderr,
-        )
-    store_path = result.stdout.strip().splitlines()[-1]
-    return Path(store_path)
+        message = _explain(summarize_nix_error(result.stderr))
+        if lab_args and "«string»" in message:
+            message += ("\n\nhint: the value of --arg is a Nix expression (as in "
+                        "`--arg count 3`); give a plain string with --argstr NAME VALUE")
+        if source.is_flake:
+            message = _flake_hint(message, source, impure)
+        raise LabError(f"building the lab {source} failed:\n{message}", detail=result.stderr)
+    if source.is_flake:
+        return _flake_out_path(result.stdout, source)
+    return Path(result.stdout.strip().splitlines()[-1])
+
+
+def _flake_out_path(stdout: str, source: LabSource) -> Path:
+    """The lab directory out of ``nix build --json`` (Nix 2.8 has no --print-out-paths)."""
+    try:
+        built = json.loads(stdout)
+        return Path(built[0]["outputs"]["out"])
+    except (ValueError, LookupError, TypeError) as error:
+        raise LabError(f"building the lab {source}: unexpected answer from nix build: "
+                       f"{stdout[:200]!r}") from error

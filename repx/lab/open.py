@@ -15,13 +15,18 @@ from repx.errors import LabError
 from repx.lab.blueprint import load_lab
 from repx.lab.expand import expand_lab
 from repx.lab.graph import JobGraph
-from repx.lab.nix import build_lab, find_lab_file, nixpkgs_path
+from repx.lab.nix import LabArgument, build_lab, find_lab_source, nixpkgs_path
 from repx.lab.script_checks import check_dynamic_outputs, lab_script_checks, validate_scripts
 
 
 @dataclass(frozen=True)
 class LabOptions:
-    """How to find the lab: a built directory, or a lab file to build (and how)."""
+    """How to find the lab: a built directory, or a lab file or flake to build (and how).
+
+    ``lab_file`` is a lab.nix, a flake.nix (optionally ``flake.nix#ATTR``) or a folder
+    holding one; ``lab_args`` go to a lab file's function; ``impure`` lets a flake
+    evaluate impure things such as the host package set.
+    """
 
     lab_dir: str | None = None
     lab_file: str | None = None
@@ -29,6 +34,8 @@ class LabOptions:
     out_link: str | None = "result"
     run_slice: str | None = None
     show_trace: bool = False
+    lab_args: tuple[LabArgument, ...] = ()
+    impure: bool = False
 
 
 def cache_dir() -> Path:
@@ -52,18 +59,20 @@ def locate_lab(options: LabOptions, cwd: Path | None = None) -> Path:
                 "build one with `repx lab build`"
             )
         return path
-    lab_file = find_lab_file(options.lab_file, base)
+    source = find_lab_source(options.lab_file, base)
     link = None
     if options.out_link:
         link = Path(options.out_link)
         if not link.is_absolute():
-            link = lab_file.parent / link
+            link = source.folder / link
     return build_lab(
-        lab_file,
+        source,
         out_link=link,
         nixpkgs=nixpkgs_path(options.nixpkgs),
         run_slice=options.run_slice,
         show_trace=options.show_trace,
+        lab_args=options.lab_args,
+        impure=options.impure,
     )
 
 

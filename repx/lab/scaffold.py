@@ -1,216 +1,127 @@
-"""``repx init``: a small working lab to start from.
+"""``repx init``: a small working lab to start from, optionally with a ``flake.nix``.
 
 The scaffold is the quickstart's first step, so it must build and run as it is, on a
 machine with nothing but the host package set: its stage scripts use only ``awk``
 (``pkgs.gawk``), pass shellcheck, and call no command their ``runDependencies`` do not
 provide. It is a real sweep (2 seeds × 2 sizes) so that ``repx build`` after changing one
-param visibly runs only the new jobs. The templates live here as strings rather than as
-package data: there are few of them and they must stay in step with this module's tests.
+param visibly runs only the new jobs.
+
+Its files have one source: the flake template ``nix/templates/default/`` (also the repx
+flake's ``templates.default``, for ``nix flake init -t``). The template is a complete lab
+written for a lab called :data:`TEMPLATE_NAME`, with a placeholder repx url in its
+``flake.nix``; ``repx init`` copies it, puts the lab's name in place of the template's,
+and with ``--flake`` writes the path of this machine's repx flake in place of the
+placeholder. Template-only comments (lines starting with :data:`TEMPLATE_COMMENT`) explain
+the placeholder to ``nix flake init`` users and are dropped by ``repx init``.
 """
 
 from __future__ import annotations
 
+import re
+import urllib.parse
 from pathlib import Path
 
-from repx.errors import UsageError
+from repx.errors import RepxError, UsageError
+from repx.lab.nix import FLAKE_DIR, NIX_DIR
 
-LAB_NIX = """\
-# The lab: every run of the experiment. `repx build` in this folder builds this file
-# with Nix (checking every stage script first) and runs the jobs not yet in ./.repx.
-{ pkgs, repx-lib, gitHash ? "unknown", ... }:
-let
-  # A run: a pipeline and the params it sweeps. The list is the runs it depends on.
-  sweep = repx-lib.callRun ./runs/sweep.nix [ ];
-in
-repx-lib.mkLab {
-  inherit pkgs repx-lib gitHash;
-  lab_version = "0.1.0";
-  runs = {
-    inherit sweep;
-  };
-}
-"""
+#: The flake template: the lab files and a flake.nix building them.
+TEMPLATE_DIR = NIX_DIR / "templates" / "default"
 
-RUN_NIX = """\
-# The run "sweep": the pipeline in ../pipelines/main.nix under every combination
-# of these params (the cartesian product: 2 seeds x 2 sizes = 4 combinations).
-# A plain key sets the param of every stage that declares it; "generate.n" (dot
-# notation: <stage pname>.<param>) sets it for the stage "generate" only.
-{ pkgs, repx-lib, ... }:
-{
-  name = "sweep";
-  pipelines = [ ../pipelines/main.nix ];
-  params = {
-    seed = [ 1 2 ];
-    "generate.n" = [ 100 1000 ];
-  };
-}
-"""
+#: The lab files ``repx init`` writes (every file of the template but flake.nix), in the
+#: order a reader meets them; tests check the template holds exactly these and flake.nix.
+LAB_FILES = (
+    "lab.nix",
+    "runs/sweep.nix",
+    "pipelines/main.nix",
+    "stages/generate.nix",
+    "stages/summarize.nix",
+    "README.md",
+    ".gitignore",
+)
 
-PIPELINE_NIX = """\
-# The pipeline: its stages and how their outputs feed each other's inputs.
-# `[ generate ]` maps generate's output "samples" to summarize's input of the
-# same name (write [ [ generate "samples" "other_name" ] ] to map it explicitly).
-{ repx, pkgs, ... }:
-repx.mkPipe rec {
-  generate = repx.callStage ../stages/generate.nix [ ];
-  summarize = repx.callStage ../stages/summarize.nix [ generate ];
-}
-"""
+#: What ``repx init --flake`` adds.
+FLAKE_FILE = "flake.nix"
 
-GENERATE_NIX = """\
-# Stage 1: n pseudo-random numbers in [0, 1) from a generator seeded with `seed`.
-# `params` are the defaults; the run overrides them. The same params always give
-# the same file, so a job's result depends only on what its id covers.
-{ pkgs }:
-{
-  pname = "generate";
-  version = "1.0";
+#: The name the template's lab is written with; ``repx init`` replaces every occurrence.
+TEMPLATE_NAME = "my-lab"
 
-  params = {
-    n = 100;
-    seed = 1;
-  };
+#: The template flake's repx url, replaced by ``path:`` + :data:`FLAKE_DIR`.
+REPX_URL_PLACEHOLDER = "path:/path/to/repx"
 
-  outputs = {
-    samples = "$out/samples.csv";
-  };
+#: Lines of the template meant for ``nix flake init`` users only.
+TEMPLATE_COMMENT = "# [template]"
 
-  # The commands the script calls; repx checks the script against this list.
-  runDependencies = [ pkgs.gawk ];
-
-  run = { outputs, params, ... }: ''
-    awk -v n="${toString params.n}" -v seed="${toString params.seed}" 'BEGIN {
-      print "i,value"
-      state = seed
-      for (i = 1; i <= n; i++) {
-        state = (state * 75 + 74) % 65537
-        printf "%d,%.6f\\n", i, state / 65537
-      }
-    }' > "${outputs.samples}"
-  '';
-}
-"""
-
-SUMMARIZE_NIX = """\
-# Stage 2: count, mean, min and max of the numbers generate wrote, as JSON.
-# It declares no params, so it runs once per generate job (4 jobs).
-{ pkgs }:
-{
-  pname = "summarize";
-  version = "1.0";
-
-  inputs = {
-    samples = "";  # required: provided by the pipeline (generate's "samples")
-  };
-
-  outputs = {
-    summary = "$out/summary.json";
-  };
-
-  runDependencies = [ pkgs.gawk ];
-
-  run = { inputs, outputs, ... }: ''
-    awk -F, 'NR > 1 {
-      k++; s += $2
-      if (k == 1 || $2 < lo) lo = $2
-      if (k == 1 || $2 > hi) hi = $2
-    }
-    END {
-      printf "{\\"count\\": %d, \\"mean\\": %.6f, ", k, s / k
-      printf "\\"min\\": %.6f, \\"max\\": %.6f}\\n", lo, hi
-    }' "${inputs.samples}" > "${outputs.summary}"
-  '';
-}
-"""
-
-README_MD = """\
-# A repx lab
-
-Made by `repx init`. It runs a small experiment: draw `n` pseudo-random numbers
-with a given `seed`, then summarize them, for 2 seeds x 2 sizes.
-
-```
-generate (n, seed) --samples.csv--> summarize --> summary.json
-```
-
-## Files
-
-- `lab.nix`: the lab, i.e. its runs (here one, `sweep`). `repx build` builds
-  this file.
-- `runs/sweep.nix`: the run: which pipeline, and the params it sweeps
-  (`seed = [ 1 2 ]` and `"generate.n" = [ 100 1000 ]`: 4 combinations).
-- `pipelines/main.nix`: the pipeline: its stages and how outputs feed inputs
-  (`summarize` reads the `samples` that `generate` writes).
-- `stages/generate.nix`: a stage: params with defaults, declared outputs,
-  `runDependencies` (the commands it may call) and the bash script.
-- `stages/summarize.nix`: a stage with a required input and no params.
-- `.gitignore`: keeps `result` (the built lab) and `.repx/` (the job store)
-  out of git.
-
-## Use it
-
-```sh
-repx build                      # build the lab, run its 8 jobs (4 generate, 4 summarize)
-repx status                     # jobs per run: succeeded, failed, not run
-repx list jobs                  # every job with its params
-repx show <job-id-prefix>       # one job: params, inputs, outputs, logs
-```
-
-Change a param, e.g. `seed = [ 1 2 3 ];` in `runs/sweep.nix`, and run
-`repx build` again: only the 4 new jobs run, the others are up to date in the
-store (`.repx/`). Outputs are in `.repx/outputs/<job-id>/out/`.
-
-Analyse the results in Python (`pip install 'repx[analysis]'` for pandas):
-
-```python
-from repx.analysis import Experiment
-
-exp = Experiment("result", store=".repx")
-print(exp.jobs(stage="summarize").to_dataframe())   # one row per job, params as columns
-print(exp.collect("summary"))                       # every summary.json, with its params
-```
-
-Stage scripts run under `set -euo pipefail` with `$out` as working directory and
-only their `runDependencies` (plus bash, coreutils, findutils, sed, grep and jq)
-on `PATH`; `repx build` refuses a script that calls anything else, or that
-shellcheck warns about.
-"""
-
-GITIGNORE = """\
-result
-result-*
-.repx/
-"""
-
-#: The files ``repx init`` writes, relative to the lab folder.
-FILES: dict[str, str] = {
-    "lab.nix": LAB_NIX,
-    "runs/sweep.nix": RUN_NIX,
-    "pipelines/main.nix": PIPELINE_NIX,
-    "stages/generate.nix": GENERATE_NIX,
-    "stages/summarize.nix": SUMMARIZE_NIX,
-    "README.md": README_MD,
-    ".gitignore": GITIGNORE,
-}
+#: A lab name: it appears in Nix strings and file headers, so a safe, plain word.
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-def init_lab(folder: Path, *, force: bool = False) -> list[Path]:
-    """Write the scaffold into ``folder`` (created if missing); return the files written.
+def check_name(name: str) -> str:
+    """``name`` if it is a valid lab name (letters, digits, ``-_.``), else a UsageError."""
+    if not _NAME.match(name):
+        raise UsageError(f"--name {name!r} is not a valid lab name: use letters, digits, "
+                         "'-', '_' and '.', starting with a letter or digit")
+    return name
+
+
+def default_name(folder: Path) -> str:
+    """The lab's name when none is given: its folder's name (``repx init my-lab`` makes the
+    lab ``my-lab``), made valid by turning other characters into ``-``."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", folder.resolve().name).lstrip("-._")
+    return cleaned if _NAME.match(cleaned) else TEMPLATE_NAME
+
+
+def repx_flake_url() -> str:
+    """The ``inputs.repx.url`` of a generated flake: this machine's repx flake, as a path
+    URL (works offline). Characters a URL or a Nix string cannot hold are percent-encoded."""
+    return "path:" + urllib.parse.quote(str(FLAKE_DIR), safe="/-_.~+")
+
+
+def _template_text(name: str) -> str:
+    path = TEMPLATE_DIR / name
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RepxError(
+            f"repx's lab template is incomplete: cannot read {path} ({exc.strerror}); "
+            "reinstall repx or run it from a full clone"
+        ) from exc
+
+
+def scaffold_files(name: str = TEMPLATE_NAME, *, flake: bool = False) -> dict[str, str]:
+    """The files ``repx init`` writes for a lab called ``name``: relative path -> text."""
+    check_name(name)
+    files = {path: _template_text(path).replace(TEMPLATE_NAME, name) for path in LAB_FILES}
+    if flake:
+        text = _template_text(FLAKE_FILE)
+        if REPX_URL_PLACEHOLDER not in text:
+            raise RepxError(f"{TEMPLATE_DIR / FLAKE_FILE} has no {REPX_URL_PLACEHOLDER} to "
+                            "replace with the repx flake's path")
+        lines = [line for line in text.splitlines(keepends=True)
+                 if not line.lstrip().startswith(TEMPLATE_COMMENT)]
+        files[FLAKE_FILE] = ("".join(lines).replace(TEMPLATE_NAME, name)
+                             .replace(REPX_URL_PLACEHOLDER, repx_flake_url()))
+    return files
+
+
+def init_lab(folder: Path, *, name: str | None = None, flake: bool = False,
+             force: bool = False) -> list[Path]:
+    """Write the scaffold (and with ``flake`` a flake.nix) into ``folder`` (created if
+    missing); return the files written. ``name`` defaults to the folder's name.
 
     Refuses (UsageError) when any of its files already exists, unless ``force``: a lab
     folder someone already worked in must not be overwritten by accident.
     """
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"{folder} exists and is not a folder")
-    existing = [name for name in FILES if (folder / name).exists()]
+    files = scaffold_files(default_name(folder) if name is None else name, flake=flake)
+    existing = [path for path in files if (folder / path).exists()]
     if existing and not force:
         raise UsageError(f"{folder} already has {', '.join(existing)}; choose an empty "
                          "folder, or pass --force to overwrite these files")
     written = []
-    for name, text in FILES.items():
-        path = folder / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-        written.append(path)
+    for path, text in files.items():
+        target = folder / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text, encoding="utf-8")
+        written.append(target)
     return written

@@ -26,6 +26,15 @@ rec {
 
   isDerivation = x: isAttrs x && (x.type or null) == "derivation";
 
+  # The system derivations are built for: the one the package set was made for
+  # (nixpkgs: stdenv.hostPlatform.system; the host set and plain sets: system).
+  # builtins.currentSystem is the last resort only, because pure evaluation
+  # (flakes) forbids it.
+  systemOf = pkgs:
+    pkgs.stdenv.hostPlatform.system or pkgs.system
+      or builtins.currentSystem
+      or (throw "repx: the package set given to mkLab names no system (pkgs.system or pkgs.stdenv.hostPlatform.system), and pure evaluation has no builtins.currentSystem; give the set a 'system' attribute.");
+
   # A readable rendering of a list of names for error messages: ["a","b"].
   showList = l: toJSON l;
 

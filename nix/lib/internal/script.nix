@@ -125,7 +125,7 @@ in
       fileName = u.storeName name;
       drv = builtins.derivation {
         name = drvName;
-        system = builtins.currentSystem;
+        system = u.systemOf pkgs;
         builder = "/bin/sh";
         PATH = "/usr/bin:/bin";
         args = [ "-c" ''mkdir -p "$out/bin" && cp "$textPath" "$out/bin/${fileName}" && chmod 555 "$out/bin/${fileName}"'' ];
