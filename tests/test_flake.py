@@ -307,3 +307,52 @@ def test_a_lab_argument_overrides_the_git_hash(make_lab) -> None:
     repx("lab", "build", "--argstr", "gitHash", "abc123", cwd=folder)
     manifest = json.loads((folder / "result" / "lab.json").read_text())
     assert manifest["git_hash"] == "abc123"
+
+
+# ------------------------------------------------------------------ the template
+
+
+def test_init_flake_template_builds_through_the_flake(repx_flake: Path, tmp_path: Path) -> None:
+    """`repx init --flake` writes a flake that builds the same jobs as its lab.nix."""
+    folder = tmp_path / "my-lab"
+    repx("init", str(folder), "--flake", "--name", "noise", cwd=tmp_path)
+    flake = (folder / "flake.nix").read_text()
+    assert 'inputs.repx.url = "path:' in flake
+    # The checkout itself (with its venv) is not copied into the Nix store: point the input
+    # at the copy of the flake source.
+    url = flake.split('inputs.repx.url = "', 1)[1].split('"', 1)[0]
+    (folder / "flake.nix").write_text(flake.replace(url, f"path:{repx_flake}"))
+
+    via_lab_file = job_ids(folder, "-f", "lab.nix")
+    via_flake = job_ids(folder, "-f", "flake.nix", "--impure")
+    assert via_flake == via_lab_file and len(via_flake) == 8
+    sliced = repx("lab", "build", "-f", "flake.nix#lab", "--run", "sweep", "--impure",
+                  "-o", "slice", cwd=folder)
+    assert "run sweep" in sliced.stdout
+
+
+def test_repx_flake_outputs(repx_flake: Path) -> None:
+    """The repx flake's outputs, evaluated purely: lib takes no package set, the template
+    and overlay are there."""
+    expr = f"""
+    let
+      repx = builtins.getFlake "path:{repx_flake}";
+      names = builtins.attrNames repx.lib;
+    in {{
+      inherit names;
+      lib_is_set = builtins.isAttrs repx.lib;
+      template = builtins.pathExists "${{repx.templates.default.path}}/flake.nix";
+      overlay = builtins.isFunction repx.overlays.default;
+      systems = builtins.attrNames repx.packages;
+    }}
+    """
+    result = subprocess.run(
+        ["nix", "--extra-experimental-features", "nix-command flakes", "eval", "--json",
+         "--impure", "--expr", expr],
+        capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert {"mkLab", "callRun", "mkRun", "mkUtils", "utils", "mkPipelineHelpers"} <= set(
+        data["names"])
+    assert data["lib_is_set"] and data["template"] and data["overlay"]
+    assert SYSTEM in data["systems"]

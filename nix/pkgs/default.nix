@@ -14,6 +14,9 @@
 #   * every derivation records the sha256 of each binary it links to, so its
 #     out path changes when the host binary changes.  Hashing is lazy: it only
 #     happens for packages whose derivation is actually instantiated.
+#   * python3.withPackages (ps: [ ps.numpy ... ]) gives the host python3 once
+#     its builder has imported every module, and otherwise fails the build
+#     naming the Debian and pip package of each missing one (see "Python").
 #
 # Nix builtins only: no nixpkgs lib.  See docs/host-packages.md.
 { system ? builtins.currentSystem
@@ -169,6 +172,10 @@ let
 
   hostPathText = concatStringsSep ":" (map toString hostPath);
 
+  # Pure evaluation (flakes without --impure) has no builtins.currentSystem,
+  # and there every host directory looks absent.
+  pureEval = !(builtins ? currentSystem);
+
   # Derivation names may only hold [A-Za-z0-9+._?=-].
   sanitizeName = s:
     if match "[A-Za-z0-9+._?=-]*" s != null then s
@@ -238,7 +245,11 @@ let
         repxHostBinaries = listToAttrs (map (l: { inherit (l) name; value = l.target; }) links);
       } // extra pkg;
     in
-    if present == [ ] then
+    if present == [ ] && pureEval then
+      throw ("repx host package set: 'pkgs.${attr}': Nix evaluates in pure mode (a flake "
+        + "without --impure), which hides the host's programs from the host package set; "
+        + "build with --impure.")
+    else if present == [ ] then
       throw ("repx host package set: 'pkgs.${attr}' is not installed on this machine "
         + "(looked for ${concatStringsSep ", " bins} in ${hostPathText}). "
         + "Install it (e.g. apt-get install ${debian}) or pass a real nixpkgs with --nixpkgs.")
@@ -280,10 +291,9 @@ let
       extra = self: {
         interpreter = "${self}/bin/python3";
         executable = "python3";
-        withPackages = _: throw ("repx host package set: 'pkgs.python3.withPackages' is not "
-          + "available with host packages. Install the Python packages on the host "
-          + "(apt-get install python3-<name>, or pip) and use pkgs.python3, or pass a real "
-          + "nixpkgs with --nixpkgs.");
+        # See "Python" below: the host python3 with modules checked to import.
+        withPackages = pythonWithPackages self;
+        pkgs = pythonPackages;
       };
     };
     gnutar = { bins = [ "tar" ]; debian = "tar"; };
@@ -491,6 +501,457 @@ let
     let f = if isFunction fn then fn else import fn; in
     f (builtins.intersectAttrs (builtins.functionArgs f) pkgs // args);
 
+  # ------------------------------------------------------------- Python ----
+
+  # python3.withPackages, and Python packages made from source for the host
+  # python3 (repx's own nix/package.nix).  The host set cannot build Python
+  # modules, so asking for one is a promise checked at build time: the
+  # builder imports every requested module with the host python3 and fails,
+  # naming the Debian package and the pip name of each one that does not
+  # import.  Rules:
+  #   * the result runs the host interpreter through a wrapper script that
+  #     exec's its host path (a symlink would not do: a virtualenv's python
+  #     finds its site-packages only when started through the venv's path),
+  #     and the check runs that same interpreter;
+  #   * user site-packages (~/.local) are off at build and at run time, as in
+  #     nixpkgs' Python environments: builders have no $HOME, so a module
+  #     found only there would pass one and fail the other;
+  #   * the out path follows the host python3 binary (through the host
+  #     python3 package, which hashes it) and the list of modules; it does not
+  #     follow the installed modules' versions, which Nix cannot see.
+
+  # nixpkgs' python3Packages attribute -> how the host provides the module:
+  #   import: the module to import (default: the attribute, "-" -> "_")
+  #   debian: the Debian package (default "python3-<attribute>"; null: none
+  #           in Debian 12)
+  #   pip:    the name on PyPI (default: the attribute)
+  pythonModuleTable = {
+    # numbers, tables, plots
+    numpy = { };
+    scipy = { };
+    pandas = { };
+    polars = { debian = null; };
+    pyarrow = { debian = null; };
+    matplotlib = { };
+    seaborn = { };
+    plotly = { };
+    bokeh = { debian = null; };
+    altair = { };
+    statsmodels = { };
+    scikit-learn = { import = "sklearn"; debian = "python3-sklearn"; };
+    scikit-image = { import = "skimage"; debian = "python3-skimage"; };
+    sympy = { };
+    mpmath = { };
+    numba = { };
+    numexpr = { };
+    xarray = { };
+    dask = { };
+    joblib = { };
+    networkx = { };
+    igraph = { };
+    pywavelets = { import = "pywt"; debian = "python3-pywt"; pip = "PyWavelets"; };
+    emcee = { };
+    astropy = { };
+    biopython = { import = "Bio"; };
+    pysam = { };
+    shapely = { };
+    pyproj = { };
+    gdal = { import = "osgeo"; pip = "GDAL"; };
+    torch = { };
+    jax = { debian = null; };
+    opencv4 = { import = "cv2"; debian = "python3-opencv"; pip = "opencv-python"; };
+    # data files and formats
+    h5py = { };
+    netcdf4 = { import = "netCDF4"; pip = "netCDF4"; };
+    tables = { };
+    zarr = { };
+    fsspec = { };
+    openpyxl = { };
+    xlrd = { };
+    xlsxwriter = { };
+    pillow = { import = "PIL"; debian = "python3-pil"; };
+    imageio = { };
+    tifffile = { };
+    pyyaml = { import = "yaml"; debian = "python3-yaml"; };
+    toml = { };
+    tomli = { };
+    tomlkit = { };
+    jsonschema = { };
+    msgpack = { };
+    lmdb = { };
+    sqlalchemy = { };
+    lxml = { };
+    beautifulsoup4 = { import = "bs4"; debian = "python3-bs4"; };
+    simplejson = { };
+    ujson = { };
+    orjson = { debian = null; };
+    protobuf = { import = "google.protobuf"; };
+    zstandard = { };
+    lz4 = { };
+    blake3 = { debian = null; };
+    # programs, services, text
+    requests = { };
+    click = { };
+    rich = { };
+    tqdm = { };
+    tabulate = { };
+    colorama = { };
+    termcolor = { };
+    jinja2 = { };
+    markdown = { };
+    pygments = { };
+    docutils = { };
+    sphinx = { };
+    psutil = { };
+    pexpect = { };
+    paramiko = { };
+    cryptography = { };
+    pyzmq = { import = "zmq"; debian = "python3-zmq"; };
+    mpi4py = { };
+    pyserial = { import = "serial"; debian = "python3-serial"; };
+    boto3 = { };
+    doit = { };
+    bashlex = { debian = null; };
+    tree-sitter = { debian = null; };
+    tree-sitter-bash = { debian = null; };
+    pydot = { };
+    pygraphviz = { };
+    tkinter = { debian = "python3-tk"; pip = null; };
+    pyqt5 = { import = "PyQt5"; pip = "PyQt5"; };
+    # the language and its tools
+    attrs = { import = "attr"; debian = "python3-attr"; };
+    pydantic = { };
+    six = { };
+    python-dateutil = { import = "dateutil"; debian = "python3-dateutil"; };
+    pytz = { debian = "python3-tz"; };
+    regex = { };
+    natsort = { };
+    toolz = { };
+    more-itertools = { };
+    cloudpickle = { };
+    typing-extensions = { };
+    packaging = { };
+    filelock = { };
+    platformdirs = { };
+    cffi = { };
+    cython = { import = "Cython"; debian = "cython3"; };
+    pybind11 = { };
+    setuptools = { };
+    pip = { };
+    wheel = { };
+    pytest = { };
+    pytest-xdist = { import = "xdist"; };
+    pytest-cov = { import = "pytest_cov"; };
+    hypothesis = { };
+    coverage = { };
+    mypy = { };
+    flake8 = { };
+    black = { debian = "black"; };
+    ipython = { import = "IPython"; };
+    ipykernel = { };
+    jupyter-core = { };
+    nbformat = { };
+    nbconvert = { };
+    notebook = { };
+  };
+
+  pythonModule = attr: spec: {
+    repxPythonModule = true;
+    pname = attr;
+    importName = spec.import or (replaceStrings [ "-" ] [ "_" ] attr);
+    debian = if spec ? debian then spec.debian else "python3-" + attr;
+    pip = if spec ? pip then spec.pip else attr;
+  };
+
+  pythonModules = mapAttrs pythonModule pythonModuleTable;
+
+  # `ps` of python3.withPackages (and python3.pkgs, python3Packages).  Nix has
+  # no hook for a missing attribute, so only the table's names exist.
+  pythonPackages = pythonModules // { python = named.python3; };
+
+  # A module named by its PyPI name (a pyproject.toml dependency): the
+  # table's entry under its normalized name (PEP 503, as nixpkgs names them),
+  # else the import name guessed the usual way and no Debian package.
+  pythonModuleByPipName = pipName:
+    let
+      bare = head (match "[[:space:]]*([A-Za-z0-9][A-Za-z0-9._-]*).*" pipName);
+      attr = replaceStrings [ "_" "." ] [ "-" "-" ] (lib.toLower bare);
+    in
+    pythonModules.${attr} or (pythonModule attr { debian = null; pip = bare; });
+
+  describeValue = x:
+    if lib.isString x then "the string ${builtins.toJSON x}"
+    else if builtins.isAttrs x then
+      let names = attrNames x; in
+      "a set with attributes " + concatStringsSep ", "
+        (genList (builtins.elemAt names) (lib.min 6 (length names)))
+        + (if length names > 6 then ", ..." else "")
+    else "a ${builtins.typeOf x}";
+
+  # What one element of a package list asks for: modules to import, and
+  # derivations whose site-packages go on PYTHONPATH.
+  pythonRequirement = what: index: x:
+    if builtins.isAttrs x && (x.repxPythonModule or false) then { modules = [ x ]; packages = [ ]; }
+    else if lib.isDerivation x then
+      { modules = x.repxPython.modules or [ ]; packages = [ x ] ++ (x.repxPython.packages or [ ]); }
+    else throw ("repx host package set: ${what}: element ${toString (index + 1)} of the "
+      + "package list is ${describeValue x}, not a Python package; name modules as ps.NAME "
+      + "(e.g. ps.numpy; the names are in nix/pkgs/default.nix), or give a derivation "
+      + "that has lib/python3/site-packages.");
+
+  # Imports every module of $checkRequest (JSON) with the running
+  # interpreter; on failure prints one line per module saying how to install
+  # it, and exits 1.  Written for any Python 3.
+  pythonCheckProgram = ''
+    import importlib, json, os, sys
+    request = json.loads(os.environ["checkRequest"])
+    version = "%d.%d.%d" % tuple(sys.version_info[:3])
+    where = "the host python3 %s (Python %s)" % (request["interpreter"], version)
+    minimum = request["minimumPython"]
+    if minimum and tuple(sys.version_info[:len(minimum)]) < tuple(minimum):
+        sys.stderr.write("repx host package set: %s needs Python %s or newer; %s is too old.\n"
+                         "Install a newer python3, or pass a real nixpkgs with --nixpkgs.\n"
+                         % (request["what"], ".".join(map(str, minimum)), where))
+        sys.exit(1)
+    problems = []
+    for module in request["modules"]:
+        name = module["importName"]
+        try:
+            importlib.import_module(name)
+        except Exception as error:
+            # "No module named X" for the module (or its parent) itself says
+            # all; any other error means it is there but broken: show it.
+            missing = getattr(error, "name", None) or "?"
+            absent = isinstance(error, ImportError) and (
+                name == missing or name.startswith(missing + "."))
+            label = module["pname"]
+            if name != label.replace("-", "_"):
+                label += " (import " + name + ")"
+            ways = []
+            if module["debian"]:
+                ways.append("apt-get install " + module["debian"])
+            if module["pip"]:
+                ways.append("pip install " + module["pip"])
+            how = " or ".join(ways)
+            failure = "%s: %s" % (type(error).__name__, error)
+            if not ways:
+                how = "part of this package, but importing it fails: " + failure
+            elif not absent:
+                how += " (it is installed, but importing it fails: %s)" % failure
+            problems.append("%s: %s" % (label, how))
+    if problems:
+        sys.stderr.write("repx host package set: %s: these Python modules do not import "
+                         "with %s:\n" % (request["what"], where))
+        for line in problems:
+            sys.stderr.write("  " + line + "\n")
+        sys.stderr.write("Install them for that python3, or pass a real nixpkgs with --nixpkgs.\n")
+        sys.exit(1)
+  '';
+
+  # The builder of withPackages environments and host Python packages.
+  #   install:    shell run before the check, with $site =
+  #               $out/lib/python3/site-packages (a package copies its
+  #               sources there and puts $site on $pythonpath)
+  #   afterCheck: shell run after the check passed
+  #   wrappers:   shell that writes $out/bin with `write_wrapper FILE ARGS`,
+  #               a script that exec's the host python3 with ARGS (shell
+  #               words, already quoted) and the package's PYTHONPATH
+  #   env:        more derivation attributes (the builder's environment)
+  mkHostPython =
+    { name, what, python3, modules, packages, description, wrappers
+    , install ? "", afterCheck ? "", minimumPython ? null, env ? { }
+    , passthru ? { }, meta ? { } }:
+    let
+      interpreter = python3.repxHostBinaries.python3 or (throw ("repx host package set: "
+        + "${what}: the host python3 package has no python3 program (only "
+        + concatStringsSep ", " (attrNames python3.repxHostBinaries) + ")."));
+      script = ''
+        set -e
+        # Builders run as Nix's build users (build-users-group): an
+        # interpreter under a private home (/root/.pyenv ...) is out of reach.
+        if [ ! -x "$hostPython" ]; then
+          echo "repx host package set: $what: the Nix builder (user $(id -un)) cannot run the host python3 $hostPython: Nix builds run as the build users, so the interpreter and its directories must be readable and executable by them (a home directory such as /root is private); use a python3 outside it, or pass a real nixpkgs with --nixpkgs." >&2
+          exit 1
+        fi
+        pythonpath=
+        for pkg in $pythonPackages; do
+          found=
+          for dir in "$pkg"/lib/python3/site-packages "$pkg"/lib/python3.*/site-packages; do
+            if [ -d "$dir" ]; then pythonpath="$pythonpath''${pythonpath:+:}$dir"; found=1; fi
+          done
+          if [ -z "$found" ]; then
+            echo "repx host package set: $what: $pkg has no lib/python3/site-packages, so it is not a Python package" >&2
+            exit 1
+          fi
+        done
+        site="$out/lib/python3/site-packages"
+        ${install}
+        (
+          if [ -n "$pythonpath" ]; then export PYTHONPATH="$pythonpath"; fi
+          export PYTHONNOUSERSITE=1 PYTHONDONTWRITEBYTECODE=1
+          "$hostPython" -c "$checkProgram"
+        )
+        ${afterCheck}
+        write_wrapper() {
+          {
+            echo '#!/bin/sh'
+            echo "# $description"
+            if [ -n "$pythonpath" ]; then
+              echo "PYTHONPATH='$pythonpath'\''${PYTHONPATH:+:\"\$PYTHONPATH\"}"
+              echo 'export PYTHONPATH'
+            fi
+            echo 'PYTHONNOUSERSITE=1'
+            echo 'export PYTHONNOUSERSITE'
+            printf 'exec %s %s"$@"\n' "$hostPythonQuoted" "$2"
+          } > "$1"
+          chmod +x "$1"
+        }
+        mkdir -p "$out/bin"
+        ${wrappers}
+      '';
+      drv = derivation (env // {
+        inherit name system what description;
+        builder = "/bin/sh";
+        args = [ "-c" script ];
+        PATH = buildPATH;
+        hostPython = interpreter;
+        hostPythonQuoted = escapeShellArg interpreter;
+        # The host python3 package: its derivation hashes the binary, so this
+        # out path changes with it.
+        hostPythonPackage = python3;
+        pythonPackages = packages;
+        checkProgram = pythonCheckProgram;
+        checkRequest = builtins.toJSON {
+          inherit what interpreter minimumPython;
+          modules = map (m: { inherit (m) pname importName debian pip; }) modules;
+        };
+        preferLocalBuild = true;
+        allowSubstitutes = false;
+      });
+    in
+    addPassthru drv passthru meta;
+
+  pythonWithPackages = python3: f:
+    let
+      what = "pkgs.python3.withPackages";
+      requested =
+        if isFunction f then f pythonPackages
+        else throw ("repx host package set: ${what} takes a function of the package set, "
+          + "e.g. python3.withPackages (ps: [ ps.numpy ps.pandas ]); it was given "
+          + describeValue f + ".");
+      list =
+        if lib.isList requested then requested
+        else throw ("repx host package set: ${what}: the function must return a list of "
+          + "packages, e.g. (ps: [ ps.numpy ]); it returned ${describeValue requested}.");
+      requirements = lib.imap0 (pythonRequirement what) list;
+      modules = lib.unique (concatMap (r: r.modules) requirements);
+      packages = lib.unique (concatMap (r: r.packages) requirements);
+      names = map (p: p.pname or p.name) packages
+        ++ map (m: m.pname) (filter (m: m.pip != null || m.debian != null) modules);
+      env = mkHostPython {
+        name = "host-python3-env";
+        inherit what python3 modules packages;
+        description = "host python3 with "
+          + (if names == [ ] then "no other modules" else concatStringsSep ", " names)
+          + " (repx host package set)";
+        wrappers = ''
+          write_wrapper "$out/bin/python3" ""
+          ln -s python3 "$out/bin/python"
+          minor=$("$hostPython" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+          ln -s python3 "$out/bin/python$minor"
+        '';
+        passthru = {
+          pname = "python3-env";
+          version = "host";
+          interpreter = "${env}/bin/python3";
+          executable = "python3";
+          sitePackages = "lib/python3/site-packages";
+          pkgs = pythonPackages;
+          withPackages = _: throw ("repx host package set: withPackages on the result of "
+            + "withPackages is not supported; list every package in one "
+            + "python3.withPackages call.");
+          repxPython = { inherit modules packages; };
+        };
+        meta = {
+          mainProgram = "python3";
+          description = "Host python3 with checked modules: ${concatStringsSep ", " names}";
+        };
+      };
+    in
+    env;
+
+  # repx-internal (nix/package.nix): a Python package from source for the
+  # host python3.  `modules` are the top-level module folders (or .py files)
+  # of `src` copied into $out/lib/python3/site-packages; `dependencies` are
+  # PyPI names (or ps.NAME specs, or host Python package derivations) that
+  # must import; `scripts` maps a program name to "module:function".
+  hostPythonPackage =
+    { pname, version, src, modules, dependencies ? [ ], scripts ? { }
+    , minimumPython ? null, postInstall ? "", python3 ? named.python3, meta ? { } }:
+    let
+      what = "${pname} ${version} (a Python package for the host python3)";
+      requirements = lib.imap0 (pythonRequirement what)
+        (map (d: if lib.isString d then pythonModuleByPipName d else d) dependencies);
+      dependencyModules = lib.unique (concatMap (r: r.modules) requirements);
+      dependencyPackages = lib.unique (concatMap (r: r.packages) requirements);
+      ownModules = map
+        (m: pythonModule (lib.removeSuffix ".py" m) { debian = null; pip = null; })
+        modules;
+      # A -c program, not a script with a shebang: the wrapper must set
+      # PYTHONPATH for the interpreter and everything it starts.
+      scriptCode = programName: entry:
+        let parts = lib.splitString ":" entry; in
+        if length parts != 2
+        then throw ("repx host package set: ${what}: script ${programName}: entry point "
+          + "${builtins.toJSON entry} is not \"module:function\".")
+        else ''
+          import sys
+          # -c puts the working directory first on sys.path: a click.py there
+          # would shadow the real module.
+          if sys.path[:1] == [""]:
+              del sys.path[0]
+          sys.argv[0] = ${builtins.toJSON programName}
+          from ${head parts} import ${lib.last parts}
+          sys.exit(${lib.last parts}())
+        '';
+      pkg = mkHostPython {
+        name = "host-${sanitizeName pname}-${version}";
+        inherit what python3 minimumPython;
+        modules = dependencyModules ++ ownModules;
+        packages = dependencyPackages;
+        description = "${pname} ${version} for the host python3 (repx host package set)";
+        env = { packageSource = src; };
+        install = ''
+          mkdir -p "$site"
+          for module in ${lib.escapeShellArgs modules}; do
+            cp -R "$packageSource/$module" "$site/"
+          done
+          chmod -R u+w "$site"
+          pythonpath="$site''${pythonpath:+:$pythonpath}"
+        '';
+        # Byte-compiled once here: the store is read-only, so Python could not
+        # cache them at run time.  Hash-based .pyc files, because Nix resets
+        # every file's mtime.  postInstall comes after, so that it can add
+        # links (into other store paths) that compileall must not walk.
+        afterCheck = ''
+          "$hostPython" -m compileall -q --invalidation-mode unchecked-hash "$site" >&2
+          ${postInstall}
+        '';
+        wrappers = concatMapStrings
+          (programName: "write_wrapper \"$out/bin/\"${escapeShellArg programName} "
+            + escapeShellArg ("-c " + escapeShellArg (scriptCode programName scripts.${programName}) + " ")
+            + "\n")
+          (attrNames scripts);
+        passthru = {
+          inherit pname version;
+          sitePackages = "lib/python3/site-packages";
+          repxPython = { modules = dependencyModules ++ ownModules; packages = dependencyPackages; };
+        };
+        meta = { mainProgram = pname; } // meta;
+      };
+    in
+    pkg;
+
   helpers = {
     inherit lib system runCommand runCommandLocal writeTextFile writeText
       writeTextDir writeScript writeScriptBin writeShellScript
@@ -499,6 +960,9 @@ let
     runCommandCC = runCommand;
     pkgs = pkgs;
     hostPath = hostPath;
+    python3Packages = pythonPackages;
+    # repx-internal: nix/package.nix builds repx with it on this set.
+    __repxHostPythonPackage = hostPythonPackage;
     # Marker so repx can recognise this set (and explain "attribute missing").
     __repxHostPackageSet = true;
     # Named packages: which binaries they look for and whether any is here.
