@@ -31,6 +31,10 @@ system-deps:
 	command -v nix-build >/dev/null 2>&1 || need+=(nix-bin); \
 	command -v shellcheck >/dev/null 2>&1 || need+=(shellcheck); \
 	command -v dot >/dev/null 2>&1 || need+=(graphviz); \
+	command -v patchelf >/dev/null 2>&1 || need+=(patchelf); \
+	command -v bwrap >/dev/null 2>&1 || need+=(bubblewrap); \
+	command -v podman >/dev/null 2>&1 || need+=(podman); \
+	command -v runc >/dev/null 2>&1 || need+=(runc); \
 	if (( $${#need[@]} )); then \
 	  if [[ $$(id -u) -ne 0 ]]; then \
 	    echo "make setup: missing $${need[*]}; run as root (or install them) first" >&2; exit 1; \

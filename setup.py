@@ -32,8 +32,9 @@ SOURCE_ROOT = Path(__file__).resolve().parent
 #: package's readme, so the copied project still builds with pip.
 FLAKE_FILES = ("flake.nix", "pyproject.toml", "README.md")
 
-#: Top-level folders of the flake source, copied whole (minus the ignored names).
-FLAKE_TREES = ("nix", "repx")
+#: Top-level folders of the flake source, copied whole (minus the ignored names): the Nix
+#: library and the Python packages nix/package.nix builds pkgs.repx from.
+FLAKE_TREES = ("nix", "repx", "repx_py")
 
 #: Names never copied: caches, build metadata, and the copy itself.
 IGNORED_NAMES = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", "*.egg-info", "_flake")

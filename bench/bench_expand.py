@@ -98,7 +98,7 @@ def timed(func, repeat: int = 3) -> float:
 
 def nix(command: str, lab_file: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [command, str(NIX_DIR / "entry.nix"), "--arg", "labFile", str(lab_file), *NIX_OPTIONS,
+        [command, str(NIX_DIR / "entry.nix"), "--arg", "repxLabFile", str(lab_file), *NIX_OPTIONS,
          *(["--no-out-link"] if command == "nix-build" else [])],
         capture_output=True, text=True, check=True,
     )

@@ -27,7 +27,8 @@
 #     $out/bin/repx runs that python3 with them.  The build checks that the
 #     host python3 imports every dependency, and fails naming the pip (and
 #     Debian) package of each one that does not.  The result also works in
-#     `python3.withPackages (ps: [ pkgs.repx ])`.  See docs/host-packages.md.
+#     `python3.withPackages (ps: [ pkgs.repx ])`, which imports repx and repx_py.
+#     See docs/host-packages.md.
 { pkgs, src, python3 ? pkgs.python3 }:
 
 let
@@ -41,7 +42,7 @@ let
   # Only what a build of repx reads (the files setup.py copies into a wheel,
   # and what pip needs to build one), minus caches: a checkout's .venv, build
   # leftovers and test output never reach the store.
-  topLevel = [ "repx" "nix" "pyproject.toml" "setup.py" "MANIFEST.in" "README.md" "flake.nix" "flake.lock" ];
+  topLevel = [ "repx" "repx_py" "nix" "pyproject.toml" "setup.py" "MANIFEST.in" "README.md" "flake.nix" "flake.lock" ];
   inherit (pkgs.lib) hasSuffix;
   ignored = name:
     elem name [ "__pycache__" "_flake" ]
@@ -98,7 +99,7 @@ let
       # daemon); shellcheck and bash validate stage scripts and are taken
       # from nixpkgs only when the machine has none.
       makeWrapperArgs = [ "--suffix" "PATH" ":" (pkgs.lib.makeBinPath [ pkgs.shellcheck pkgs.bash ]) ];
-      pythonImportsCheck = [ "repx" "repx.cli" ];
+      pythonImportsCheck = [ "repx" "repx.cli" "repx_py" ];
       # The test suite needs Nix builds (and a SLURM cluster): run it from a
       # checkout, not inside a Nix build.
       doCheck = false;
@@ -114,7 +115,8 @@ let
     pname = "repx";
     inherit version python3 minimumPython;
     src = source;
-    modules = [ "repx" ];
+    # repx_py: the original RepX's analysis API (`import repx_py`), over repx.analysis.
+    modules = [ "repx" "repx_py" ];
     dependencies = project.dependencies;
     scripts = project.scripts;
     # repx finds its Nix library at repx/_flake when installed (see

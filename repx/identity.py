@@ -85,11 +85,13 @@ def job_id(parts: object, pname: str, version: str) -> str:
 #      "upstream":  [[producer job id, [[source, target], ...]], ...]}   in deps order
 #
 # and nothing else: never resources, undeclared params, git hash, lab version or group
-# names. In "pure" mode the resolved output templates are hashed too: one script serves a
-# whole stage, so a dynamic ``outputs`` function is not captured by the script's path, and
-# a job that writes elsewhere must not reuse an old record. Expansion hashes millions of
-# these, so it feeds the constant head (code, files, inter_run) to a hasher once per stage
-# and the per-job tail (params, upstream) per job; both halves are spelled only here.
+# names. The scripts are the job's own (a ``run`` whose text depends on param values has
+# one per combination). In "pure" mode the resolved output templates are hashed too: one
+# script usually serves a whole stage, so a dynamic ``outputs`` function is not captured by
+# the script's path, and a job that writes elsewhere must not reuse an old record.
+# Expansion hashes millions of these, so it feeds the constant head (code, files,
+# inter_run) to a hasher once per stage and the per-job tail (params, upstream) per job;
+# both halves are spelled only here.
 
 
 def code_part(hash_mode: str, executables: dict[str, Any], outputs: Any, pname: str,
@@ -118,7 +120,7 @@ def identity_parts(job: Job) -> dict[str, Any]:
     """The object whose canonical JSON gives ``job.id`` (``repx`` tracing and tests)."""
     st = job.stage_def
     return {
-        "code": code_part(job.hash_mode, st.executables, job.outputs, job.pname, job.version),
+        "code": code_part(job.hash_mode, job.executables, job.outputs, job.pname, job.version),
         "files": {k: v["file"] for k, v in job.inputs.items() if "file" in v},
         "inter_run": [[ir.run, ir.type, job.inputs[ir.target]["jobs"]] for ir in st.inter_run],
         "params": job.params,

@@ -342,7 +342,8 @@ def test_the_same_api_inside_an_analysis_stage_from_its_manifest(
         rows = table.load_json("table")
         manifest = table.stderr_log.parent / "metadata__sim.json"
         expected = exp.collect("result", run="sim")
-    # seed lives in the upstream draw job: the stage found it through inputs.json.
+    # seed lives in the upstream draw job: the stage found it through the manifest's
+    # input mappings.
     assert rows == [{"seed": s, "params": {}, "square": (s * 7 % 5) ** 2, "status": "succeeded"}
                     for s in (1, 2, 3)]
 

@@ -279,9 +279,9 @@ def test_each_job_has_its_own_logs_never_interleaved(tmp_path: Path) -> None:
         stderr = (meta / "stderr.log").read_text().splitlines()
         errs = [line for line in stderr if line.startswith("err ")]
         assert errs == [f"err {i} {k}" for k in range(1, 301)]
-        # The xtrace lines are this job's too.
-        traced = [line for line in stderr if line.startswith("++ echo 'out ")]
-        assert traced and all(line.startswith(f"++ echo 'out {i} ") for line in traced)
+        # The xtrace lines are this job's too (one "+": the body runs inline, not in eval).
+        traced = [line for line in stderr if line.startswith("+ echo 'out ")]
+        assert traced and all(line.startswith(f"+ echo 'out {i} ") for line in traced)
 
 
 WAITER = """

@@ -119,8 +119,9 @@ def make(tmp_path: Path, *, failing: bool) -> tuple[Path, Path, Path]:
 
 
 def manifest_statuses(store: Path, job: dict) -> dict[int, str]:
-    entries = json.loads((out_dir(store, job["id"]) / "manifest.json").read_text())
-    return {entry["params"]["i"]: entry["status"] for entry in entries}
+    manifest = json.loads((out_dir(store, job["id"]) / "manifest.json").read_text())
+    assert manifest["type"] == "run" and manifest["name"] == "first"
+    return {entry["params"]["i"]: entry["status"] for entry in manifest["jobs"].values()}
 
 
 @pytest.mark.nix

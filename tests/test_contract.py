@@ -19,6 +19,7 @@ from repx.engine.contract import (
 )
 from repx.engine.slurm.scheduler import wrapper_script
 from repx.errors import LabError
+from repx.lab.outputs import OUTPUT_RULE
 from repx.store import StoreError, layout
 from repx.store.layout import JobFolders, read_units, unit_ids, units_manifest
 
@@ -50,14 +51,40 @@ def test_resolve_relative_template() -> None:
     assert resolve_output("file.txt", OUT, job="j", name="n") == OUT + "/file.txt"
 
 
-def test_resolve_absolute_template_taken_as_written() -> None:
-    """An absolute template is used as written."""
-    assert resolve_output("/abs/p", OUT, job="j", name="n") == "/abs/p"
+@pytest.mark.parametrize(("template", "path"), [
+    ("$out/a/../b", "/b"),
+    ("$out/./x", "/x"),
+    ("$out//x", "/x"),
+    ("a//b/", "/a/b"),
+    ("x/..", ""),
+    ("$out/", ""),
+])
+def test_resolve_normalises_to_a_path_under_out(template: str, path: str) -> None:
+    """``.``, ``..`` that stays inside and doubled slashes resolve to the plain path."""
+    assert resolve_output(template, OUT, job="j", name="n") == OUT + path
 
 
-def test_resolve_out_is_a_whole_word() -> None:
-    """``$outer`` is not ``$out``: it is a relative name under ``out/``."""
-    assert resolve_output("$outer", OUT, job="j", name="n") == OUT + "/$outer"
+@pytest.mark.parametrize(("template", "problem"), [
+    ("/abs/p", "is an absolute path"),
+    ("/etc/passwd", "is an absolute path"),
+    ("$out/../../escape", "climbs out of the job's $out folder"),
+    ("../x", "climbs out of the job's $out folder"),
+    ("a/../../x", "climbs out of the job's $out folder"),
+    ("$outer", "holds a shell expansion"),
+    ("$HOME/x", "holds a shell expansion"),
+    ("$out/`id`", "holds a shell expansion"),
+    ("~/x", "holds a shell expansion"),
+    ("", "is empty"),
+])
+def test_resolve_rejects_a_template_outside_out(template: str, problem: str) -> None:
+    """A template that does not name a file of the job's ``out/`` is a lab error naming
+    the job, the output, what is wrong and the rule."""
+    with pytest.raises(LabError) as info:
+        resolve_output(template, OUT, job="abc-job-1", name="table")
+    message = info.value.message
+    assert "abc-job-1" in message and "'table'" in message
+    assert problem in message
+    assert OUTPUT_RULE in message
 
 
 @pytest.mark.parametrize("template", [None, 3, ["$out"], {"a": 1}])
@@ -72,22 +99,25 @@ def test_resolve_non_string_raises_lab_error(template: object) -> None:
 # ------------------------------------------------------------------------ declared_outputs
 
 
-def test_declared_outputs_resolves_paths_and_skips_others() -> None:
-    """Every string output is resolved; non-string outputs are left out."""
+def test_declared_outputs_resolves_paths_and_skips_the_scatter_shape() -> None:
+    """Every path output is resolved; a scatter's ``worker__arg`` shape is left out."""
     outputs = {
         "data": "$out/data.csv",
         "dir": "${out}",
         "rel": "plots/a.png",
-        "abs": "/elsewhere/x",
         "worker__arg": {"shape": ["a", "b"]},
-        "count": 3,
     }
     assert declared_outputs(outputs, OUT, "j") == {
         "data": OUT + "/data.csv",
         "dir": OUT,
         "rel": OUT + "/plots/a.png",
-        "abs": "/elsewhere/x",
     }
+
+
+def test_declared_outputs_rejects_other_non_paths() -> None:
+    """Any other non-string output is a lab error, not silently dropped."""
+    with pytest.raises(LabError, match="'count' = 3 is not a path template but a number"):
+        declared_outputs({"data": "$out/d", "count": 3}, OUT, "j")
 
 
 def test_declared_outputs_empty() -> None:
@@ -194,7 +224,7 @@ def test_wrapper_uses_job_folder_names() -> None:
     for name in (layout.INPUTS_JSON, layout.PARAMS_JSON, layout.STDOUT_LOG,
                  layout.STDERR_LOG, layout.EXIT_CODE):
         assert f'"{meta}/{name}"' in text, name
-    assert f'mkdir -p "$job/{layout.OUT}" "{meta}"' in text
+    assert f'for dir in "$job" "$job/{layout.OUT}" "{meta}"; do' in text
     assert f'> "{meta}/{layout.INPUTS_JSON}"' in text
     assert f'> "{meta}/{layout.PARAMS_JSON}"' in text
     assert f'echo "$code" > "{meta}/{layout.EXIT_CODE}"' in text

@@ -671,12 +671,15 @@ def test_loaded_shapes_and_to_dict(tmp_path: Path) -> None:
 def test_render_body() -> None:
     from repx.lab.blueprint import Executable
 
-    e = Executable("main", "/s", "run --lr __repx_param_lr__ --lr_x __repx_param_lr_x__ "
-                   "--f __repx_param_flag__ --n __repx_param_none__ --g __repx_param_f__",
+    # params.<p> renders to the bash expansion ${params["<p>"]}; render_body puts in the text
+    # bash holds at run time (JSON text for numbers and booleans, null empty).
+    e = Executable("main", "/s", 'run --lr ${params["lr"]} --lr_x ${params["lr_x"]} '
+                   '--f ${params["flag"]} --n ${params["none"]} --g ${params["f"]}',
                    (), {}, {}, None)
     out = render_body(e, {"lr": 0.001, "lr_x": "a b", "flag": True, "none": None, "f": False})
     assert out == "run --lr 0.001 --lr_x a b --f true --n  --g false"
-    assert render_body("x=__repx_param_n__ __repx_param_m__", {"n": 3}) == "x=3 __repx_param_m__"
+    assert render_body('x=${params["n"]} ${params["m"]}', {"n": 3}) == 'x=3 ${params["m"]}'
+    assert render_body('${params["a\\"b"]}', {'a"b': "v"}) == "v"
 
 
 # --------------------------------------------------------------------------- speed

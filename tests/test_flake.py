@@ -20,7 +20,7 @@ from tests.conftest import EXAMPLES, REPO, require_nix, write_files
 pytestmark = pytest.mark.nix
 
 #: What a flake input needs of the checkout (the same set the wheel ships).
-FLAKE_FILES = ("flake.nix", "pyproject.toml", "nix", "repx")
+FLAKE_FILES = ("flake.nix", "pyproject.toml", "nix", "repx", "repx_py")
 
 SYSTEM = subprocess.run(["nix-instantiate", "--eval", "--expr", "builtins.currentSystem"],
                         capture_output=True, text=True, check=False).stdout.strip().strip('"')

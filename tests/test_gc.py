@@ -7,6 +7,8 @@ Real labs (real Nix) and real LMDB stores; store state is written as the executo
 from __future__ import annotations
 
 import json
+import os
+import select
 import shutil
 import subprocess
 import time
@@ -17,9 +19,12 @@ from types import SimpleNamespace
 import pytest
 
 from repx.errors import UsageError
+from repx.lab import LabOptions
 from repx.lab.expand import load_job_graph
+from repx.report.store_views import human_bytes
 from repx.store import Status, Store, gc, layout
-from tests.conftest import EXAMPLES, require_nix
+from tests.conftest import EXAMPLES, REPO, require_nix
+from tests.test_examples import REPX
 from tests.test_inspect import (
     BuiltLab,
     build_example,
@@ -125,7 +130,9 @@ def test_gc_removes_what_no_root_reaches_and_frees_the_bytes(
     orphan = store.root / "outputs" / "orphan-folder"
     (orphan / "out").mkdir(parents=True)
     (orphan / "out" / "junk").write_bytes(b"j" * 10)
-    expected_bytes = 2 * (4096 + 5) + 10
+    # What the old jobs' folders hold on disk (out/, logs and what the executor keeps).
+    expected_bytes = sum(gc.dir_size(store.job_dir(r.job_id)) for r in old) + 10
+    assert expected_bytes > 2 * (4096 + 5) + 10
 
     dry = gc.collect(store, dry_run=True)
     assert sorted(i for i, _ in dry.removed) == sorted(r.job_id for r in old)
@@ -133,9 +140,9 @@ def test_gc_removes_what_no_root_reaches_and_frees_the_bytes(
     assert dry.freed_bytes == expected_bytes and dry.reachable == 3
     assert len(list(store.records())) == 5 and orphan.exists()  # nothing removed
 
-    out, _ = run_repx("gc", "--store", str(store.root), cwd=tmp_path)
-    assert "gc: removed 2 jobs and 1 orphan folders, freed 8.0 KiB; kept 3 jobs reachable " \
-           "from 1 roots" in out
+    out, _ = run_repx("gc", "--yes", "--store", str(store.root), cwd=tmp_path)
+    assert f"gc: removed 2 jobs and 1 orphan folders, freed {human_bytes(expected_bytes)}; " \
+           "kept 3 jobs reachable from 1 roots" in out
     assert {r.job_id for r in store.records()} == set(g.jobs)
     assert files_of(store) == set(g.jobs)
     out, _ = run_repx("gc", "--dry-run", "--json", "--store", str(store.root), cwd=tmp_path)
@@ -266,16 +273,28 @@ def test_pin_unpin_roots_and_keep_recent_from_the_cli(simple: BuiltLab, store: S
     out, _ = run_repx("gc", "--keep-recent", "1", "--dry-run", *st, cwd=tmp_path)
     assert out.count("would remove gc root") == 2 and "would remove 2 jobs" in out
     assert len(store.roots()) == 4
-    out, _ = run_repx("gc", "--keep-recent", "1", *st, cwd=tmp_path)
+    out, _ = run_repx("gc", "--keep-recent", "1", "--yes", *st, cwd=tmp_path)
     assert "removed 2 jobs" in out
     assert [r.name for r in store.roots()] == [f"{2:032d}-repx-lab", "paper-v1"]
     assert {r.job_id for r in store.records()} == {f"{2:032d}-old-1.0", *g.jobs}
 
     _, err = run_repx("gc", "unpin", "nope", *st, cwd=tmp_path, code=2)
     assert "no gc root named 'nope'" in err
+    # Unpinning withdraws the pin, not the lab: it is the automatic root of its build again,
+    # dated by that build (newer than the three old labs), so gc keeps its jobs.
     out, _ = run_repx("gc", "unpin", "paper", *st, cwd=tmp_path)
-    assert out.strip() == f"removed gc root paper-v1 ({simple.path})"
-    out, _ = run_repx("gc", *st, cwd=tmp_path)
+    auto = Path(simple.path).name
+    assert out.strip() == (f"unpinned paper-v1: lab {simple.path} is an ordinary gc root "
+                           f"again ({auto}; `repx gc unpin {auto}` removes it)")
+    assert [(r.name, r.pinned) for r in store.roots()] == [
+        (f"{2:032d}-repx-lab", False), (auto, False)]
+    out, _ = run_repx("gc", "--yes", *st, cwd=tmp_path)
+    assert "removed 0 jobs" in out
+    # Unpinning the automatic root removes it; gc (run outside the lab's folder) then
+    # collects the lab's jobs.
+    out, _ = run_repx("gc", "unpin", auto, *st, cwd=tmp_path)
+    assert out.strip() == f"removed gc root {auto} ({simple.path})"
+    out, _ = run_repx("gc", "--yes", *st, cwd=tmp_path)
     assert "removed 3 jobs" in out
     assert {r.job_id for r in store.records()} == {f"{2:032d}-old-1.0"}
     _, err = run_repx("gc", "--keep-recent", "-1", *st, cwd=tmp_path, code=2)
@@ -327,11 +346,201 @@ def test_gc_after_repx_build_keeps_scatter_gather_units_until_unpinned(
     assert len(json.loads(run_repx("gc", "roots", "--json", cwd=folder)[0])) == 1
 
     run_repx("gc", "unpin", "keep", cwd=folder)
-    out, _ = run_repx("gc", "--dry-run", cwd=folder)
+    run_repx("gc", "unpin", root.name, cwd=folder)  # the automatic root unpinning left
+    assert json.loads(run_repx("gc", "roots", "--json", cwd=folder)[0]) == []
+    # No root, but ./result is the current lab: gc in its folder keeps everything.
+    out, _ = run_repx("gc", "--yes", cwd=folder)
+    assert f"removed 0 jobs and 0 orphan folders, freed 0 B; kept {len(records)} jobs " \
+           "reachable from 0 roots and the current lab" in out
+    st = ["--store", str(folder / ".repx")]
+    out, _ = run_repx("gc", "--dry-run", *st, cwd=tmp_path)
     assert f"would remove {len(records)} jobs" in out
-    out, _ = run_repx("gc", cwd=folder)
+    out, _ = run_repx("gc", "--yes", *st, cwd=tmp_path)
     assert f"removed {len(records)} jobs" in out
     assert list((folder / ".repx" / "outputs").iterdir()) == []
     # The next build registers the lab again and runs everything anew.
     out, _ = run_repx("build", cwd=folder)
     assert "4 executed, 0 up to date" in out
+
+
+# ------------------------------------------------ the current lab, and asking before removing
+
+
+def fill_store(store: Store, lab: BuiltLab) -> list[str]:
+    """The lab's three jobs, recorded as its build records them, plus two jobs of an old
+    lab no root reaches, of 1 MiB each; the old jobs' ids."""
+    for job in lab.graph.jobs.values():
+        record_graph_job(store, lab.graph, job, size=1000)
+    return [record_job(store, f"{c * 32}-old-1.0", lab="/nix/store/gone-repx-lab",
+                       files={"big.bin": b"o" * 2**20}).job_id for c in "ab"]
+
+
+def older_roots(store: Store, count: int) -> list[str]:
+    """``count`` unpinned roots of other labs, registered after the current lab's (so the
+    current lab is the oldest root); their names."""
+    names = []
+    for i in range(count):
+        time.sleep(0.01)
+        lab = f"/nix/store/{i:032d}-repx-lab"
+        graph = SimpleNamespace(lab=SimpleNamespace(path=Path(lab)),
+                                jobs={f"{i:032d}-other-1.0": SimpleNamespace(kind="simple")})
+        gc.register_build_root(store, graph)  # type: ignore[arg-type]
+        record_job(store, f"{i:032d}-other-1.0", lab=lab, files={"f": b"x"})
+        names.append(Path(lab).name)
+    return names
+
+
+@pytest.mark.nix
+def test_pin_then_unpin_leaves_the_lab_an_automatic_root_and_gc_keeps_it(
+        simple: BuiltLab, store: Store) -> None:
+    g = simple.graph
+    st = ["--store", str(store.root)]
+    gc.register_build_root(store, g)
+    built = store.roots()[0]
+    old = fill_store(store, simple)
+    run_repx("gc", "pin", "p", "--lab", "result", *st, cwd=simple.folder)
+    run_repx("gc", "unpin", "p", *st, cwd=simple.folder)
+    (root,) = store.roots()
+    assert (root.name, root.lab_path, root.pinned) == (built.name, simple.path, False)
+    # Dated by its build (when the build recorded the lab's jobs), not by the unpin.
+    meta = store.get_meta(gc.root_jobs_key(simple.path))
+    assert meta is not None and root.created == meta["created"] <= built.created
+    out, _ = run_repx("gc", "--yes", *st, cwd=simple.folder)
+    assert "gc: removed 2 jobs" in out and "kept 3 jobs reachable from 1 roots" in out
+    assert {r.job_id for r in store.records()} == set(g.jobs)
+    assert not set(old) & files_of(store)
+    # A lab pinned under two names: unpinning one leaves the other pin, adds no root.
+    run_repx("gc", "pin", "a", "--lab", "result", *st, cwd=simple.folder)
+    run_repx("gc", "pin", "b", "--lab", "result", *st, cwd=simple.folder)
+    assert gc.unpin(store, "a").automatic is None
+    assert [(r.name, r.pinned) for r in store.roots()] == [("b", True)]
+
+
+@pytest.mark.nix
+def test_keep_recent_never_drops_the_current_lab(simple: BuiltLab, store: Store,
+                                                 tmp_path: Path) -> None:
+    g = simple.graph
+    st = ["--store", str(store.root)]
+    gc.register_build_root(store, g)
+    fill_store(store, simple)
+    others = older_roots(store, 2)
+    # In the lab's folder ./result is the current lab: --keep-recent 1 keeps it (oldest
+    # root though it is) and the newest other root; the older other root goes.
+    out, _ = run_repx("gc", "--keep-recent", "1", "--yes", *st, cwd=simple.folder)
+    assert f"removed gc root {others[0]}" in out and "removed 3 jobs" in out
+    assert [r.name for r in store.roots()] == [Path(simple.path).name, others[1]]
+    assert {r.job_id for r in store.records()} == {*g.jobs, f"{1:032d}-other-1.0"}
+    # --keep-recent 0 drops every other unpinned root, never the current lab's.
+    out, _ = run_repx("gc", "--keep-recent", "0", "--yes", *st, cwd=simple.folder)
+    assert [r.name for r in store.roots()] == [Path(simple.path).name]
+    assert {r.job_id for r in store.records()} == set(g.jobs)
+    # --lab names the current lab from anywhere; without it (and no ./result) nothing is
+    # current, and the lab's root goes like any other.
+    out, _ = run_repx("gc", "--keep-recent", "0", "--dry-run", "--lab",
+                      str(simple.folder / "result"), *st, cwd=tmp_path)
+    assert "would remove 0 jobs" in out
+    out, _ = run_repx("gc", "--keep-recent", "0", "--dry-run", *st, cwd=tmp_path)
+    assert f"would remove gc root {Path(simple.path).name}" in out
+    assert "would remove 3 jobs" in out
+
+
+@pytest.mark.nix
+def test_the_current_lab_is_kept_without_any_root(simple: BuiltLab, store: Store,
+                                                  tmp_path: Path) -> None:
+    old = fill_store(store, simple)
+    assert store.roots() == []
+    result = gc.collect(store, keep_labs=[simple.path])
+    assert sorted(i for i, _ in result.removed) == sorted(old)
+    assert result.kept_labs == [simple.path] and result.reachable == 3
+    assert store.get_meta(gc.root_jobs_key(simple.path)) is None  # nothing written for it
+    assert gc.current_lab(LabOptions(), cwd=simple.folder) == Path(simple.path)
+    assert gc.current_lab(LabOptions(), cwd=tmp_path) is None
+
+
+def test_a_lab_file_that_does_not_build_stops_gc(store: Store, tmp_path: Path) -> None:
+    require_nix()
+    record_job(store, "c" * 32 + "-old-1.0", files={"f": b"x"})
+    (tmp_path / "lab.nix").write_text("{ pkgs, ... }: { this is not nix")
+    _, err = run_repx("gc", "--yes", "--store", str(store.root), cwd=tmp_path, code=2)
+    assert "repx gc keeps the current lab's jobs, and cannot tell which they are" in err
+    assert str(tmp_path / "lab.nix") in err and "--lab DIR" in err
+    assert len(list(store.records())) == 1
+
+
+@pytest.mark.nix
+def test_without_a_terminal_gc_needs_yes(simple: BuiltLab, store: Store) -> None:
+    gc.register_build_root(store, simple.graph)
+    old = fill_store(store, simple)
+    st = ["--store", str(store.root)]
+    out, err = run_repx("gc", *st, cwd=simple.folder, code=4)
+    assert [line.split()[:3] for line in out.splitlines()[:2]] == [
+        ["would", "remove", i] for i in sorted(old)]
+    assert "gc: would remove 2 jobs and 0 orphan folders, would free 2.0 MiB; kept 3 jobs" in out
+    assert "gc removed nothing: removing needs confirmation; pass --yes" in err
+    data = json.loads(run_repx("gc", "--json", *st, cwd=simple.folder, code=4)[0])
+    assert data["dry_run"] is True and data["freed_bytes"] == sum(
+        gc.dir_size(store.job_dir(i)) for i in old)
+    assert data["kept_labs"] == [simple.path]
+    assert len(list(store.records())) == 5  # nothing removed
+    # Nothing to remove: nothing to confirm.
+    run_repx("gc", "--yes", *st, cwd=simple.folder)
+    out, _ = run_repx("gc", *st, cwd=simple.folder)
+    assert "gc: removed 0 jobs" in out
+
+
+def gc_on_a_terminal(store: Store, cwd: Path, answer: bytes) -> tuple[int, str]:
+    """Run ``repx gc`` with a pseudo-terminal as stdin/stdout/stderr, answer its prompt
+    with ``answer``; (exit code, everything it wrote)."""
+    master, slave = os.openpty()
+    proc = subprocess.Popen([*REPX, "gc", "--store", str(store.root)], cwd=cwd,
+                            stdin=slave, stdout=slave, stderr=slave,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    os.close(slave)
+    seen = b""
+    deadline = time.monotonic() + 60
+    try:
+        while b"Remove them? [y/N]" not in seen:
+            assert time.monotonic() < deadline, seen.decode(errors="replace")
+            ready, _, _ = select.select([master], [], [], 1)
+            if ready:
+                seen += os.read(master, 4096)
+        os.write(master, answer)
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            seen += chunk
+        code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+    return code, seen.decode(errors="replace").replace("\r\n", "\n")
+
+
+@pytest.mark.nix
+def test_on_a_terminal_gc_shows_the_plan_and_asks(simple: BuiltLab, store: Store) -> None:
+    gc.register_build_root(store, simple.graph)
+    old = fill_store(store, simple)
+    code, text = gc_on_a_terminal(store, simple.folder, b"n\n")
+    assert code == 4, text
+    assert f"would remove {sorted(old)[0]}  1.0 MiB" in text
+    assert "gc: would remove 2 jobs and 0 orphan folders, would free 2.0 MiB" in text
+    assert text.rstrip().endswith("gc: nothing removed")
+    assert len(list(store.records())) == 5
+    code, text = gc_on_a_terminal(store, simple.folder, b"y\n")
+    assert code == 0, text
+    assert "gc: removed 2 jobs and 0 orphan folders, freed 2.0 MiB" in text
+    assert {r.job_id for r in store.records()} == set(simple.graph.jobs)
+
+
+def test_gc_removes_only_what_was_approved(store: Store) -> None:
+    first = record_job(store, "a" * 32 + "-old-1.0", files={"f": b"1"})
+    plan = gc.collect(store, dry_run=True)
+    later = record_job(store, "b" * 32 + "-old-1.0", files={"f": b"2"})
+    result = gc.collect(store, approved=plan)
+    assert [i for i, _ in result.removed] == [first.job_id]
+    assert [r.job_id for r in store.records()] == [later.job_id]

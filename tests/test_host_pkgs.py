@@ -10,9 +10,13 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.test_host_closure import elf_interpreter
 
 pytestmark = pytest.mark.nix
 
@@ -191,10 +195,13 @@ def test_jq_builds_and_runs(built):
     assert run(built["jq"] / "bin" / "jq", "--version").startswith("jq")
 
 
-def test_coreutils(built):
+def test_coreutils_are_copies_that_load_from_the_store(built):
     bindir = built["coreutils"] / "bin"
     for name in ("ls", "mkdir", "sort"):
-        assert (bindir / name).is_symlink()
+        # A copy, not a link to the host's file, and its loader is in the store: the
+        # closure runs where the host's tools are not (tests/test_host_closure.py).
+        assert (bindir / name).is_file() and not (bindir / name).is_symlink()
+        assert elf_interpreter(bindir / name).startswith("/nix/store/")
     assert run(bindir / "sort", "/dev/null") == ""
 
 
@@ -209,9 +216,10 @@ def test_python3_is_a_real_python(facts, built):
 def test_arbitrary_host_program(facts, built):
     name = facts["program"]["name"]
     assert list(facts["program"]["bins"]) == [name]
-    link = built["program"] / "bin" / name
-    assert link.is_symlink()
-    assert os.path.samefile(link, facts["program"]["bins"][name])
+    copy = built["program"] / "bin" / name
+    assert copy.is_file() and not copy.is_symlink()
+    # The same program: the copy answers as the host's does.
+    assert run(copy, "--version") == run(facts["program"]["bins"][name], "--version")
 
 
 def test_write_helpers_and_run_command(facts, built):
@@ -250,8 +258,21 @@ def test_unknown_attribute_errors():
     assert "missing" in err
 
 
-def test_identity_follows_binary_content(tmp_path):
+@pytest.fixture
+def readable_tmp() -> Iterator[Path]:
+    """A temporary folder that Nix's build users can read (pytest's are private to root):
+    host packages copy their programs as those users."""
+    folder = Path(tempfile.mkdtemp(prefix="repx-host-pkgs-"))
+    try:
+        folder.chmod(0o755)
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_identity_follows_binary_content(readable_tmp):
     """Same name and path, different content: a different out path."""
+    tmp_path = readable_tmp
     bindir = tmp_path / "bin"
     shims = tmp_path / ".pyenv" / "shims"
     bindir.mkdir()
@@ -265,8 +286,10 @@ def test_identity_follows_binary_content(tmp_path):
     (bindir / "python3").symlink_to(fake)
     (bindir / "dangling").symlink_to(tmp_path / "nowhere")
 
+    # /usr/bin after bindir: the fake jq is a #!/bin/sh script, and scripts run with the
+    # set's bash.
     expr = f"""
-      let p = {pkgs_expr([shims, bindir])}; in {{
+      let p = {pkgs_expr([shims, bindir, Path("/usr/bin")])}; in {{
         jq = p.jq.outPath;
         python3 = p.python3.repxHostBinaries.python3;
         # Hashing is lazy: a package that is not instantiated is never read.
@@ -278,9 +301,15 @@ def test_identity_follows_binary_content(tmp_path):
     assert first["dangling"] == "dangling"
 
     out = tmp_path / "result"
-    (built,) = nix_build(f"{pkgs_expr([bindir])}.jq", out)
+    (built,) = nix_build(f"{pkgs_expr([bindir, Path('/usr/bin')])}.jq", out)
     assert built == first["jq"]
     assert run(Path(built) / "bin" / "jq").strip() == "fake-jq-1"
+    # Without a bash on hostPath the script could not run from the store: a build error.
+    proc = subprocess.run(["nix-build", *NIX_OPTS, "--no-out-link", "-E",
+                           f"{pkgs_expr([bindir])}.jq"], capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert (f"{bindir / 'jq'} is a script for /bin/sh, and this package set has no bash to "
+            "run it from the store (bash is not on hostPath)") in " ".join(proc.stderr.split())
 
     fake.write_text("#!/bin/sh\necho fake-jq-2\n")
     second = nix_eval(expr)

@@ -30,6 +30,7 @@ from repx.lab.nix import summarize_nix_error
 from tests.buildutil import build as repx_build
 from tests.buildutil import list_jobs, output_file, repx, write_lab
 from tests.conftest import REPO, require_nix
+from tests.test_host_closure import sandbox_output
 
 pytestmark = pytest.mark.nix
 
@@ -126,17 +127,29 @@ def venvs() -> Iterator[Venvs]:
 # ------------------------------------------------------------------ withPackages ----
 
 
-def test_with_packages_runs_the_host_python_with_its_modules(venvs: Venvs, tmp_path: Path):
+def test_with_packages_runs_the_store_python_with_copies_of_its_modules(venvs: Venvs,
+                                                                       tmp_path: Path):
     pkgs = host_set(venvs.full)
     [env] = nix_build(
         f"({pkgs}).python3.withPackages (ps: [ ps.click ps.msgpack ps.tree-sitter ])",
         tmp_path / "env")
     python3 = env / "bin" / "python3"
-    # A script that exec's the venv's own path, not a symlink: only that finds the venv.
+    # A wrapper script around the store's copy of the interpreter: nothing of the venv.
     assert not python3.is_symlink() and python3.stat().st_mode & stat.S_IXUSR
-    assert f"exec '{venvs.full / 'python3'}'" in python3.read_text()
-    code = "import click, msgpack, tree_sitter, sys; print(sys.prefix)"
-    assert run(python3, "-c", code).strip() == str(venvs.full.parent)
+    assert python3.read_text().startswith("#!/nix/store/")
+    assert str(venvs.full.parent) not in python3.read_text()
+    code = "import click, msgpack, tree_sitter, sys; print(sys.prefix); print(click.__file__)"
+    prefix, click_file = run(python3, "-c", code).split()
+    assert prefix.startswith("/nix/store/") and prefix.endswith("-host-python3")
+    site = env / "lib" / "python3" / "site-packages"
+    assert Path(click_file) == site / "click" / "__init__.py"
+    # The distributions come whole: their metadata too.
+    assert list(site.glob("msgpack-*.dist-info")) and list(site.glob("tree_sitter-*.dist-info"))
+    # ... so the modules (tree_sitter and msgpack load C extensions) import where only the
+    # store exists.
+    sandboxed = sandbox_output(python3, "-c", "import click, msgpack, tree_sitter; "
+                               "print(msgpack.unpackb(msgpack.packb([1, 2])))")
+    assert sandboxed == "[1, 2]\n"
     version = run(python3, "-c", "import sys; print('%d.%d' % sys.version_info[:2])").strip()
     for alias in ("python", f"python{version}"):
         assert run(env / "bin" / alias, "-c", "import msgpack; print('ok')").strip() == "ok"
@@ -296,18 +309,21 @@ def test_repx_package_runs_and_imports_in_with_packages(venvs: Venvs, tmp_path: 
     assert list((site / "repx").glob("__pycache__/*.pyc")), "sources are byte-compiled"
     # Through withPackages: repx imports from the package, and finds its Nix library
     # there (repx/_flake, as in a wheel), not in this checkout.
-    code = ("import repx, repx.cli; from repx.lab.nix import nix_entry_file; "
-            "print(repx.__file__); print(nix_entry_file())")
-    module_file, entry = run(env / "bin" / "python3", "-c", code, cwd=tmp_path).split()
+    code = ("import repx, repx.cli, repx_py; from repx.lab.nix import nix_entry_file; "
+            "print(repx.__file__); print(nix_entry_file()); print(repx_py.__file__)")
+    module_file, entry, compat_file = run(env / "bin" / "python3", "-c", code,
+                                          cwd=tmp_path).split()
     assert Path(module_file) == site / "repx" / "__init__.py"
+    # repx_py, the original's analysis API, ships in the same package.
+    assert Path(compat_file) == site / "repx_py" / "__init__.py"
     assert entry.startswith(str(site / "repx" / "_flake" / "nix"))
     assert Path(entry).read_text() == (REPO / "nix" / "entry.nix").read_text()
     # The source in the store holds the package's files, not the checkout's caches or venv.
     flake = (site / "repx" / "_flake").resolve()
     names = {p.name for p in flake.iterdir()}
-    assert {"repx", "nix", "pyproject.toml"} <= names <= {
-        "repx", "nix", "pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "flake.nix",
-        "flake.lock"}
+    assert {"repx", "repx_py", "nix", "pyproject.toml"} <= names <= {
+        "repx", "repx_py", "nix", "pyproject.toml", "setup.py", "MANIFEST.in", "README.md",
+        "flake.nix", "flake.lock"}
     assert not list(flake.rglob("__pycache__"))
 
 
@@ -346,7 +362,7 @@ def test_repx_package_on_nixpkgs_passes_the_pyproject_to_build_python_applicatio
     assert with_all == {
         "pname": "repx", "version": REPX_VERSION, "pyproject": True,
         "build-system": ["py-setuptools"], "dependencies": [f"py-{n}" for n in names],
-        "pythonImportsCheck": ["repx", "repx.cli"], "main": "repx",
+        "pythonImportsCheck": ["repx", "repx.cli", "repx_py"], "main": "repx",
         "source": with_all["source"],
     }
     assert with_all["source"].endswith("-repx-source")

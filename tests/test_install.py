@@ -134,7 +134,8 @@ def test_wheel_ships_the_flake_source(install: Install) -> None:
         metadata = wheel.read(f"repx_lab-{repx.__version__}.dist-info/METADATA").decode()
     flake = {name.removeprefix("repx/_flake/") for name in names
              if name.startswith("repx/_flake/")}
-    expected = checkout_files("nix") | checkout_files("repx") | {"pyproject.toml"}
+    expected = (checkout_files("nix") | checkout_files("repx") | checkout_files("repx_py")
+                | {"pyproject.toml"})
     if (REPO / "flake.nix").is_file():
         expected.add("flake.nix")
     assert expected - flake == set(), "missing from repx/_flake"
@@ -142,6 +143,8 @@ def test_wheel_ships_the_flake_source(install: Install) -> None:
     assert not [name for name in flake if name.startswith("repx/_flake")], "_flake nests itself"
     # The package itself is in the wheel next to its flake copy, once.
     assert "repx/lab/nix.py" in names and "repx/__main__.py" in names
+    # repx_py (the original's analysis API) is a top-level package beside repx.
+    assert "repx_py/__init__.py" in names and "repx_py/models.py" in names
     assert "Name: repx-lab\n" in metadata
     assert f"Version: {repx.__version__}\n" in metadata
     assert "Requires-Dist: doit\n" in metadata

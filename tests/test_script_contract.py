@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from repx.lab.script_checks import render_body
+from repx.lab.script_checks import param_expansion, render_body
 
 STAGE = """
 { pkgs }:
@@ -22,7 +22,7 @@ STAGE = """
   inputs = { data = "/etc/hostname"; };
   outputs = { result = "$out/result.txt"; };
   run = { inputs, outputs, params, ... }: ''
-    printf '%s|' '${params.text}' "${toString params.number}" "${toString params.flag}" \\
+    printf '%s|' "${params.text}" "${toString params.number}" "${toString params.flag}" \\
       "${toString params.empty}" "${params.quote}" > "${outputs.result}"
     printf '%s|' "''${params[text]}" "$(cat "${inputs.data}")" "$PATH" >> "${outputs.result}"
   '';
@@ -77,9 +77,8 @@ def test_params_render_as_validation_renders_them(script, tmp_path: Path, compac
     result = run_script(script, tmp_path, params, compact=compact)
     assert result.returncode == 0, result.stderr
     written = (tmp_path / "out" / "result.txt").read_text().split("|")
-    expected_line = render_body(
-        "__repx_param_text__|__repx_param_number__|__repx_param_flag__|"
-        "__repx_param_empty__|__repx_param_quote__", params).split("|")
+    names = ["text", "number", "flag", "empty", "quote"]
+    expected_line = render_body("|".join(map(param_expansion, names)), params).split("|")
     assert written[:5] == expected_line
     assert written[5] == params["text"]  # the ${params[name]} array
     assert written[6] == "payload"  # $inputs
@@ -97,7 +96,9 @@ def test_out_is_cleared_except_slurm_logs_and_is_the_cwd(script, tmp_path: Path)
     (out / "stale.txt").write_text("old")
     (out / ".hidden").write_text("old")
     (out / "slurm-42.out").write_text("log")
-    result = run_script(script, tmp_path, {"text": "t"})
+    # Every declared param, as repx writes them (a missing one is an unbound variable).
+    params = {"text": "t", "number": 1, "flag": True, "empty": None, "quote": "q"}
+    result = run_script(script, tmp_path, params)
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in out.iterdir()) == ["result.txt", "slurm-42.out"]
 

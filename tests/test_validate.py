@@ -241,7 +241,7 @@ def test_validate_message_names_stage_file_executable_and_commands() -> None:
     assert (
         "stage 'train-model' (file /x/stages/train.nix, executable main): "
         "script calls commands that its runDependencies do not provide: python3, rsync\n"
-        "  add them to runDependencies (e.g. runDependencies = [ pkgs.python3 ];)"
+        "  add them to runDependencies (e.g. runDependencies = [ pkgs.python3 pkgs.rsync ];)"
     ) in message
     assert "ok-stage" not in message
 

@@ -5,6 +5,7 @@
 { repx-lib }:
 let
   u = import ./internal/prelude.nix;
+  images = import ./internal/images.nix;
   inherit (builtins) attrNames concatMap elem filter isAttrs isList isString length listToAttrs
     mapAttrs match toJSON;
 
@@ -18,6 +19,14 @@ let
   # The lab directory for a list of evaluated runs (dependencies first).
   labDirectory = { drvName, system, runs, groups, gitHash, labVersion, containerMode, runContainerMode, labFile }:
     let
+      # The images (containerMode) are their own derivation, linked as images/;
+      # lab.json lists them with their digests, which only its build knows, so
+      # its "images" value is spliced in from the images' index.json.
+      imagesDrv = images.imagesDerivation { inherit system containerMode runs; };
+      imageOf = images.imageNames { inherit containerMode runs; };
+      imagesPlaceholder = "@repx-images@";
+      manifestParts = builtins.split (toJSON imagesPlaceholder)
+        (toJSON (manifest // { images = imagesPlaceholder; }));
       manifest = {
         format = "repx-lab/1";
         git_hash = gitHash;
@@ -30,14 +39,24 @@ let
       };
       runEnv = listToAttrs (builtins.genList (i: {
         name = "run${toString i}";
-        value = toJSON (builtins.elemAt runs i);
+        value = let r = builtins.elemAt runs i; in toJSON (r // { image = imageOf.${r.name}; });
       }) (length runs));
-      scriptsOf = r: concatMap (p: concatMap (s:
-        let e = s.executables; in
+      # A stage's scripts: its executables', and each dynamic variant's (a
+      # `run` whose text depends on param values has a script per variant).
+      exeScripts = e:
         if e ? main then [ e.main.script ]
-        else [ e.scatter.script e.gather.script ] ++ map (n: e.steps.${n}.script) (attrNames e.steps))
+        else [ e.scatter.script e.gather.script ] ++ map (n: e.steps.${n}.script) (attrNames e.steps);
+      rowScripts = s:
+        if s.dynamic != null && elem "executables" s.dynamic.attrs
+        then concatMap exeScripts s.dynamic.variants else [ ];
+      scriptsOf = r: concatMap (p: concatMap (s: exeScripts s.executables ++ rowScripts s)
         p.stages) r.pipelines;
-      scripts = u.unique (concatMap scriptsOf runs);
+      # Deduplicated through attribute names (linear; u.unique is quadratic,
+      # and a value-dependent stage may have a script per combination).
+      scripts = builtins.attrValues (listToAttrs (map (s: {
+        name = builtins.unsafeDiscardStringContext s;
+        value = s;
+      }) (concatMap scriptsOf runs)));
       copyRuns = builtins.concatStringsSep "\n" (builtins.genList (i:
         let r = builtins.elemAt runs i; in
         ''cp "$run${toString i}Path" "$out/runs/${r.name}.json"'') (length runs));
@@ -49,12 +68,17 @@ let
       inherit system;
       builder = "/bin/sh";
       PATH = "/usr/bin:/bin";
-      labJSON = toJSON manifest;
-      passAsFile = [ "labJSON" "buildScript" ] ++ attrNames runEnv;
+      labJSON = toJSON (manifest // { images = { }; });
+      labJSONHead = builtins.head manifestParts;
+      labJSONTail = builtins.elemAt manifestParts 2;
+      passAsFile = [ "labJSON" "labJSONHead" "labJSONTail" "buildScript" ] ++ attrNames runEnv;
       buildScript = ''
         set -eu
         mkdir -p "$out/runs" "$out/scripts"
-        cp "$labJSONPath" "$out/lab.json"
+        ${if imagesDrv == null then ''cp "$labJSONPath" "$out/lab.json"'' else ''
+          cat "$labJSONHeadPath" "${imagesDrv}/index.json" "$labJSONTailPath" > "$out/lab.json"
+          ln -s "${imagesDrv}" "$out/images"
+        ''}
         ${copyRuns}
         ${linkScripts}
       '';
@@ -129,11 +153,13 @@ in
         in
         if isAttrs r then r
         else throw "run file '${u.sourceName p}': a run file must return an attribute set (name, pipelines, params), got ${u.describe r}.";
-      nameOf = k: (runArgsOf k).name or k;
+      # A run names itself (the seeds: `name` is required); its key in `runs` is
+      # only how lab.nix refers to it.
+      nameOf = k: (runArgsOf k).name or (throw "run file '${u.sourceName runsSet.${k}.runPath}' (runs.${k} in '${labFile}'): 'name' is required: the run's name, which commands and job records use (e.g. name = \"${k}\";).");
       names = map nameOf order;
       evaluated = listToAttrs (map (k: {
         name = k;
-        value = mkRun ({ name = k; } // runArgsOf k // {
+        value = mkRun (runArgsOf k // {
           pkgs = pkgs;
           repx-lib = scope;
           _file = u.sourceName runsSet.${k}.runPath;
@@ -179,15 +205,19 @@ in
         inherit groups;
       });
       # A slice holds the run and the runs it depends on: their jobs are part
-      # of its identities and inputs.
-      runs = listToAttrs (map (k: {
-        name = k;
-        value = labDirectory (common // {
-          drvName = "repx-lab-${u.storeName (nameOf k)}";
-          runs = map (d: evaluated.${d}) (inOrder (closureOf k));
-          groups = { };
-          containerMode = runContainerMode;
-        });
-      }) runKeys);
+      # of its identities and inputs. It is there under the run's key and, when
+      # no other run has that key, under the run's name (`--run NAME`).
+      runs =
+        let
+          slice = k: labDirectory (common // {
+            drvName = "repx-lab-${u.storeName (nameOf k)}";
+            runs = map (d: evaluated.${d}) (inOrder (closureOf k));
+            groups = { };
+            containerMode = runContainerMode;
+          });
+          byKey = listToAttrs (map (k: { name = k; value = slice k; }) runKeys);
+          byName = filter (k: !(runsSet ? ${nameOf k})) runKeys;
+        in
+        listToAttrs (map (k: { name = nameOf k; value = byKey.${k}; }) byName) // byKey;
     };
 }

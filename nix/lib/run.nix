@@ -95,6 +95,29 @@ let
 
   interRun = args._interRun or [ ];
 
+  # Whether two stages (callStage results, or `//` copies of one) are the same
+  # node: compared by their `_identity` function alone, which is equal only to
+  # itself, so this never walks into the stages' deps.
+  sameStage = a: b:
+    builtins.intersectAttrs { _identity = null; } a == builtins.intersectAttrs { _identity = null; } b;
+
+  # The first cycle among the stages reachable from `roots` through their deps
+  # (a list of stages, the first repeated at the end), or null. A stage's key
+  # hashes its deps' keys, so a cycle must be found before any key is asked
+  # for: Nix would otherwise stop with a bare "infinite recursion".
+  stageCycle = roots:
+    let
+      isIn = list: s: builtins.any (sameStage s) list;
+      from = s: list: if sameStage (builtins.head list) s then list else from s (builtins.tail list);
+      visit = state: path: s:
+        if state.cycle != null || isIn state.done s then state
+        else if isIn path s then state // { cycle = from s path ++ [ s ]; }
+        else
+          let after = builtins.foldl' (st: d: visit st (path ++ [ s ]) d.node) state s.deps; in
+          after // { done = after.done ++ [ s ]; };
+    in
+    (builtins.foldl' (st: s: visit st [ ] s) { done = [ ]; cycle = null; } roots).cycle;
+
   pipelineBlueprint = index: p:
     let
       pfile = u.sourceName p;
@@ -106,6 +129,20 @@ let
         then filter (k: isAttrs result.${k} && result.${k}._repx_virtual_job or false) (attrNames result)
         else throw "pipeline file '${pfile}' (run '${name}'): a pipeline must return repx.mkPipe { ... } (an attribute set of stages), got ${u.describe result}.";
       direct = map (k: result.${k} // { key = result.${k}._key; _name = k; }) named;
+      cycle = stageCycle (map (k: result.${k}) named);
+      labelOf = s:
+        let same = filter (k: sameStage result.${k} s) named; in
+        if same != [ ] then builtins.head same else s.pname;
+      acyclic =
+        let
+          members = builtins.genList (builtins.elemAt cycle) (length cycle - 1);
+          files = map (s: "\n  ${labelOf s}: stage file '${s.file}'") members;
+        in
+        if cycle == null then true
+        else throw ("pipeline file '${pfile}' (run '${name}'): its stages depend on each other in a cycle: "
+          + "${builtins.concatStringsSep " → " (map labelOf cycle)}.\n"
+          + "A stage cannot depend on itself, even through other stages; remove one of these dependencies:"
+          + builtins.concatStringsSep "" files);
       # Stages reached only through deps (e.g. bound in a let) belong too.
       closure = builtins.genericClosure {
         startSet = direct;
@@ -129,6 +166,7 @@ let
         interRun = interRunFor s;
       };
     in
+    assert acyclic;
     assert stagesOk;
     {
       file = pfile;

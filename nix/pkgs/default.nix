@@ -1,22 +1,29 @@
 # repx host package set.
 #
 # A stand-in for nixpkgs on a machine that has Nix (e.g. Debian's nix-bin) but no
-# nixpkgs checkout.  Each package is a tiny derivation whose $out/bin holds
-# symlinks to the host's own binaries, so a lab written against nixpkgs
-# (`pkgs.jq`, `"${pkgs.coreutils}/bin/sort"`, `pkgs.lib.range`,
-# `pkgs.runCommand` ...) evaluates and runs unchanged.
+# nixpkgs checkout.  Each package is a derivation whose $out/bin holds copies
+# of the host's own binaries, made to run from the store alone, so a lab
+# written against nixpkgs (`pkgs.jq`, `"${pkgs.coreutils}/bin/sort"`,
+# `pkgs.lib.range`, `pkgs.runCommand` ...) evaluates and runs unchanged, and
+# the closure of its scripts runs where only /nix/store exists (a bwrap
+# sandbox, a container image, a machine without those tools).
 #
 #   * named packages (jq, coreutils, python3, gnused ...) expose the host's
 #     binaries of that package; a named package with none of its binaries on
 #     the host throws an error that says how to install it;
 #   * any other attribute that names a file in one of hostPath's directories
 #     exposes just that program (`pkgs.rsync` -> $out/bin/rsync);
-#   * every derivation records the sha256 of each binary it links to, so its
+#   * a package carries its programs, the libraries they load and their
+#     script interpreters; glibc (loader, libc, libm ...) is one shared store
+#     path; python3 carries its standard library and perl its core library
+#     (closure.sh says how, and the rules);
+#   * every derivation records the sha256 of each binary it copies, so its
 #     out path changes when the host binary changes.  Hashing is lazy: it only
 #     happens for packages whose derivation is actually instantiated.
-#   * python3.withPackages (ps: [ ps.numpy ... ]) gives the host python3 once
-#     its builder has imported every module, and otherwise fails the build
-#     naming the Debian and pip package of each missing one (see "Python").
+#   * python3.withPackages (ps: [ ps.numpy ... ]) gives the store python3 with
+#     copies of the modules once its builder has imported every one with the
+#     host python3, and otherwise fails the build naming the Debian and pip
+#     package of each missing one (see "Python").
 #
 # Nix builtins only: no nixpkgs lib.  See docs/host-packages.md.
 { system ? builtins.currentSystem
@@ -182,17 +189,102 @@ let
     else concatMapStrings (c: if match "[A-Za-z0-9+._?=-]" c != null then c else "_")
       (lib.stringToCharacters s);
 
-  # Environment of every builder here: only /bin/sh, mkdir, ln, cp, chmod,
-  # find from the host are needed to assemble outputs.
+  # Environment of every builder here: /bin/sh and the host's coreutils and
+  # findutils assemble outputs; the builders that copy host programs also
+  # need patchelf (Debian's package puts it in /usr/bin).
   buildPATH = "/usr/bin:/bin";
 
+  # The shell library of the builders that copy host programs (see its
+  # header for the rules).  A store path: editing it changes every package.
+  closureTools = ./closure.sh;
+
+  # ------------------------------------------------------- host glibc ----
+
+  # The host's dynamic loader and glibc's own libraries, copied once into one
+  # store path that every package loads them from (as nixpkgs' glibc), so
+  # that they are not copied into each package.  Its identity is their
+  # hashes.  null when the host has no glibc found here (another libc, or
+  # pure evaluation): each package then carries its own loader and libc.
+  glibcLoaders = {
+    x86_64-linux = "ld-linux-x86-64.so.2";
+    aarch64-linux = "ld-linux-aarch64.so.1";
+    i686-linux = "ld-linux.so.2";
+    armv7l-linux = "ld-linux-armhf.so.3";
+    riscv64-linux = "ld-linux-riscv64-lp64d.so.1";
+    powerpc64le-linux = "ld64.so.2";
+  };
+  multiarchTriplets = {
+    x86_64-linux = "x86_64-linux-gnu";
+    aarch64-linux = "aarch64-linux-gnu";
+    i686-linux = "i386-linux-gnu";
+    armv7l-linux = "arm-linux-gnueabihf";
+    riscv64-linux = "riscv64-linux-gnu";
+    powerpc64le-linux = "powerpc64le-linux-gnu";
+  };
+  # glibc's libraries (those present are copied; others are libraries of
+  # their own packages, copied into the packages that load them).
+  glibcLibraries = [
+    "libc.so.6" "libm.so.6" "libmvec.so.1" "libpthread.so.0" "libdl.so.2"
+    "librt.so.1" "libresolv.so.2" "libutil.so.1" "libanl.so.1"
+    "libnss_files.so.2" "libnss_dns.so.2" "libnss_compat.so.2"
+    "libnss_hesiod.so.2" "libBrokenLocale.so.1" "libc_malloc_debug.so.0"
+    "libthread_db.so.1" "libmemusage.so" "libpcprofile.so"
+  ];
+  glibcLoader = glibcLoaders.${system} or null;
+  glibcDir =
+    let
+      candidates =
+        (if multiarchTriplets ? ${system}
+         then [ "/lib/${multiarchTriplets.${system}}" "/usr/lib/${multiarchTriplets.${system}}" ]
+         else [ ])
+        ++ [ "/lib64" "/usr/lib64" "/lib" "/usr/lib" ];
+      withGlibc = filter
+        (d: pathExists "${d}/libc.so.6" && pathExists "${d}/${glibcLoader}")
+        candidates;
+    in
+    if glibcLoader == null || withGlibc == [ ] then null else head withGlibc;
+
+  hostGlibc =
+    if glibcDir == null then null
+    else
+      let files = filter (n: pathExists "${glibcDir}/${n}") ([ glibcLoader ] ++ glibcLibraries); in
+      derivation {
+        name = "host-glibc";
+        inherit system;
+        builder = "/bin/sh";
+        args = [ "-c" ("set -e\nmkdir -p \"$out/lib\"\n" + concatMapStrings
+          (n: "cp -L ${escapeShellArg "${glibcDir}/${n}"} \"$out/lib/\"${escapeShellArg n}\n")
+          files) ];
+        PATH = buildPATH;
+        # The identity of the host glibc: the hashes of what is copied.
+        hostFiles = concatMapStrings
+          (n: "${n} ${builtins.hashFile "sha256" "${glibcDir}/${n}"}\n") files;
+        preferLocalBuild = true;
+        allowSubstitutes = false;
+      };
+
+  # What every builder that copies host files is told about the host glibc.
+  glibcEnv = {
+    hostGlibc = if hostGlibc == null then "" else hostGlibc;
+    glibcLoader = if glibcLoader == null then "" else glibcLoader;
+  };
+
   # Make one host package.
-  #   attr:    attribute name (and pname)
-  #   bins:    program names to look for; those found are linked into $out/bin
-  #   aliases: linkName -> program name (of `bins`) linked under another name,
-  #            e.g. python -> python3, as nixpkgs' python3 provides
-  #   debian:  Debian package to suggest when nothing is installed
-  mkHostPackage = { attr, bins, aliases ? { }, debian ? attr, main ? null, extra ? (_: { }) }:
+  #   attr:         attribute name (and pname)
+  #   bins:         program names to look for; those found are copied into $out/bin
+  #   aliases:      name -> program name (of `bins`) also exposed under
+  #                 another name, e.g. python -> python3, as nixpkgs' python3
+  #                 provides (a link to the program's copy)
+  #   debian:       Debian package to suggest when nothing is installed
+  #   interpreters: named packages whose programs this package's scripts may
+  #                 have as interpreter (besides its own programs and bash)
+  #   closure:      builder shell run after the programs are copied (closure.sh
+  #                 functions: what an interpreter needs to start)
+  #   scriptShell:  whether scripts get the host bash package as sh/bash
+  #                 (false for the shells themselves, which it would need)
+  mkHostPackage =
+    { attr, bins, aliases ? { }, debian ? attr, main ? null, extra ? (_: { })
+    , interpreters ? [ ], closure ? "", scriptShell ? true, env ? { } }:
     let
       present = filter (b: hasAttr b found) bins;
       aliasLinks = concatMap
@@ -205,21 +297,31 @@ let
         if main != null && elem main present then main
         else if elem attr present then attr
         else head present;
+      shellPackage = if scriptShell && installed "bash" then named.bash else null;
+      interpreterLines = concatMap
+        (a: map (name: "${name} ${named.${a}}/bin/${name}\n")
+          (attrNames named.${a}.repxHostBinaries))
+        (filter installed interpreters);
 
       script =
-        "set -e\nmkdir -p \"$out/bin\"\n"
+        ". \"$closureTools\"\n"
         + concatMapStrings
-          (l: "ln -s ${escapeShellArg l.target} \"$out/bin/\"${escapeShellArg l.name}\n")
-          links;
+          (l: "add_program ${escapeShellArg l.name} ${escapeShellArg l.target}\n")
+          links
+        + closure
+        + "finish\n";
 
-      drv = derivation {
+      drv = derivation (glibcEnv // env // {
         name = "host-" + sanitizeName attr;
         pname = attr;
         version = "host";
-        inherit system;
+        inherit system closureTools;
         builder = "/bin/sh";
         args = [ "-c" script ];
         PATH = buildPATH;
+        what = "pkgs.${attr}";
+        scriptShell = if shellPackage == null then "" else shellPackage;
+        scriptInterpreters = concatStringsSep "" interpreterLines;
         # The identity of the host binaries: their content hashes.  Forced only
         # when this derivation is instantiated (drvPath / outPath).
         hostBinaries = concatMapStrings
@@ -227,7 +329,7 @@ let
           links;
         preferLocalBuild = true;
         allowSubstitutes = false;
-      };
+      });
 
       pkg = drv // {
         pname = attr;
@@ -274,12 +376,16 @@ let
     "wc" "who" "whoami" "yes"
   ];
 
-  # attr = { bins; aliases?; debian?; main?; extra? }
+  # attr = { bins; aliases?; debian?; main?; extra?; interpreters?; closure?;
+  #          scriptShell?; env? } (see mkHostPackage)
   specs = {
     coreutils = { bins = coreutilsPrograms; main = "ls"; };
-    bash = { bins = [ "bash" ]; aliases = { sh = "bash"; }; };
-    bashInteractive = { bins = [ "bash" ]; aliases = { sh = "bash"; }; debian = "bash"; };
-    dash = { bins = [ "dash" ]; };
+    # The shells run scripts everywhere else, so they have none of their own.
+    bash = { bins = [ "bash" ]; aliases = { sh = "bash"; }; scriptShell = false; };
+    bashInteractive = {
+      bins = [ "bash" ]; aliases = { sh = "bash"; }; debian = "bash"; scriptShell = false;
+    };
+    dash = { bins = [ "dash" ]; scriptShell = false; };
     gnused = { bins = [ "sed" ]; debian = "sed"; };
     gnugrep = { bins = [ "grep" "egrep" "fgrep" ]; debian = "grep"; };
     findutils = { bins = [ "find" "xargs" ]; };
@@ -288,6 +394,11 @@ let
     python3 = {
       bins = [ "python3" "pydoc3" "python3-config" ];
       aliases = { python = "python3"; pydoc = "pydoc3"; python-config = "python3-config"; };
+      # The standard library (not the host's site- or dist-packages: modules
+      # come through withPackages, as in nixpkgs).
+      closure = lib.optionalString (found ? python3)
+        "python_stdlib python3 ${escapeShellArg found.python3}\n";
+      env = { inherit pycacheProgram; };
       extra = self: {
         interpreter = "${self}/bin/python3";
         executable = "python3";
@@ -316,7 +427,11 @@ let
     curl = { bins = [ "curl" ]; };
     wget = { bins = [ "wget" ]; };
     git = { bins = [ "git" "git-receive-pack" "git-upload-pack" "git-upload-archive" "git-shell" ]; };
-    perl = { bins = [ "perl" "perldoc" "prove" "cpan" "pod2man" "pod2text" ]; };
+    perl = {
+      bins = [ "perl" "perldoc" "prove" "cpan" "pod2man" "pod2text" ];
+      # The core library (not site or vendor modules).
+      closure = lib.optionalString (found ? perl) "perl_lib perl ${escapeShellArg found.perl}\n";
+    };
     which = { bins = [ "which" ]; debian = "debianutils"; };
     diffutils = { bins = [ "diff" "cmp" "diff3" "sdiff" ]; };
     patch = { bins = [ "patch" ]; };
@@ -363,8 +478,9 @@ let
       bins = [ "sponge" "ts" "chronic" "combine" "errno" "ifdata" "ifne" "isutf8"
                "lckdo" "mispipe" "pee" "vidir" "vipe" "zrun" ];
       main = "sponge";
+      interpreters = [ "perl" ];
     };
-    parallel = { bins = [ "parallel" "sem" "niceload" ]; };
+    parallel = { bins = [ "parallel" "sem" "niceload" ]; interpreters = [ "perl" ]; };
     nodejs = { bins = [ "node" "nodejs" "npm" "npx" ]; };
     ripgrep = { bins = [ "rg" ]; };
     fd = { bins = [ "fdfind" "fd" ]; debian = "fd-find"; };
@@ -377,7 +493,11 @@ let
     strace = { bins = [ "strace" ]; };
     gdb = { bins = [ "gdb" ]; };
     valgrind = { bins = [ "valgrind" ]; };
-    postgresql = { bins = [ "psql" "postgres" "initdb" "pg_ctl" "pg_dump" "pg_restore" ]; };
+    # Debian's are links to pg_wrapper, a perl script.
+    postgresql = {
+      bins = [ "psql" "postgres" "initdb" "pg_ctl" "pg_dump" "pg_restore" ];
+      interpreters = [ "perl" ];
+    };
     docker = { bins = [ "docker" ]; debian = "docker.io"; };
     lua = { bins = [ "lua" "luac" ]; debian = "lua5.4"; };
     ruby = { bins = [ "ruby" "irb" "gem" ]; };
@@ -388,8 +508,15 @@ let
 
   named = mapAttrs (attr: spec: mkHostPackage (spec // { inherit attr; })) specs;
 
-  # Every other program on hostPath, one derivation each.
-  programs = mapAttrs (name: _: mkHostPackage { attr = name; bins = [ name ]; }) found;
+  # Every other program on hostPath, one derivation each; a versioned python3
+  # (python3.11) carries its standard library, as python3 does.
+  programs = mapAttrs
+    (name: _: mkHostPackage ({ attr = name; bins = [ name ]; }
+      // lib.optionalAttrs (match "python3\\.[0-9]+" name != null) {
+        closure = "python_stdlib ${escapeShellArg name} ${escapeShellArg found.${name}}\n";
+        env = { inherit pycacheProgram; };
+      }))
+    found;
 
   installed = attr: filter (b: hasAttr b found) specs.${attr}.bins != [ ];
 
@@ -509,16 +636,25 @@ let
   # builder imports every requested module with the host python3 and fails,
   # naming the Debian package and the pip name of each one that does not
   # import.  Rules:
-  #   * the result runs the host interpreter through a wrapper script that
-  #     exec's its host path (a symlink would not do: a virtualenv's python
-  #     finds its site-packages only when started through the venv's path),
-  #     and the check runs that same interpreter;
+  #   * the check runs the host interpreter (its host path: a virtualenv's
+  #     python finds its site-packages only when started through the venv's
+  #     path), so it sees the modules where they are installed;
+  #   * what the imports loaded from outside the standard library and the
+  #     store (each top-level package or module, with the other top-level
+  #     entries and the metadata folder of its distribution) is copied into
+  #     $out/lib/python3/site-packages, with the libraries its extension
+  #     modules load; the store python3 (the host python3 package) then
+  #     imports every module again from there, so a module that works only
+  #     from the host fails the build;
+  #   * the result runs the store python3 through a wrapper script that puts
+  #     those folders on PYTHONPATH: it needs nothing outside the store;
   #   * user site-packages (~/.local) are off at build and at run time, as in
   #     nixpkgs' Python environments: builders have no $HOME, so a module
   #     found only there would pass one and fail the other;
   #   * the out path follows the host python3 binary (through the host
   #     python3 package, which hashes it) and the list of modules; it does not
-  #     follow the installed modules' versions, which Nix cannot see.
+  #     follow the installed modules' versions, which Nix cannot see (a copy
+  #     once built stays as it was).
 
   # nixpkgs' python3Packages attribute -> how the host provides the module:
   #   import: the module to import (default: the attribute, "-" -> "_")
@@ -701,12 +837,20 @@ let
 
   # Imports every module of $checkRequest (JSON) with the running
   # interpreter; on failure prints one line per module saying how to install
-  # it, and exits 1.  Written for any Python 3.
+  # it, and exits 1.  $checkPhase "host" runs it with the host python3 and,
+  # when $checkCollect names a file, writes there what to copy (lines "FOLDER
+  # TAB NAME": a top-level entry of a sys.path folder); "store" runs it with
+  # the store python3 on the copies.  Written for any Python 3.
   pythonCheckProgram = ''
     import importlib, json, os, sys
     request = json.loads(os.environ["checkRequest"])
+    on_host = os.environ.get("checkPhase", "host") == "host"
     version = "%d.%d.%d" % tuple(sys.version_info[:3])
-    where = "the host python3 %s (Python %s)" % (request["interpreter"], version)
+    if on_host:
+        where = "the host python3 %s (Python %s)" % (request["interpreter"], version)
+    else:
+        where = "the store copy of the host python3 %s (Python %s)" % (
+            request["interpreter"], version)
     minimum = request["minimumPython"]
     if minimum and tuple(sys.version_info[:len(minimum)]) < tuple(minimum):
         sys.stderr.write("repx host package set: %s needs Python %s or newer; %s is too old.\n"
@@ -734,7 +878,10 @@ let
                 ways.append("pip install " + module["pip"])
             how = " or ".join(ways)
             failure = "%s: %s" % (type(error).__name__, error)
-            if not ways:
+            if not on_host:
+                how = ("it imports on the host, but not from its copy in the store: %s "
+                       "(a module that loads files from outside its folder?)" % failure)
+            elif not ways:
                 how = "part of this package, but importing it fails: " + failure
             elif not absent:
                 how += " (it is installed, but importing it fails: %s)" % failure
@@ -744,17 +891,121 @@ let
                          "with %s:\n" % (request["what"], where))
         for line in problems:
             sys.stderr.write("  " + line + "\n")
-        sys.stderr.write("Install them for that python3, or pass a real nixpkgs with --nixpkgs.\n")
+        if on_host:
+            sys.stderr.write("Install them for that python3, or pass a real nixpkgs with "
+                             "--nixpkgs.\n")
         sys.exit(1)
+
+    def folder_entries(folder, wanted):
+        # Every top-level name of a distribution that provides one of
+        # `wanted` (its other packages, its bundled libraries, its metadata):
+        # from a .dist-info's RECORD, or an .egg-info's top_level.txt.
+        result = set(wanted)
+        try:
+            names = os.listdir(folder)
+        except OSError:
+            return result
+        for name in names:
+            meta = os.path.join(folder, name)
+            provided = set()
+            if name.endswith(".dist-info") and os.path.isfile(os.path.join(meta, "RECORD")):
+                with open(os.path.join(meta, "RECORD"), encoding="utf-8") as record:
+                    for line in record:
+                        top = line.split(",", 1)[0].replace("\\", "/").split("/", 1)[0]
+                        if top and top not in ("..", ".", "__pycache__") and ":" not in top:
+                            provided.add(top)
+            elif name.endswith(".egg-info") and os.path.isdir(meta):
+                try:
+                    with open(os.path.join(meta, "top_level.txt"), encoding="utf-8") as tops:
+                        for line in tops:
+                            line = line.strip()
+                            if line:
+                                provided.update((line, line + ".py"))
+                except OSError:
+                    pass
+            if provided & wanted:
+                result.add(name)
+                result.update(p for p in provided if os.path.exists(os.path.join(folder, p)))
+        return result
+
+    collect = os.environ.get("checkCollect")
+    if on_host and collect:
+        import sysconfig
+        real = os.path.realpath
+        stdlib = set(real(p) for p in (sysconfig.get_path("stdlib"),
+                                        sysconfig.get_path("platstdlib"),
+                                        sysconfig.get_config_var("DESTSHARED")) if p)
+        store = os.environ.get("NIX_STORE", "/nix/store") + os.sep
+        folders = sorted(set(real(p) for p in sys.path if p and os.path.isdir(p)),
+                         key=len, reverse=True)
+        wanted = {}
+        for module in list(sys.modules.values()):
+            files = []
+            if getattr(module, "__file__", None):
+                files.append(module.__file__)
+            else:  # a namespace package
+                files.extend(list(getattr(module, "__path__", None) or []))
+            for path in files:
+                path = real(path)
+                folder = next((f for f in folders if path.startswith(f + os.sep)), None)
+                if folder is None or folder in stdlib or folder.startswith(store):
+                    continue
+                top = path[len(folder) + 1:].split(os.sep, 1)[0]
+                if top != "__pycache__":
+                    wanted.setdefault(folder, set()).add(top)
+        with open(collect, "w", encoding="utf-8") as listing:
+            for folder in sorted(wanted):
+                for top in sorted(folder_entries(folder, wanted[folder])):
+                    listing.write("%s\t%s\n" % (folder, top))
+  '';
+
+  # Makes the byte code of every .py file under the folders named on the
+  # command line valid in the store, where Python can neither write caches
+  # nor trust timestamps (Nix sets every mtime to 1): an existing .pyc's
+  # header becomes "hash-based, unchecked" with the source's hash (the code
+  # is the same), and a missing one is compiled that way.
+  pycacheProgram = ''
+    import importlib.util, os, py_compile, sys
+    magic = importlib.util.MAGIC_NUMBER
+    unchecked = (1).to_bytes(4, "little")
+    for root in sys.argv[1:]:
+        for folder, dirs, files in os.walk(root):
+            dirs[:] = [d for d in dirs if d != "__pycache__"]
+            for name in files:
+                if not name.endswith(".py"):
+                    continue
+                source = os.path.join(folder, name)
+                try:
+                    with open(source, "rb") as handle:
+                        digest = importlib.util.source_hash(handle.read())
+                except OSError:
+                    continue
+                have = False
+                for level in ("", 1, 2):
+                    cached = importlib.util.cache_from_source(source, optimization=level)
+                    if not os.path.isfile(cached):
+                        continue
+                    with open(cached, "r+b") as handle:
+                        if handle.read(4) == magic:
+                            handle.seek(4)
+                            handle.write(unchecked + digest)
+                            have = have or level == ""
+                if not have:
+                    try:
+                        py_compile.compile(source, doraise=True, invalidation_mode=
+                                           py_compile.PycInvalidationMode.UNCHECKED_HASH)
+                    except Exception:
+                        pass  # not Python 3 (test data, templates): never imported
   '';
 
   # The builder of withPackages environments and host Python packages.
   #   install:    shell run before the check, with $site =
   #               $out/lib/python3/site-packages (a package copies its
   #               sources there and puts $site on $pythonpath)
-  #   afterCheck: shell run after the check passed
+  #   afterCheck: shell run after the check passed and the modules were
+  #               copied (and byte-compiled)
   #   wrappers:   shell that writes $out/bin with `write_wrapper FILE ARGS`,
-  #               a script that exec's the host python3 with ARGS (shell
+  #               a script that exec's the store python3 with ARGS (shell
   #               words, already quoted) and the package's PYTHONPATH
   #   env:        more derivation attributes (the builder's environment)
   mkHostPython =
@@ -766,7 +1017,7 @@ let
         + "${what}: the host python3 package has no python3 program (only "
         + concatStringsSep ", " (attrNames python3.repxHostBinaries) + ")."));
       script = ''
-        set -e
+        . "$closureTools"
         # Builders run as Nix's build users (build-users-group): an
         # interpreter under a private home (/root/.pyenv ...) is out of reach.
         if [ ! -x "$hostPython" ]; then
@@ -786,15 +1037,34 @@ let
         done
         site="$out/lib/python3/site-packages"
         ${install}
+        collected="$TMPDIR/repx-python-modules"
         (
           if [ -n "$pythonpath" ]; then export PYTHONPATH="$pythonpath"; fi
-          export PYTHONNOUSERSITE=1 PYTHONDONTWRITEBYTECODE=1
+          export PYTHONNOUSERSITE=1 PYTHONDONTWRITEBYTECODE=1 checkPhase=host
+          export checkCollect="$collected"
           "$hostPython" -c "$checkProgram"
+        )
+        # What the imports loaded from the host goes into $site.
+        while IFS="$tab" read -r folder entry; do
+          copy_item "$folder/$entry" "$site/$entry"
+        done < "$collected"
+        if [ -d "$site" ]; then
+          case ":$pythonpath:" in
+            *":$site:"*) ;;
+            *) pythonpath="$site''${pythonpath:+:$pythonpath}" ;;
+          esac
+          bundle_shared_objects "$site" 1
+          PYTHONDONTWRITEBYTECODE=1 "$storePython" -S -E -c "$pycacheProgram" "$site"
+        fi
+        (
+          if [ -n "$pythonpath" ]; then export PYTHONPATH="$pythonpath"; fi
+          export PYTHONNOUSERSITE=1 PYTHONDONTWRITEBYTECODE=1 checkPhase=store
+          "$storePython" -c "$checkProgram"
         )
         ${afterCheck}
         write_wrapper() {
           {
-            echo '#!/bin/sh'
+            echo "#!$scriptShell/bin/sh"
             echo "# $description"
             if [ -n "$pythonpath" ]; then
               echo "PYTHONPATH='$pythonpath'\''${PYTHONPATH:+:\"\$PYTHONPATH\"}"
@@ -802,23 +1072,28 @@ let
             fi
             echo 'PYTHONNOUSERSITE=1'
             echo 'export PYTHONNOUSERSITE'
-            printf 'exec %s %s"$@"\n' "$hostPythonQuoted" "$2"
+            printf 'exec %s %s"$@"\n' "'$storePython'" "$2"
           } > "$1"
           chmod +x "$1"
         }
-        mkdir -p "$out/bin"
         ${wrappers}
+        rmdir "$out/lib" 2>/dev/null || true
       '';
-      drv = derivation (env // {
-        inherit name system what description;
+      drv = derivation (glibcEnv // env // {
+        inherit name system what description closureTools pycacheProgram;
         builder = "/bin/sh";
         args = [ "-c" script ];
         PATH = buildPATH;
         hostPython = interpreter;
-        hostPythonQuoted = escapeShellArg interpreter;
         # The host python3 package: its derivation hashes the binary, so this
-        # out path changes with it.
+        # out path changes with it.  Its copy of the interpreter runs the
+        # result, and its libraries need no copy here.
         hostPythonPackage = python3;
+        storePython = "${python3}/bin/python3";
+        providedLibDirs = "${python3}/lib";
+        scriptShell = if installed "bash" then named.bash
+          else throw ("repx host package set: ${what}: the Python wrappers are scripts for "
+            + "bash, which is not on hostPath (${hostPathText}).");
         pythonPackages = packages;
         checkProgram = pythonCheckProgram;
         checkRequest = builtins.toJSON {
@@ -929,14 +1204,11 @@ let
           chmod -R u+w "$site"
           pythonpath="$site''${pythonpath:+:$pythonpath}"
         '';
-        # Byte-compiled once here: the store is read-only, so Python could not
-        # cache them at run time.  Hash-based .pyc files, because Nix resets
-        # every file's mtime.  postInstall comes after, so that it can add
-        # links (into other store paths) that compileall must not walk.
-        afterCheck = ''
-          "$hostPython" -m compileall -q --invalidation-mode unchecked-hash "$site" >&2
-          ${postInstall}
-        '';
+        # The sources are byte-compiled with the copied modules (hash-based
+        # .pyc files: the store is read-only and Nix resets every mtime).
+        # postInstall comes after, so that it can add links (into other
+        # store paths) that the compiler must not walk.
+        afterCheck = postInstall;
         wrappers = concatMapStrings
           (programName: "write_wrapper \"$out/bin/\"${escapeShellArg programName} "
             + escapeShellArg ("-c " + escapeShellArg (scriptCode programName scripts.${programName}) + " ")

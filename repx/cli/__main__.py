@@ -1,5 +1,5 @@
 """``python -m repx.cli``: the same command line as ``repx``."""
 
-from repx.cli import main
+from repx.console import main
 
 main()

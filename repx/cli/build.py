@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from repx.cli.common import Context, handle_errors, lab_options, store_option
+from repx.cli.common import Context, alias_of, handle_errors, lab_options, store_option
 from repx.cli.completion import complete_targets
 from repx.engine.build import BuildOptions, BuildResult, run_build
 from repx.engine.build import dry_run as dry_run_plan
@@ -27,8 +27,9 @@ from repx.store import Store
 @store_option
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
               help="Jobs to run at once (default: the machine's CPUs).")
-@click.option("-k", "--keep-going", is_flag=True,
-              help="After a failure, still run everything that does not depend on it.")
+@click.option("-k", "--keep-going", "--continue-on-failure", "keep_going", is_flag=True,
+              help="After a failure, still run everything that does not depend on it "
+                   "(--continue-on-failure: the original RepX's name).")
 @click.option("--force", "force", multiple=True, metavar="JOB|STAGE|RUN",
               help="Rerun these even if the store holds them (repeatable).")
 @click.option("--verify", is_flag=True,
@@ -144,4 +145,6 @@ def _parse_mem_option(value: str | None) -> int:
 def register(main: click.Group) -> None:
     """Add this module's commands to the ``repx`` group."""
     main.add_command(build)
+    # The original RepX's name for it: `repx run RUN` builds and runs RUN.
+    main.add_command(alias_of(build, "run", "build"))
     main.add_command(cancel)

@@ -6,6 +6,7 @@ errors and finds its lab and store the same way.
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import os
@@ -16,6 +17,7 @@ from typing import Any
 
 import click
 
+from repx.console import INTERRUPTED_EXIT_CODE, interrupts_raise
 from repx.errors import RepxError, UsageError
 from repx.lab import LabOptions
 from repx.lab.nix import LabArgument
@@ -100,7 +102,8 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         ctx = click.get_current_context().find_object(Context)
         verbose = ctx.verbose if ctx else 0
         try:
-            return func(*args, **kwargs)
+            with interrupts_raise():
+                return func(*args, **kwargs)
         except RepxError as error:
             click.echo(f"repx: {error.message}", err=True)
             if verbose and error.detail:
@@ -113,7 +116,7 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(0)
         except KeyboardInterrupt:
             click.echo("repx: interrupted", err=True)
-            sys.exit(130)
+            sys.exit(INTERRUPTED_EXIT_CODE)
         except Exception as error:  # noqa: BLE001 - last resort: never a bare traceback
             if verbose:
                 traceback.print_exc()
@@ -122,6 +125,50 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(3)
 
     return wrapper
+
+
+def alias_of(command: click.Command, name: str, original: str) -> click.Command:
+    """``command`` under another name (the original RepX's), whose help says what it is.
+
+    The same options and callback: ``repx run`` is ``repx build`` in every way, so scripts
+    written for the original keep working.
+    """
+    alias = copy.copy(command)
+    alias.name = name
+    alias.short_help = f"Alias of `repx {original}` (the original RepX's name)."
+    alias.help = f"Alias of `repx {original}`.\n\n{command.help or ''}"
+    return alias
+
+
+class DefaultCommandGroup(click.Group):
+    """A group whose arguments go to ``default`` when they name none of its commands.
+
+    ``repx show JOB`` is ``repx show job JOB`` while ``repx show output JOB`` is another
+    command, as in the original RepX. A TAB after ``repx show`` offers what ``default``'s
+    argument offers (job ids), plus the command names that start with what was typed.
+    """
+
+    def __init__(self, *args: Any, default: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.default = default
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        help_names = set(ctx.help_option_names)
+        if args and args[0] not in self.commands and args[0] not in help_names:
+            args = [self.default, *args]
+        return super().parse_args(ctx, args)
+
+    def shell_complete(self, ctx: click.Context, incomplete: str) -> list[Any]:
+        items: list[Any] = []
+        command = self.commands.get(self.default)
+        argument = next((p for p in command.params if isinstance(p, click.Argument)), None) \
+            if command is not None else None
+        if argument is not None:
+            items += argument.shell_complete(ctx, incomplete)
+        if incomplete:
+            items += [item for item in super().shell_complete(ctx, incomplete)
+                      if item.value in self.commands]
+        return items
 
 
 def store_option(func: Callable[..., Any]) -> Callable[..., Any]:

@@ -7,6 +7,7 @@ commands open the store read-only, so they never wait for a build that is commit
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -14,7 +15,7 @@ from typing import Any
 
 import click
 
-from repx.cli.common import handle_errors, lab_options, store_option, table
+from repx.cli.common import DefaultCommandGroup, handle_errors, lab_options, store_option, table
 from repx.cli.completion import (
     complete_gc_roots,
     complete_jobs,
@@ -25,8 +26,9 @@ from repx.errors import LabError, UsageError
 from repx.lab import LabOptions, open_lab
 from repx.lab.graph import JobGraph
 from repx.lab.nix import find_lab_source
+from repx.report import lab_views as lv
 from repx.report import store_views as ins
-from repx.store import Status
+from repx.store import Status, Store
 from repx.store import gc as repx_gc
 
 _STATUS_CHOICES = click.Choice([s.value for s in Status])
@@ -39,6 +41,12 @@ def _echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
+def _echo_notes(notes: list[str]) -> None:
+    """What the command could not find out (SLURM unavailable…), once, on stderr."""
+    for note in notes:
+        click.echo(f"repx: note: {note}", err=True)
+
+
 # ---------------------------------------------------------------------------- status
 
 
@@ -47,13 +55,16 @@ def status(runs: tuple[str, ...], options: LabOptions, store_dir: str, as_json: 
 
     RUN may be a run name or @GROUP (default: every run). RUNNING counts queued jobs too,
     FAILED cancelled ones; NOT RUN counts jobs without a record and claims whose process is
-    gone (the next build runs them). The total counts a job shared by two runs once.
+    gone (the next build runs them). The total counts a job shared by two runs once. Jobs
+    submitted to SLURM are counted as SLURM sees them, and the outcomes of those that ended
+    are recorded (as a build would), though no build watches them.
 
     Example: repx status hyperparam-sweep --store ./.repx
     """
     graph = open_lab(options)
     with ins.open_store(store_dir) as store:
         data = ins.run_status(graph, store, runs)
+    _echo_notes(data["notes"])
     if as_json:
         _echo_json(data)
         return
@@ -97,23 +108,82 @@ def show(job: str, options: LabOptions, store_dir: str, as_json: bool) -> None:
     """
     graph = _maybe_lab(options)
     with ins.open_store(store_dir) as store:
-        if graph is not None and any(i.startswith(job) for i in graph.jobs):
-            # Unique, or an error listing the lab's candidates.
-            data = ins.job_detail(graph, store, graph.resolve_job(job))
+        job_id, in_lab = _find_job(graph, store, job)
+        if in_lab and graph is not None:
+            data = ins.job_detail(graph, store, graph.jobs[job_id])
         else:
-            try:
-                job_id = ins.resolve_stored_job(store, job)
-            except UsageError as exc:
-                if graph is None or "ambiguous" in exc.message:
-                    raise
-                raise UsageError(f"no job of lab {graph.lab.path} and none in the store at "
-                                 f"{store.root} has an id starting with '{job}'") from None
             data = ins.stored_detail(store, job_id)
             data["in_lab"] = False
+    _echo_notes(data["notes"])
     if as_json:
         _echo_json(data)
         return
     _print_detail(data)
+
+
+def _find_job(graph: JobGraph | None, store: Store, job: str) -> tuple[str, bool]:
+    """The id JOB names, and whether it is a job of ``graph``: looked up in the lab (when
+    there is one and it has such a prefix), then in the store (scatter-gather units, jobs
+    of other labs). An unknown or ambiguous prefix is an error listing what was looked at."""
+    if graph is not None and any(i.startswith(job) for i in graph.jobs):
+        return graph.resolve_job(job).id, True  # unique, or an error listing the candidates
+    try:
+        return ins.resolve_stored_job(store, job), False
+    except UsageError as exc:
+        if graph is None or "ambiguous" in exc.message:
+            raise
+        raise UsageError(f"no job of lab {graph.lab.path} and none in the store at "
+                         f"{store.root} has an id starting with '{job}'") from None
+
+
+def show_output(job: str, path: str | None, options: LabOptions, store_dir: str,
+                path_only: bool) -> None:
+    """A job's output folder ($out): its files with their sizes; with PATH (relative to
+    $out) the content of that file, or the files of that folder. --path prints only the
+    absolute path of $out or of PATH (for scripts: cat "$(repx show output JOB x --path)").
+
+    JOB is looked up as for `repx show`. PATH must stay inside $out (no '..' out of it, no
+    link that leads elsewhere).
+
+    Example: repx show output 3f9a2 results/summary.csv
+    """
+    graph = _maybe_lab(options)
+    with ins.open_store(store_dir) as store:
+        job_id, _ = _find_job(graph, store, job)
+        out = store.out_dir(job_id)
+        record = store.get(job_id)
+    if not out.is_dir():
+        state = record.status.value if record else "not run"
+        raise UsageError(f"job {job_id} ({state}) has no output folder yet: {out} does not "
+                         "exist (run it with `repx build`)")
+    target = lv.output_target(out, path)
+    if not os.path.lexists(target):
+        listing = "\n".join(f"  {e.path}{'/' if e.is_dir else ''}" for e in lv.list_output(out))
+        raise UsageError(f"job {job_id} has no output '{path}' ({target} does not exist); "
+                         f"files in {out}:\n{listing or '  (none)'}")
+    if path_only:
+        click.echo(str(target))
+        return
+    if target.is_dir():
+        if target == out:
+            click.echo(f"output folder {out}")
+        else:
+            click.echo(f"folder {path} of {out}")
+        entries = lv.list_output(target)
+        for entry in entries:
+            size = "" if entry.is_dir else f"  {ins.human_bytes(entry.size)}"
+            click.echo(f"  {entry.path}{'/' if entry.is_dir else ''}{size}")
+        if not entries:
+            click.echo("  (empty)")
+        return
+    stdout = click.get_binary_stream("stdout")
+    try:
+        with open(target, "rb") as fh:
+            while chunk := fh.read(1 << 16):
+                stdout.write(chunk)
+        stdout.flush()
+    except BrokenPipeError:  # `repx show output JOB big.csv | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _size(info: dict[str, Any]) -> str:
@@ -137,7 +207,9 @@ def _print_detail(d: dict[str, Any]) -> None:
         for part in (code, rec["reason"]):
             if part and part not in state:
                 state += f", {part}"
-        if rec["owner_alive"] is False:
+        if rec.get("slurm_state") and d["status"] in ("queued", "running"):
+            state += f" (SLURM job {rec['slurm_id']}: {rec['slurm_state']})"
+        elif rec["owner_alive"] is False:
             state += " (its process is gone)"
     echo(f"status    {state}")
     if rec:
@@ -207,11 +279,12 @@ def _print_detail(d: dict[str, Any]) -> None:
 # ------------------------------------------------------------------------------- log
 
 
-def log(job: str, store_dir: str, follow: bool, stderr: bool) -> None:
+def log(job: str, store_dir: str, follow: bool, stderr: bool, lines: int | None) -> None:
     """Print a job's stdout log (--stderr: its stderr log).
 
-    JOB is a job id or a unique prefix of one in the store. -f keeps printing what the job
-    writes until it is no longer running (a finished job's log is printed and -f returns).
+    JOB is a job id or a unique prefix of one in the store. -n N prints only the last N
+    lines. -f keeps printing what the job writes until it is no longer running (a finished
+    job's log is printed and -f returns).
 
     Example: repx log 3f9a2 --stderr -f
     """
@@ -225,14 +298,15 @@ def log(job: str, store_dir: str, follow: bool, stderr: bool) -> None:
         job_id = ins.resolve_stored_job(store, job)
         path, record = ins.log_file(store, job_id, stderr=stderr)
         which = "stderr" if stderr else "stdout"
+        start = lv.tail_offset(path, lines) if lines is not None else 0
         try:
             if not follow:
                 if not path.exists():
                     state = record.status.value if record else "not recorded"
                     raise UsageError(f"job {job_id} ({state}) has no {which} log at {path}")
-                ins.copy_log(path, 0, write)
+                ins.copy_log(path, start, write)
                 return
-            record = ins.follow_log(store, job_id, path, write)
+            record = ins.follow_log(store, job_id, path, write, start=start)
         except BrokenPipeError:  # `repx log JOB | head`: the reader has all it wanted
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return
@@ -250,10 +324,14 @@ def cache_ls(store_dir: str, statuses: tuple[str, ...], run: str | None, stage: 
              as_json: bool) -> None:
     """The jobs the store holds: id, status, run, stage, output size, finish time.
 
+    Jobs on SLURM show SLURM's state; the outcomes of those that ended are recorded.
+
     Example: repx cache ls --status failed --run hyperparam-sweep
     """
     with ins.open_store(store_dir) as store:
-        rows = ins.cache_list(store, statuses=statuses, run=run, stage=stage)
+        slurm = ins.slurm_lookup(store)
+        rows = ins.cache_list(store, statuses=statuses, run=run, stage=stage, slurm=slurm)
+    _echo_notes(slurm.notes)
     if as_json:
         _echo_json(rows)
         return
@@ -311,6 +389,7 @@ def cache_show(job: str, store_dir: str, as_json: bool) -> None:
     """
     with ins.open_store(store_dir) as store:
         data = ins.stored_detail(store, ins.resolve_stored_job(store, job))
+    _echo_notes(data["notes"])
     if as_json:
         _echo_json(data)
         return
@@ -371,38 +450,125 @@ def cache_rm(jobs: tuple[str, ...], store_dir: str, statuses: tuple[str, ...],
                f"{ins.human_bytes(sum(n for _, n in removed))}")
 
 
+#: Skipped folders ``repx cache recover`` lists (--json lists them all).
+_MAX_SKIPPED_LINES = 20
+
+
+def cache_recover(store_dir: str, quick: bool, dry_run: bool, as_json: bool) -> None:
+    """Rebuild the store's records from its job folders, after its database was lost
+    (deleted, empty) or damaged (cut short, corrupt): a damaged database is first moved
+    aside to db.damaged-<time>. Every folder whose repx/record.json is complete gets its
+    record back (a succeeded job only if its files match the manifest: size and BLAKE3,
+    --quick: size only), and the gc roots come back from roots.json. Folders the
+    database already knows are left alone. --dry-run only reports.
+
+    Example: repx cache recover --store ./.repx
+    """
+    from repx.store.recover import recover
+
+    result = recover(store_dir, checksums=not quick, dry_run=dry_run)
+    if as_json:
+        _echo_json(result.to_dict())
+        return
+    echo = click.echo
+    would = "would " if dry_run else ""
+    if result.database == "damaged":
+        echo(f"database  damaged: {result.damage}")
+        echo(f"          {would}moved aside to "
+             + (result.moved_to or f"{result.store}/db.damaged-<time>"))
+    elif result.database == "missing":
+        echo(f"database  missing or empty: {would}created afresh")
+    counts = ", ".join(f"{len(ids)} {status}" for status, ids in sorted(result.recovered.items()))
+    stale = (f", {len(result.stale_replaced)} of them over a stale claim"
+             if result.stale_replaced else "")
+    echo(f"{would}recover {result.recovered_count} jobs" + (f" ({counts}{stale})" if counts else "")
+         + f"; {len(result.already)} already recorded, {len(result.skipped)} folders skipped")
+    for root in result.roots:
+        echo(f"{would}restore gc root {root.name}{' (pinned)' if root.pinned else ''} "
+             f"({root.lab_path}) from {result.roots_from}")
+    for name, why in result.skipped[:_MAX_SKIPPED_LINES]:
+        echo(f"  skipped {name}: {why}")
+    if len(result.skipped) > _MAX_SKIPPED_LINES:
+        echo(f"  … {len(result.skipped) - _MAX_SKIPPED_LINES} more (--json lists them all)")
+
+
 # -------------------------------------------------------------------------------- gc
 
 
-def gc(store_dir: str, dry_run: bool, keep_recent: int | None, as_json: bool) -> None:
+#: Exit code of ``repx gc`` when it removed nothing because nobody confirmed the removal
+#: (no terminal to ask on and no --yes, or "no" at the prompt).
+GC_NOT_CONFIRMED = 4
+
+#: Lines of a gc plan shown before the prompt (the summary line counts them all).
+_MAX_PLAN_LINES = 20
+
+
+def gc(store_dir: str, dry_run: bool, keep_recent: int | None, as_json: bool, yes: bool,
+       options: LabOptions) -> None:
     """Remove every job record and output folder that no gc root reaches.
 
     Every lab you build stays a gc root, keeping all of its jobs, until you remove it with
     `repx gc unpin` (see `repx gc roots`); --keep-recent N also drops the unpinned roots
-    beyond the N newest (pinned ones stay). Jobs running under a live process are kept.
-    --dry-run only reports what would go.
+    beyond the N newest (pinned ones stay). The current lab (--lab, ./result, or the lab
+    file built now) is always kept, and so are jobs running under a live process or on
+    SLURM. gc shows what it would remove and asks first (--yes: do not ask); without a
+    terminal and without --yes it removes nothing and exits with code 4. --dry-run only
+    reports what would go.
 
     Example: repx gc --dry-run --keep-recent 3
     """
-    store = ins.open_store(store_dir, readonly=dry_run)
-    with store:
-        result = repx_gc.collect(store, dry_run=dry_run, keep_recent=keep_recent)
+    with ins.open_store(store_dir, readonly=dry_run) as store:
+        current = repx_gc.current_lab(options)
+        keep = [current] if current is not None else []
+        on_slurm = functools.partial(ins.still_on_slurm, store)
+        plan = repx_gc.collect(store, dry_run=True, keep_recent=keep_recent, keep_labs=keep,
+                               on_slurm=on_slurm)
+        if dry_run or plan.removes_nothing:
+            plan.dry_run = dry_run  # nothing to remove: the plan is the whole run
+            _print_gc(plan, as_json, dry_run=dry_run)
+            return
+        if not yes:
+            interactive = not as_json and sys.stdin.isatty()
+            if not interactive:
+                _print_gc(plan, as_json, dry_run=True)
+                click.echo("repx: gc removed nothing: removing needs confirmation; pass --yes "
+                           "(or run it in a terminal to be asked)", err=True)
+                sys.exit(GC_NOT_CONFIRMED)
+            _print_gc(plan, as_json=False, dry_run=True, limit=_MAX_PLAN_LINES)
+            if not click.confirm("Remove them?", default=False, err=True):
+                click.echo("gc: nothing removed")
+                sys.exit(GC_NOT_CONFIRMED)
+        result = repx_gc.collect(store, keep_recent=keep_recent, keep_labs=keep,
+                                 approved=plan, on_slurm=on_slurm)
+    _print_gc(result, as_json, dry_run=False)
+
+
+def _print_gc(result: repx_gc.GcResult, as_json: bool, *, dry_run: bool,
+              limit: int | None = None) -> None:
+    """What gc removed or (``dry_run``) would remove: one line per root, job and folder
+    (the first ``limit`` of them), then the counts and sizes."""
     if as_json:
         _echo_json(result.to_dict())
         return
     for warning in result.warnings:
         click.echo(f"repx: warning: {warning}", err=True)
     verb = "would remove" if dry_run else "removed"
-    for root in result.dropped_roots:
-        click.echo(f"{verb} gc root {root.name} ({root.lab_path})")
-    for job_id, size in result.removed:
-        click.echo(f"{verb} {job_id}  {ins.human_bytes(size)}")
-    for name, size in result.orphans:
-        click.echo(f"{verb} orphan folder outputs/{name}  {ins.human_bytes(size)}")
+    lines = [f"{verb} gc root {root.name} ({root.lab_path})" for root in result.dropped_roots]
+    lines += [f"{verb} {job_id}  {ins.human_bytes(size)}" for job_id, size in result.removed]
+    lines += [f"{verb} orphan folder outputs/{name}  {ins.human_bytes(size)}"
+              for name, size in result.orphans]
+    shown = lines if limit is None else lines[:limit]
+    for line in shown:
+        click.echo(line)
+    if len(shown) < len(lines):
+        click.echo(f"… {len(lines) - len(shown)} more (`repx gc --dry-run` lists them all)")
+    root_labs = {r.lab_path for r in result.roots}
+    current = [lab for lab in result.kept_labs if lab not in root_labs]
     click.echo(
         f"gc: {verb} {len(result.removed)} jobs and {len(result.orphans)} orphan folders, "
         f"{'would free' if dry_run else 'freed'} {ins.human_bytes(result.freed_bytes)}; kept "
         f"{result.reachable} jobs reachable from {len(result.roots)} roots"
+        + (" and the current lab" if current else "")
         + (f" and {len(result.kept_running)} running" if result.kept_running else ""))
 
 
@@ -440,15 +606,22 @@ def gc_pin(name: str | None, options: LabOptions, store_dir: str) -> None:
 
 
 def gc_unpin(name: str, store_dir: str) -> None:
-    """Remove the gc root NAME (a name, a unique name prefix, or a lab path), pinned or not.
-    Its jobs go at the next `repx gc` unless another root reaches them; building that lab
-    again makes it a root again.
+    """Unpin the gc root NAME (a name, a unique name prefix, or a lab path): a pinned root
+    becomes the ordinary root its lab's build gave it (`repx gc --keep-recent` may drop it
+    later); an unpinned root is removed, and its jobs go at the next `repx gc` unless
+    another root or the current lab reaches them. Building that lab again makes it a root
+    again.
 
     Example: repx gc unpin paper-v1
     """
     with ins.open_store(store_dir, readonly=False) as store:
-        root = repx_gc.unpin(store, name)
-    click.echo(f"removed gc root {root.name} ({root.lab_path})")
+        done = repx_gc.unpin(store, name)
+    root = done.removed
+    if done.automatic is None:
+        click.echo(f"removed gc root {root.name} ({root.lab_path})")
+    else:
+        click.echo(f"unpinned {root.name}: lab {root.lab_path} is an ordinary gc root again "
+                   f"({done.automatic.name}; `repx gc unpin {done.automatic.name}` removes it)")
 
 
 # ---------------------------------------------------------------------------- register
@@ -461,17 +634,31 @@ def register(main: click.Group) -> None:
     main.command("status")(handle_errors(_JSON(store_option(lab_options(
         click.argument("runs", nargs=-1, metavar="[RUN|@GROUP]...",
                        shell_complete=complete_runs)(status))))))
-    main.command("show")(handle_errors(_JSON(store_option(lab_options(
+    show_group = DefaultCommandGroup(
+        "show", default="job",
+        help="Show one job (`repx show JOB` is `repx show job JOB`) or the files of its "
+             "output folder (`repx show output JOB [PATH]`).\n\nExample: repx show 3f9a2",
+        short_help="Everything about one job (show JOB), or its outputs (show output JOB).")
+    main.add_command(show_group)
+    show_group.command("job")(handle_errors(_JSON(store_option(lab_options(
         click.argument("job", shell_complete=complete_jobs)(show))))))
+    show_group.command("output")(handle_errors(store_option(lab_options(
+        click.option("--path", "path_only", is_flag=True,
+                     help="Print only the absolute path of $out (or of PATH in it).")(
+            click.argument("job", shell_complete=complete_jobs)(
+                click.argument("path", required=False)(show_output)))))))
     main.command("log")(handle_errors(
         click.option("--stderr", is_flag=True, help="Print the stderr log instead.")(
             click.option("-f", "--follow", is_flag=True,
                          help="Keep printing until the job is no longer running.")(
-                store_option(click.argument("job", shell_complete=complete_jobs)(log))))))
+                click.option("-n", "--lines", type=click.IntRange(min=0), metavar="N",
+                             help="Print only the last N lines (with -f: then follow).")(
+                    store_option(click.argument("job", shell_complete=complete_jobs)(log)))))))
 
     @main.group("cache")
     def cache() -> None:
-        """Look at and maintain what the job store holds (ls, stats, show, verify, rm).
+        """Look at and maintain what the job store holds (ls, stats, show, verify, rm,
+        recover).
 
         Example: repx cache stats
         """
@@ -491,19 +678,27 @@ def register(main: click.Group) -> None:
             jobs_arg(cache_verify))))))
     cache.command("rm")(handle_errors(_JSON(status_opt(store_option(
         jobs_arg(cache_rm))))))
+    cache.command("recover")(handle_errors(_JSON(store_option(
+        click.option("--quick", is_flag=True,
+                     help="Check succeeded jobs' output sizes only, not BLAKE3 digests.")(
+            click.option("--dry-run", is_flag=True, help="Only report what would be done.")(
+                cache_recover))))))
 
     @main.group("gc", invoke_without_command=True)
     @click.option("--dry-run", is_flag=True, help="Only report what would be removed.")
     @click.option("--keep-recent", type=int, metavar="N",
                   help="First drop the unpinned roots beyond the N newest.")
+    @click.option("-y", "--yes", is_flag=True,
+                  help="Remove without asking (needed when there is no terminal to ask on).")
     @_JSON
     @store_option
+    @lab_options
     @click.pass_context
     @handle_errors
     def gc_group(ctx: click.Context, store_dir: str, dry_run: bool, keep_recent: int | None,
-                 as_json: bool) -> None:
+                 yes: bool, as_json: bool, options: LabOptions) -> None:
         if ctx.invoked_subcommand is None:
-            gc(store_dir, dry_run, keep_recent, as_json)
+            gc(store_dir, dry_run, keep_recent, as_json, yes, options)
 
     gc_group.help = gc.__doc__
     gc_group.short_help = "Remove the jobs no gc root reaches; manage roots (pin, unpin)."

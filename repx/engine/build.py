@@ -45,6 +45,9 @@ class BuildOptions:
     cpus: int = 0
     mem: int = 0
     grace: float = 5.0
+    #: Local: seconds a job's leftover processes may outlive its main process before they
+    #: are killed and the job fails (None: ``$REPX_DESCENDANT_TIMEOUT``, else 60).
+    descendant_timeout: float | None = None
     #: "local" (this machine) or "slurm" (submit with sbatch and watch).
     scheduler: str = "local"
     #: SLURM: return after submitting instead of watching the jobs to their end.
@@ -282,4 +285,6 @@ def _scheduler(graph: JobGraph, store: Store, plan: Plan, options: BuildOptions,
         jobs=options.jobs, keep_going=options.keep_going, cpus=options.cpus,
         mem=options.mem, grace=options.grace,
     )
+    if options.descendant_timeout is not None:
+        local.descendant_timeout = options.descendant_timeout
     return LocalScheduler(graph, store, plan, local, reporter)

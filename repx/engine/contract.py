@@ -7,10 +7,21 @@ anywhere.
 
 * **Output templates** resolve with :func:`resolve_output`, the one rule used by the
   engine (what to check and hash after a run), the no-op index, the store views and the
-  analysis API: ``$out`` and ``${out}`` stand for the job's ``out/`` folder; a relative
-  template is relative to it; an absolute template is taken as written.
+  analysis API. The rule itself is :func:`repx.lab.outputs.output_relpath` (the lab layer
+  checks every template with it when the lab is expanded): a template is ``$out``,
+  ``${out}``, ``$out/REL``, ``${out}/REL`` or a relative ``REL``, where ``REL`` stays
+  inside the job's ``out/`` (not absolute, no ``..`` above it, no shell expansion);
+  anything else is a lab error. So every declared output is a file of the job's own
+  folder, and :func:`resolve_output` returns ``out/`` or ``out/REL`` (``REL``
+  normalised), never a path elsewhere. The only non-path output is a scatter's
+  ``worker__arg``.
+* **The job folder** is made by :func:`prepare_job_folder` before each run: real
+  directories, never a symlink a previous run left in their place.
+* **Environment**: the job gets repx's environment plus :data:`JOB_ID_ENV`
+  (``REPX_JOB_ID``), the id of its job folder.
 * **Inputs** resolve with :class:`InputResolver`: a producer's output, a file of the lab,
-  an inter-run manifest, or a value only known at run time.
+  an inter-run manifest (written by :mod:`repx.engine.manifest`), or a value only known at
+  run time.
 * **JSON files.** The stage scripts read the inputs and params files with bash itself,
   which is fast only for JSON laid out as one ``"key": value`` per line;
   :func:`write_json_lines` writes exactly that (and it stays valid JSON for ``jq``).
@@ -20,9 +31,11 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from typing import TYPE_CHECKING, Any
 
 from repx.errors import LabError
+from repx.lab.outputs import OUTPUT_RULE, SHAPE_OUTPUT, output_relpath
 
 if TYPE_CHECKING:
     from repx.lab.blueprint import Executable
@@ -53,6 +66,13 @@ def write_json(path: str, value: Any) -> None:
         handle.write("\n")
 
 
+#: The environment variable every job process gets: the id of the job (unit) it runs for,
+#: i.e. the name of its folder under ``<store>/outputs/``. Processes the job starts inherit
+#: it, which is how the local scheduler recognises them once they outlive the job's main
+#: process (:mod:`repx.engine.descendants`); the SLURM wrapper sets it too.
+JOB_ID_ENV = "REPX_JOB_ID"
+
+
 def job_argv(script: str, out_dir: str, inputs_json: str, params_json: str) -> list[str]:
     """The command line of a job: ``$1`` its ``out/``, ``$2`` its inputs JSON, ``$3`` its
     params JSON. The SLURM wrapper spells the same line in bash from this function."""
@@ -61,30 +81,45 @@ def job_argv(script: str, out_dir: str, inputs_json: str, params_json: str) -> l
 
 def resolve_output(template: object, out_dir: str, *, job: str, name: str) -> str:
     """The path that output ``name`` (declared as ``template``) of ``job`` names, for a job
-    whose ``out/`` is ``out_dir`` (the rule is in the module doc)."""
-    if not isinstance(template, str):
-        raise LabError(f"job {job}: output '{name}' is not a path template: {template!r}")
-    for var in ("$out", "${out}"):
-        if template == var:
-            return out_dir
-        if template.startswith(var + "/"):
-            return out_dir + template[len(var):]
-    if os.path.isabs(template):
-        return template
-    return os.path.join(out_dir, template)
+    whose ``out/`` is ``out_dir`` (the rule is in the module doc; a template that breaks
+    it is a LabError, which the lab checks already raised when the lab was expanded)."""
+    try:
+        rel = output_relpath(template)
+    except ValueError as exc:
+        raise LabError(f"job {job}: output '{name}' = {template!r} {exc}; {OUTPUT_RULE}") \
+            from None
+    return f"{out_dir}/{rel}" if rel else out_dir
 
 
 def declared_outputs(job_outputs: dict[str, Any], out_dir: str, job: str) -> dict[str, str]:
     """Every declared output that is a file path, resolved against ``out_dir``.
 
-    Non-path outputs (a scatter's ``worker__arg`` shape) are left out: nothing on disk
-    corresponds to them.
+    A scatter's :data:`SHAPE_OUTPUT` is left out: nothing on disk corresponds to it.
     """
     return {
         name: resolve_output(template, out_dir, job=job, name=name)
         for name, template in job_outputs.items()
-        if isinstance(template, str)
+        if name != SHAPE_OUTPUT or isinstance(template, str)
     }
+
+
+def prepare_job_folder(job_dir: str, out_dir: str, meta_dir: str) -> None:
+    """Make the job folder, its ``out/`` and its ``repx/`` real directories before a run.
+
+    A previous run of the job may have left any of them as a symlink (``rm -rf "$out";
+    ln -s /elsewhere "$out"``) or a file. Such an entry is removed itself — ``unlink``,
+    never a walk through it — and a directory made in its place, so nothing repx writes
+    next (the inputs and params JSON, the logs) and nothing the script's header empties
+    lies outside the job folder. Costs one ``mkdir`` per folder when they are new, one
+    ``lstat`` more when they exist.
+    """
+    for path in (job_dir, out_dir, meta_dir):
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            if not stat.S_ISDIR(os.lstat(path).st_mode):
+                os.unlink(path)
+                os.mkdir(path)
 
 
 class InputResolver:
@@ -130,26 +165,6 @@ class InputResolver:
             else:
                 raise LabError(f"job {job.id}: input '{name}' has an unknown source {source!r}")
         return resolved
-
-    def manifest_entries(
-        self, job_ids: list[str], statuses: dict[str, str]
-    ) -> list[dict[str, Any]]:
-        """The inter-run manifest of a run: one entry per job (id, run, stage, pname,
-        params, status, outputs by name → absolute path)."""
-        entries = []
-        for job_id in job_ids:
-            job = self.jobs[job_id]
-            out = self.folders.out_dir(job_id)
-            entries.append({
-                "id": job_id,
-                "run": job.run,
-                "stage": job.stage,
-                "pname": job.pname,
-                "params": job.params,
-                "status": statuses.get(job_id, "not run"),
-                "outputs": declared_outputs(job.outputs, out, job_id),
-            })
-        return entries
 
 
 def step_inputs(

@@ -6,6 +6,14 @@ and only repx decides when), its stdout and stderr going straight to the unit's 
 The loop sleeps in ``epoll`` on one pidfd per running process plus a wakeup pipe for
 signals, so it reacts to an exit at once without polling.
 
+A unit is finished when its main process *and every process it started* are gone: the
+scheduler is a child subreaper while it runs (:mod:`repx.engine.descendants`), so what a
+job leaves running (``setsid``, ``nohup … &``, a double fork) is re-parented to it and
+waited for with a pidfd too, up to :attr:`LocalOptions.descendant_timeout` seconds after
+the main process exited; whatever is still running then is killed and the unit fails
+saying so. A job whose main process failed, or a build being stopped, has its leftovers
+killed at once.
+
 Ordering: ready units are started by run (runs in the lab's order), then in topological
 order; admission counts the units' ``cpus`` and ``mem`` hints against the machine; a unit
 bigger than the machine still runs when nothing else does. Claims, outcome records and
@@ -20,9 +28,16 @@ import os
 import select
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from repx.engine.contract import job_argv, write_json_lines
+from repx.engine.contract import JOB_ID_ENV, job_argv, prepare_job_folder, write_json_lines
+from repx.engine.descendants import (
+    Children,
+    child_subreaper,
+    describe,
+    job_of,
+    set_child_subreaper,
+)
 from repx.engine.plan import Plan
 from repx.engine.scheduler import (
     FOREIGN_POLL_SECONDS,
@@ -31,11 +46,34 @@ from repx.engine.scheduler import (
     UnitScheduler,
 )
 from repx.engine.units import Unit, UnitState
-from repx.errors import RepxError
+from repx.errors import RepxError, UsageError
 from repx.lab.graph import JobGraph
 from repx.store import Store, layout
+from repx.store.errors import StoreError, StoreFullError
 
 _SPAWN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+
+#: The environment variable that sets :attr:`LocalOptions.descendant_timeout`.
+DESCENDANT_TIMEOUT_ENV = "REPX_DESCENDANT_TIMEOUT"
+#: Seconds a job's leftover processes may outlive its main process by default: enough for
+#: a background writer to finish, short enough that a forgotten daemon costs a minute and
+#: a clear error rather than a build that never ends.
+DEFAULT_DESCENDANT_TIMEOUT = 60.0
+
+
+def descendant_timeout_from_env() -> float:
+    """``$REPX_DESCENDANT_TIMEOUT`` in seconds, else the default; a UsageError naming the
+    variable when it is not a number >= 0."""
+    text = os.environ.get(DESCENDANT_TIMEOUT_ENV, "").strip()
+    if not text:
+        return DEFAULT_DESCENDANT_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise UsageError(f"{DESCENDANT_TIMEOUT_ENV}={text!r} is not a number of seconds >= 0")
+    return value
 
 
 def machine_cpus() -> int:
@@ -58,31 +96,32 @@ def machine_mem() -> int:
     return 0
 
 
-def kill_orphans(out: str) -> int:
+def kill_orphans(out: str, unit_id: str) -> int:
     """Stop processes a killed ``repx build`` left running for a unit; how many were found.
 
     The unit's claim was abandoned (its owner is dead and we hold it now), but the job's
-    process may still be writing into ``out/``. It is recognised by its command line, whose
-    first argument is ``out/`` itself, so no unrelated process is ever touched. Such a
-    process leads its own session (the scheduler starts every job with ``setsid``), so its
-    whole process group goes. This scans ``/proc`` — milliseconds — and only runs for units
-    whose previous claim was abandoned.
+    process, or one it started, may still be writing into ``out/``. The job's main process
+    is recognised by its command line, whose first argument is ``out/`` itself, and what
+    it started by the ``REPX_JOB_ID`` it inherited, so no unrelated process is ever touched.
+    Each one's process group goes with it (the scheduler starts every job with ``setsid``).
+    This scans ``/proc`` — milliseconds — and only runs for units whose previous claim was
+    abandoned.
     """
     needle = b"\0" + out.encode() + b"\0"
+    me = os.getpid()
     found = []
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
+        if not entry.isdigit() or int(entry) == me:
             continue
         try:
             with open(f"/proc/{entry}/cmdline", "rb") as handle:
                 cmdline = handle.read()
         except OSError:
             continue
-        if needle in cmdline:
+        if needle in cmdline or job_of(int(entry))[0] == unit_id:
             found.append(int(entry))
     for pid in found:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)
+        _signal_tree(pid, signal.SIGKILL)
     deadline = time.monotonic() + 5
     alive = found
     while alive and time.monotonic() < deadline:
@@ -103,14 +142,37 @@ class LocalOptions(SchedulerOptions):
     mem: int = 0
     #: Seconds between SIGTERM and SIGKILL when a build is interrupted.
     grace: float = 5.0
+    #: Seconds the processes a job started may run on after its main process exited 0;
+    #: then they are killed and the job fails (``REPX_DESCENDANT_TIMEOUT``, default 60).
+    descendant_timeout: float = field(default_factory=descendant_timeout_from_env)
 
 
-@dataclass
+def _signal_tree(pid: int, sig: int) -> None:
+    """Send ``sig`` to process ``pid`` and to the process group it leads, if any."""
+    for send in (os.killpg, os.kill):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            send(pid, sig)
+
+
+@dataclass(eq=False)
 class _Running:
+    """A unit whose process runs, or whose main process exited and whose descendants
+    still run (it keeps its slot until they are gone)."""
+
     unit: Unit
     pid: int
     pidfd: int
     started: float
+    #: The main process's wait status once it exited.
+    status: int | None = None
+    #: When the descendants still running are killed (monotonic; set at the main's exit).
+    deadline: float = 0.0
+    #: The descendants waited for, re-parented to the scheduler: pidfd -> pid.
+    descendants: dict[int, int] = field(default_factory=dict)
+    #: The signal every descendant gets as soon as it is found (0 while none is due).
+    kill_signal: int = 0
+    #: Why the unit fails although its main process exited 0.
+    problem: str = ""
 
 
 class LocalScheduler(UnitScheduler):
@@ -130,24 +192,47 @@ class LocalScheduler(UnitScheduler):
         self.max_jobs = options.jobs or machine_cpus()
         self.cpu_budget = max(options.cpus or machine_cpus(), self.max_jobs)
         self.mem_budget = options.mem or machine_mem()
-        self.running: dict[int, _Running] = {}
+        #: Units being run, by unit id.
+        self.running: dict[str, _Running] = {}
+        #: Every pidfd in the epoll set (main processes and descendants): (unit, pid).
+        self._pidfds: dict[int, tuple[_Running, int]] = {}
+        #: The pids those pidfds watch (a child of ours listed there is already known).
+        self._watched: set[int] = set()
+        #: Running units by their main process's pid, which is their session id.
+        self._sessions: dict[int, _Running] = {}
+        #: Whether this process is a child subreaper (else leftovers cannot be waited for).
+        self.subreaper = False
+        self._children: Children | None = None
         self._env = dict(os.environ)
 
     def run(self) -> None:
         """Run every unit to its outcome (or until interrupted)."""
         self._build_units()
         self.reporter.begin(sum(1 for u in self.units.values() if u.role != "gate"))
+        was_subreaper = child_subreaper()
+        self.subreaper = set_child_subreaper(True)
+        self._children = Children() if self.subreaper else None
         epoll = select.epoll()
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         epoll.register(wake_r, select.EPOLLIN)
         previous = self._install_signals(wake_w)
         try:
             self._loop(epoll, wake_r)
+        except StoreError as error:
+            self._stop_for_store_error(error, epoll, wake_r)
+            raise
         finally:
             self._restore_signals(previous)
+            for fd in self._pidfds:
+                os.close(fd)
+            self._pidfds.clear()
             epoll.close()
             os.close(wake_r)
             os.close(wake_w)
+            if self._children is not None:
+                self._children.close()
+            if self.subreaper and not was_subreaper:
+                set_child_subreaper(False)
             self.reporter.close()
 
     def _loop(self, epoll: select.epoll, wake_r: int) -> None:
@@ -171,24 +256,123 @@ class LocalScheduler(UnitScheduler):
                 timeout = min(timeout or FOREIGN_POLL_SECONDS, FOREIGN_POLL_SECONDS)
             if self.claims_refused and self.ready and not self.stopping:
                 timeout = 0  # refused claims left slots free: fill them now
+            deadline = self._next_deadline()
+            if deadline is not None:
+                left = max(0.0, deadline - time.monotonic())
+                timeout = left if timeout is None else min(timeout, left)
             self.reporter.tick()  # here, with every slot filled: what runs is what shows
             self._handle(epoll.poll(-1 if timeout is None else timeout), epoll, wake_r)
+            if deadline is not None:
+                self._enforce_deadlines()
             if self.foreign and time.monotonic() >= next_foreign:
                 self._poll_foreign()
                 next_foreign = time.monotonic() + FOREIGN_POLL_SECONDS
         self._finish_remaining()
 
     def _handle(self, events: list[tuple[int, int]], epoll: select.epoll, wake_r: int) -> None:
-        """Reap the processes whose pidfd became readable; drain the signal wakeup pipe."""
+        """Reap the processes whose pidfd became readable, take on what they left running,
+        finish the units with nothing left; drain the signal wakeup pipe."""
+        changed: dict[str, _Running] = {}
         for fd, _mask in events:
             if fd == wake_r:
                 with contextlib.suppress(BlockingIOError):
                     while os.read(wake_r, 512):
                         pass
                 continue
-            running = self.running.pop(fd, None)
-            if running is not None:
-                self._reap(running, epoll)
+            entry = self._pidfds.pop(fd, None)
+            if entry is None:
+                continue
+            running, pid = entry
+            epoll.unregister(fd)
+            os.close(fd)
+            self._watched.discard(pid)
+            running.descendants.pop(fd, None)
+            try:
+                _pid, status = os.waitpid(pid, 0)
+            except ChildProcessError:  # reaped by someone else: its status is lost
+                status = 0
+            if pid == running.pid:
+                self._main_exited(running, status)
+            changed[running.unit.id] = running
+        if not changed:
+            return
+        if self.subreaper:
+            self._adopt(epoll)
+        for running in changed.values():
+            if running.status is not None and not running.descendants:
+                self._finish(running)
+
+    def _main_exited(self, running: _Running, status: int) -> None:
+        """The unit's main process ended: its descendants get until the deadline, or are
+        killed now when it failed (nobody needs what they would write)."""
+        running.status = status
+        running.deadline = time.monotonic() + self.options.descendant_timeout
+        if not self.subreaper:
+            # Without a subreaper leftovers cannot be waited for; what is left in the job's
+            # session must at least not write into out/ once the outputs are hashed.
+            _signal_tree(running.pid, signal.SIGKILL)
+        elif os.waitstatus_to_exitcode(status) != 0 and not running.kill_signal:
+            self._signal_unit(running, signal.SIGKILL)
+
+    def _adopt(self, epoll: select.epoll) -> None:
+        """Watch every child of this process that belongs to a running unit and is not
+        watched yet: a job's process re-parented here when its parent died. Attribution:
+        the ``REPX_JOB_ID`` it inherited, else its session (see repx.engine.descendants);
+        children of no unit (this process's own, in a library caller) are left alone."""
+        assert self._children is not None
+        for pid in self._children.pids():
+            if pid in self._watched:
+                continue
+            job_id, session = job_of(pid)
+            owner = self.running.get(job_id) if job_id else None
+            if owner is None and session is not None:
+                owner = self._sessions.get(session)
+            if owner is None:
+                continue
+            try:
+                fd = os.pidfd_open(pid)
+            except OSError:
+                continue
+            epoll.register(fd, select.EPOLLIN)
+            self._pidfds[fd] = (owner, pid)
+            self._watched.add(pid)
+            owner.descendants[fd] = pid
+            if owner.kill_signal:
+                _signal_tree(pid, owner.kill_signal)
+
+    def _signal_unit(self, running: _Running, sig: int) -> None:
+        """``sig`` to the unit's process group and every descendant found (now and later)."""
+        running.kill_signal = sig
+        _signal_tree(running.pid, sig)
+        for pid in list(running.descendants.values()):
+            _signal_tree(pid, sig)
+
+    def _next_deadline(self) -> float | None:
+        """The earliest deadline of a unit whose descendants run on past its main process."""
+        deadlines = [r.deadline for r in self.running.values()
+                     if r.status is not None and r.descendants and not r.kill_signal]
+        return min(deadlines) if deadlines else None
+
+    def _enforce_deadlines(self) -> None:
+        """Kill what units left running past their deadline; each such unit fails."""
+        now = time.monotonic()
+        for running in list(self.running.values()):
+            if (running.status is None or not running.descendants or running.kill_signal
+                    or now < running.deadline):
+                continue
+            pids = sorted(running.descendants.values())
+            shown = ", ".join(describe(pid) for pid in pids[:3])
+            more = f" and {len(pids) - 3} more" if len(pids) > 3 else ""
+            timeout = self.options.descendant_timeout
+            running.problem = (
+                f"its main process exited, but {len(pids)} process"
+                f"{'es' if len(pids) > 1 else ''} it started "
+                f"{'were' if len(pids) > 1 else 'was'} still running {timeout:g} s later "
+                f"and killed: {shown}{more}. A job ends when every process it starts has "
+                f"ended: wait for them in the script (`wait`), or allow more time with "
+                f"{DESCENDANT_TIMEOUT_ENV}=SECONDS"
+            )
+            self._signal_unit(running, signal.SIGKILL)
 
     def _admit(self) -> list[Unit]:
         """Ready units that fit now, in (run, topological) order."""
@@ -219,21 +403,21 @@ class LocalScheduler(UnitScheduler):
         out = folders.out_dir(unit.id)
         meta = folders.meta_dir(unit.id)
         try:
-            for path in (job_dir, out, meta):
-                with contextlib.suppress(FileExistsError):
-                    os.mkdir(path)
             if unit.maybe_orphan:
-                kill_orphans(out)
+                kill_orphans(out, unit.id)
+            prepare_job_folder(job_dir, out, meta)
             inputs = self._inputs_for(unit, meta)
             inputs_json = f"{meta}/{layout.INPUTS_JSON}"
             params_json = f"{meta}/{layout.PARAMS_JSON}"
             write_json_lines(inputs_json, inputs)
             write_json_lines(params_json, unit.job.params)
             stdout_log, stderr_log = folders.logs(unit.id)
+            env = self._env.copy()
+            env[JOB_ID_ENV] = unit.id
             pid = os.posix_spawn(
                 unit.script,
                 job_argv(unit.script, out, inputs_json, params_json),
-                self._env,
+                env,
                 file_actions=[
                     (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
                     (os.POSIX_SPAWN_OPEN, 1, stdout_log, _SPAWN_FLAGS, 0o644),
@@ -248,21 +432,22 @@ class LocalScheduler(UnitScheduler):
         pidfd = os.pidfd_open(pid)
         epoll.register(pidfd, select.EPOLLIN)
         unit.state = UnitState.RUNNING
-        self.running[pidfd] = _Running(unit, pid, pidfd, time.monotonic())
+        running = _Running(unit, pid, pidfd, time.monotonic())
+        self.running[unit.id] = running
+        self._pidfds[pidfd] = (running, pid)
+        self._watched.add(pid)
+        self._sessions[pid] = running
         self.reporter.started(unit)
 
-    def _reap(self, running: _Running, epoll: select.epoll) -> None:
+    def _finish(self, running: _Running) -> None:
+        """The unit's main process and every descendant are gone: record its outcome."""
         unit = running.unit
-        epoll.unregister(running.pidfd)
-        os.close(running.pidfd)
-        _pid, status = os.waitpid(running.pid, 0)
-        # Whatever the job left running in its session (a background child, one that ignored
-        # SIGTERM) must not keep writing into out/ once the outputs are checked and hashed.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(running.pid, signal.SIGKILL)
-        seconds = time.monotonic() - running.started
-        self.unit_seconds[unit.id] = seconds
-        code = os.waitstatus_to_exitcode(status)
+        del self.running[unit.id]
+        if self._sessions.get(running.pid) is running:
+            del self._sessions[running.pid]
+        assert running.status is not None
+        self.unit_seconds[unit.id] = time.monotonic() - running.started
+        code = os.waitstatus_to_exitcode(running.status)
         if self.interrupted:
             self._cancel(unit, code)
             return
@@ -270,20 +455,40 @@ class LocalScheduler(UnitScheduler):
         if code != 0:
             failure = f"exit code {code}" if code > 0 else \
                 f"killed by signal {signal.Signals(-code).name}"
+        elif running.problem:
+            failure = running.problem
         self._complete(unit, code, failure)
 
     def _kill_all(self, sig: int) -> None:
-        for running in self.running.values():
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(running.pid, sig)
+        """``sig`` to every running unit's processes (also from the signal handler)."""
+        for running in list(self.running.values()):
+            self._signal_unit(running, sig)
+
+    def _stop_for_store_error(self, error: StoreError, epoll: select.epoll,
+                              wake_r: int) -> None:
+        """The store refused a write (a full disk): no outcome can be trusted to be recorded,
+        so stop. Every running job is stopped and recorded cancelled, and every claim this
+        build still holds is released as failed with the cause: none outlives the build as
+        a stale RUNNING record. Best effort: the store may refuse these writes too (the disk
+        reserve of :mod:`repx.store.space` is there so that it does not)."""
+        cause = "no space left on device" if isinstance(error, StoreFullError) else error.message
+        self.stop_reason = f"the build stopped: {cause} (job store at {self.store.root})"
+        self.interrupted = self.interrupted or signal.SIGTERM
+        with contextlib.suppress(StoreError):
+            self._stop_all(epoll, wake_r)
+        with contextlib.suppress(StoreError):
+            self.store.release_claims(self.owner, list(self.units), self.stop_reason)
 
     def _stop_all(self, epoll: select.epoll, wake_r: int) -> None:
         """Interrupted: SIGTERM every running process group, SIGKILL after the grace time,
         and record each unit as cancelled."""
         self.stopping = True
         if self.running:
-            name = signal.Signals(self.interrupted).name
+            name = ("the job store cannot be written" if self.stop_reason
+                    else signal.Signals(self.interrupted).name)
             self.reporter.message(f"{name}: stopping {len(self.running)} running jobs")
+        if self.subreaper:
+            self._adopt(epoll)  # leftovers re-parented so far are stopped with their job
         self._kill_all(signal.SIGTERM)
         deadline = time.monotonic() + self.options.grace
         while self.running:

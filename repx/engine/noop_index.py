@@ -25,8 +25,10 @@ from repx.engine.contract import declared_outputs
 from repx.lab.graph import JobGraph
 from repx.store import Status, Store
 
-#: Bump when the file layout changes (old files are then ignored).
-INDEX_FORMAT = 2
+#: Bump when the file layout changes or when validation gets stricter (old files are then
+#: ignored, so a lab indexed under laxer rules is expanded and checked again). 3: output
+#: templates must name files under the job's ``out/``.
+INDEX_FORMAT = 3
 
 #: Stands for the job's ``out/`` folder in the stored paths.
 OUT_MARK = "\0"

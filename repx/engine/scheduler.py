@@ -33,6 +33,7 @@ from repx.engine.contract import (
     step_inputs,
     write_json,
 )
+from repx.engine.manifest import ManifestWriter
 from repx.engine.plan import Plan, missing_output
 from repx.engine.units import (
     Outcome,
@@ -137,6 +138,7 @@ class UnitScheduler:
         self.lab = str(graph.lab.path)
         self.folders = store.folders
         self.resolver = InputResolver(graph.jobs, self.folders)
+        self.manifests = ManifestWriter(graph, self.folders)
         self.run_index = {name: i for i, name in enumerate(graph.runs)}
         self.unit_graph = UnitGraph(self._unit_done)
         #: Every unit by id (gates excluded), and the ready queue: the unit graph's own.
@@ -153,6 +155,9 @@ class UnitScheduler:
         #: The last commit refused a claim (another build holds the unit).
         self.claims_refused = False
         self.interrupted = 0
+        #: Why the build is stopping when it is not a signal (the store cannot be written):
+        #: the reason recorded for the jobs it cancels.
+        self.stop_reason: str | None = None
         self.unit_seconds: dict[str, float] = {}
         self._order = 0
         self._finishes: list[JobRecord] = []
@@ -400,7 +405,7 @@ class UnitScheduler:
 
     def _cancel(self, unit: Unit, code: int) -> None:
         name = signal.Signals(self.interrupted).name if self.interrupted else "interrupt"
-        reason = f"interrupted ({name})"
+        reason = self.stop_reason or f"interrupted ({name})"
         self._record(unit, Outcome.CANCELLED, exit_code=code, reason=reason)
         self._resolve(unit, Outcome.CANCELLED, reason)
 
@@ -457,7 +462,7 @@ class UnitScheduler:
         def write(run: str, job_ids: list[str]) -> str:
             path = f"{meta}/{layout.manifest_file(run)}"
             statuses = {j: self.job_outcome(j) for j in job_ids}
-            write_json(path, self.resolver.manifest_entries(job_ids, statuses))
+            self.manifests.write(path, run, job_ids, statuses)
             return path
 
         return write

@@ -7,6 +7,22 @@
 :func:`open_lab`, and :mod:`.scaffold` is ``repx init``. Nothing here touches the store.
 """
 
-from repx.lab.open import LabOptions, open_lab
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from repx.lab.open import LabOptions, open_lab
 
 __all__ = ["LabOptions", "open_lab"]
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use: the analysis API (repx.analysis, repx_py) imports
+    # stdlib-only modules of this package (outputs) inside analysis stages that run a plain
+    # python3, which lacks the lab layer's dependencies (blake3, tree-sitter).
+    if name in __all__:
+        from repx.lab import open as _open
+
+        return getattr(_open, name)
+    raise AttributeError(f"module 'repx.lab' has no attribute {name!r}")

@@ -105,6 +105,9 @@ class DynamicRow:
     inputs: dict[str, Input]
     outputs: dict[str, Any]
     resources: dict[str, Any] | None
+    #: The stage's executables for these params: a ``run`` whose text depends on param
+    #: values (beyond their bash expansions) has a script per combination.
+    executables: dict[str, Executable]
 
 
 @dataclass(frozen=True, slots=True)
@@ -385,6 +388,15 @@ def _executables(ctx: _Ctx, raw: Any, where: str, kind: str) -> dict[str, Execut
     return exes
 
 
+def _variant(ctx: _Ctx, row: dict[str, Any], where: str,
+             variants: list[dict[str, Executable]]) -> dict[str, Executable]:
+    index = ctx.get(row, "executables", where, int)
+    if not 0 <= index < len(variants):
+        raise ctx.fail(where, f"executables index {index} is not one of the "
+                              f"{len(variants)} variants")
+    return variants[index]
+
+
 def _dynamic(
     ctx: _Ctx,
     raw: Any,
@@ -393,6 +405,8 @@ def _dynamic(
     inputs: dict[str, Input],
     outputs: dict[str, Any],
     resources: dict[str, Any] | None,
+    kind: str,
+    executables: dict[str, Executable],
 ) -> Dynamic | None:
     if raw is None:
         return None
@@ -400,9 +414,15 @@ def _dynamic(
     if not isinstance(raw, dict):
         raise ctx.fail(where, "field 'dynamic' must be an object or null")
     attrs = tuple(ctx.get(raw, "attrs", w, list))
-    unknown = [a for a in attrs if a not in ("pname", "inputs", "outputs", "resources")]
+    unknown = [a for a in attrs
+               if a not in ("pname", "inputs", "outputs", "resources", "executables")]
     if unknown:
         raise ctx.fail(w, f"unknown dynamic attributes {unknown}")
+    # A row's "executables" is an index into "variants" (the distinct executable sets).
+    variants = [
+        _executables(ctx, v, f"{w}.variants[{j}]", kind)
+        for j, v in enumerate(ctx.get(raw, "variants", w, list) if "executables" in attrs else [])
+    ]
     rows = []
     for i, row in enumerate(ctx.get(raw, "table", w, list)):
         rw = f"{w}.table[{i}]"
@@ -417,6 +437,8 @@ def _dynamic(
                 resources=_resources(ctx, row.get("resources"), rw)
                 if "resources" in attrs
                 else resources,
+                executables=_variant(ctx, row, rw, variants) if "executables" in attrs
+                else executables,
             )
         )
     return Dynamic(attrs, tuple(rows))
@@ -432,6 +454,7 @@ def _stage(ctx: _Ctx, raw: Any, where: str) -> Stage:
     inputs = _inputs(ctx, raw.get("inputs"), where)
     outputs = _outputs(ctx, raw.get("outputs"), where)
     resources = _resources(ctx, raw.get("resources"), where)
+    executables = _executables(ctx, raw.get("executables"), where, kind)
     inter_run = []
     for i, ir in enumerate(ctx.opt(raw, "inter_run", where, list, [])):
         iw = f"{where}.inter_run[{i}]"
@@ -464,10 +487,11 @@ def _stage(ctx: _Ctx, raw: Any, where: str) -> Stage:
         inputs=inputs,
         outputs=outputs,
         resources=resources,
-        dynamic=_dynamic(ctx, raw.get("dynamic"), where, pname, inputs, outputs, resources),
+        dynamic=_dynamic(ctx, raw.get("dynamic"), where, pname, inputs, outputs, resources,
+                         kind, executables),
         deps=_deps(ctx, ctx.opt(raw, "deps", where, list, []), where, "stage"),
         inter_run=tuple(inter_run),
-        executables=_executables(ctx, raw.get("executables"), where, kind),
+        executables=executables,
         scatter_gather=layout,
     )
 

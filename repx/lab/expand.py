@@ -48,6 +48,7 @@ from repx.identity import (
 )
 from repx.lab.blueprint import (
     DEPENDENCY_TYPES,
+    Executable,
     Input,
     Lab,
     Pipeline,
@@ -56,6 +57,7 @@ from repx.lab.blueprint import (
     load_lab,
 )
 from repx.lab.graph import Job, JobGraph, RunJobs
+from repx.lab.outputs import check_output_templates
 from repx.lab.resources import Resources, merge_resources, validate_resources
 
 #: Inputs the runtime provides (scatter-gather plumbing and the store base directory).
@@ -164,11 +166,13 @@ class _Member:
 class _Variant:
     """What is constant for every job of a stage with one resolved set of dynamic attrs."""
 
-    __slots__ = ("pname", "suffix", "outputs", "own_res", "head", "template", "mapped")
+    __slots__ = ("pname", "suffix", "outputs", "executables", "own_res", "head", "template",
+                 "mapped")
 
     pname: str
     suffix: str
     outputs: dict[str, Any]
+    executables: dict[str, Executable]
     own_res: Resources
     #: BLAKE3 state after the constant head of the identity JSON (copied per job).
     head: Any
@@ -211,6 +215,24 @@ def _constant(_idx: tuple[int, ...]) -> tuple[()]:
 
 def _dynamic_pname(stage: Stage) -> bool:
     return stage.dynamic is not None and "pname" in stage.dynamic.attrs
+
+
+def _check_outputs(stage: Stage, what: str) -> None:
+    """Every output template a stage declares follows the one rule of
+    :func:`repx.lab.outputs.output_relpath` (it names a file of the job's own ``out/``):
+    the static outputs, or each row of a ``{ params }:`` outputs function, and a
+    scatter-gather's scatter and step outputs. Checked once per stage, before any job."""
+    if stage.dynamic is not None and "outputs" in stage.dynamic.attrs:
+        for row in stage.dynamic.table:
+            check_output_templates(row.outputs,
+                                   f"{what}, for params {canonical_json(row.params)}")
+    else:
+        check_output_templates(stage.outputs, what)
+    for exe in stage.executables.values():
+        if exe.name == "scatter":
+            check_output_templates(exe.outputs, f"{what}, scatter", scatter=True)
+        elif exe.step is not None:
+            check_output_templates(exe.outputs, f"{what}, step '{exe.step}'")
 
 
 class _RunExpander:
@@ -396,12 +418,14 @@ class _RunExpander:
             plan.variants = {}
             self._inter_run(plan)
             what = f"stage '{st.pname}' (file {st.file})"
+            _check_outputs(st, what)
             if st.kind == "scatter-gather":
                 for name, exe in st.executables.items():
                     validate_resources(exe.resources, f"{what}, executable '{name}'")
             if st.dynamic is None:
                 plan.rows = None
-                plan.static = self._variant(plan, st.pname, st.inputs, st.outputs, st.resources)
+                plan.static = self._variant(plan, st.pname, st.inputs, st.outputs, st.resources,
+                                            st.executables)
             else:
                 plan.rows = {canonical_json(r.params): r for r in st.dynamic.table}
                 plan.static = None
@@ -439,12 +463,14 @@ class _RunExpander:
         inputs: dict[str, Input],
         outputs: dict[str, Any],
         resources: dict[str, Any] | None,
+        executables: dict[str, Executable],
     ) -> _Variant:
         st = plan.stage
         v = _Variant()
         v.pname = pname
         v.suffix = f"-{pname}-{st.version}"
         v.outputs = outputs
+        v.executables = executables
         v.own_res = validate_resources(resources, f"stage '{pname}' (file {st.file})")
         mapped: dict[str, tuple[int, str]] = {}
         for di, dep in enumerate(st.deps):
@@ -477,7 +503,7 @@ class _RunExpander:
                 template[name] = {"file": path}
         v.template = template
         v.mapped = [(t, di, src) for t, (di, src) in mapped.items()]
-        code = code_part(self.run.hash_mode, st.executables, outputs, pname, st.version)
+        code = code_part(self.run.hash_mode, executables, outputs, pname, st.version)
         v.head = blake3(identity_head(code, files, plan.inter_run_json).encode())
         return v
 
@@ -537,11 +563,13 @@ class _RunExpander:
             known = list(plan.rows)[:5]
             raise LabError(
                 f"stage '{st.pname}' (file {st.file}) in {self.where}: the lab has no dynamic "
-                f"attributes (pname/inputs/outputs/resources) for the params {params_json}; "
+                "attributes (pname/inputs/outputs/resources/executables) for the params "
+                f"{params_json}; "
                 f"known rows start with {known}. The Nix side and this repx disagree on the "
                 "effective params: rebuild the lab with this version of repx"
             )
-        v = self._variant(plan, row.pname, row.inputs, row.outputs, row.resources)
+        v = self._variant(plan, row.pname, row.inputs, row.outputs, row.resources,
+                          row.executables)
         plan.variants[params_json] = v
         return v
 
@@ -616,7 +644,7 @@ class _RunExpander:
             upstream=upstream,
             inputs=inputs,  # type: ignore[arg-type]
             outputs=v.outputs,
-            executables=st.executables,
+            executables=v.executables,
             inter_run=plan.inter_run_pairs,
             stage_def=st,
         )

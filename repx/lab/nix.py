@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from repx.errors import LabError, RepxError
+from repx.lab.command_packages import package_for
 
 #: repx's flake source (flake.nix, nix/, the Python sources). An installed wheel carries a copy
 #: as repx/_flake (setup.py writes it); an editable install or a checkout on PYTHONPATH has
@@ -198,12 +199,19 @@ _STORE_COPY_OF_LIBRARY = re.compile(r"/nix/store/[a-z0-9]{32}-source/nix/(lib|en
 
 _TRACE_NOISE = re.compile(r"^\(use '--show-trace' to show detailed location information\)$")
 
+#: A trace entry of repx's library (``builtins.addErrorContext "repx: …"``): it says what
+#: repx was evaluating for which stage when a Nix error (a type error, say) has no repx
+#: message of its own. Nix prints these only with --show-trace, so repx always passes it.
+_REPX_CONTEXT = re.compile(r"^\s*… repx: (.*)$")
 
-def summarize_nix_error(stderr: str) -> str:
+
+def summarize_nix_error(stderr: str, trace: bool = False) -> str:
     """The part of Nix's output a lab author needs: the ``error:`` block, no build chatter.
 
     Locations inside repx's own nix/ library are dropped (they point at our
     ``throw``, not at the user's file, whose name the message already carries).
+    Unless ``trace``, the evaluation trace is dropped as well, except repx's own
+    context entries (:data:`_REPX_CONTEXT`), which follow the message.
     """
     lines = stderr.splitlines()
     start = next((i for i, line in enumerate(lines) if line.startswith("error:")), None)
@@ -211,6 +219,13 @@ def summarize_nix_error(stderr: str) -> str:
         tail = [line for line in lines if line.strip()][-15:]
         return "\n".join(tail) or "nix-build failed without a message"
     block = lines[start:]
+    contexts: list[str] = []
+    if not trace:
+        first = next((i for i, line in enumerate(block) if line.strip().startswith("… ")),
+                     len(block))
+        contexts = list(dict.fromkeys(m.group(1) for line in block[first:]
+                                      if (m := _REPX_CONTEXT.match(line))))
+        block = block[:first]
     out: list[str] = []
     skip_location = False
     for line in block:
@@ -227,7 +242,7 @@ def summarize_nix_error(stderr: str) -> str:
                 continue
             skip_location = False
         out.append(line)
-    text = "\n".join(out).strip()
+    text = "\n".join([*out, *(f"\n{context}" for context in contexts)]).strip()
     text = re.sub(r"^error:\s*", "", text)
     return _with_builder_logs(re.sub(r"\n{3,}", "\n\n", text), lines[:start])
 
@@ -269,14 +284,65 @@ def _with_builder_logs(message: str, before_error: list[str]) -> str:
     return "\n".join(out)
 
 
-def _explain(message: str) -> str:
-    """Add a hint to Nix errors that users meet when the host package set lacks a program."""
+#: Nix's words when a value needs itself (a stack overflow is how a deep one ends).
+_RECURSION = re.compile(
+    r"infinite recursion encountered|stack overflow \(possible infinite recursion\)")
+
+#: How many pipeline files a recursion hint lists.
+_MAX_LISTED_FILES = 10
+
+
+def _pipeline_files(folder: Path) -> list[str]:
+    """The lab's ``.nix`` files that call ``callStage`` (its pipelines), relative to ``folder``.
+
+    Nix's "infinite recursion" names no file of the lab; these are where a stage usually
+    refers to itself. Build outputs and the store (``result*``, ``.repx``) are not looked in.
+    """
+    found: list[str] = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith((".", "result"))
+                         and not os.path.islink(os.path.join(root, d)))
+        for name in sorted(files):
+            path = Path(root, name)
+            if not name.endswith(".nix") or name.startswith("result"):
+                continue
+            try:
+                if "callStage" in path.read_text(encoding="utf-8", errors="replace"):
+                    found.append(str(path.relative_to(folder)))
+            except OSError:
+                continue
+            if len(found) >= _MAX_LISTED_FILES:
+                return found
+    return found
+
+
+def _explain(message: str, folder: Path | None = None) -> str:
+    """Add a hint to the Nix errors whose message alone does not say what to do: a program
+    the host package set lacks (or a command named where its package belongs), and a value
+    that needs itself (named by no file of the lab)."""
     missing = re.search(r"attribute '([^']+)' missing", message)
     if missing:
+        name = missing.group(1)
+        package = package_for(name)
+        if package != name:
+            # Nix's excerpt shows the expression; without it, the attribute may be another.
+            which = "" if f"pkgs.{name}" in message else f"if it is pkgs.{name}: "
+            return (f"{message}\n\nhint: {which}'{name}' is a command, not a package: it is "
+                    f"in pkgs.{package} (runDependencies = [ pkgs.{package} ];)")
         return (
-            f"{message}\n\nhint: if 'pkgs.{missing.group(1)}' names a program, it is not installed "
+            f"{message}\n\nhint: if 'pkgs.{name}' names a program, it is not installed "
             "on this machine (the host package set exposes the host's programs); install it, or "
             "pass a real nixpkgs with --nixpkgs PATH"
+        )
+    if _RECURSION.search(message):
+        files = _pipeline_files(folder) if folder is not None else []
+        where = (f"; the lab's pipeline files (in {folder}): {', '.join(files)}" if files
+                 else "")
+        return (
+            f"{message}\n\nhint: a value of the lab needs itself to be computed. repx names "
+            "a cycle of stages or of runs itself, so look for a definition that refers to "
+            "itself another way: an attribute of a `rec { }` set or a `let` name used in its "
+            "own definition, or deps built by a function that calls itself" + where
         )
     return message
 
@@ -372,8 +438,7 @@ def build_lab(
     else:
         command = _lab_file_command(source, nixpkgs=nixpkgs, run_slice=run_slice,
                                     lab_args=lab_args)
-    if show_trace:
-        command.append("--show-trace")
+    command.append("--show-trace")  # for repx's context entries; trimmed unless show_trace
     if source.is_flake:
         command += ["-o", str(out_link)] if out_link else ["--no-link"]
     else:
@@ -381,7 +446,7 @@ def build_lab(
 
     result = _run_nix(command)
     if result.returncode != 0:
-        message = _explain(summarize_nix_error(result.stderr))
+        message = _explain(summarize_nix_error(result.stderr, trace=show_trace), source.folder)
         if lab_args and "«string»" in message:
             message += ("\n\nhint: the value of --arg is a Nix expression (as in "
                         "`--arg count 3`); give a plain string with --argstr NAME VALUE")

@@ -49,10 +49,17 @@ def is_lab_dir(path: Path) -> bool:
 
 
 def locate_lab(options: LabOptions, cwd: Path | None = None) -> Path:
-    """The built lab directory: ``--lab DIR`` as given, else build the lab file now."""
+    """The built lab directory: ``--lab DIR`` as given, ``--lab lab.tar`` unpacked (see
+    :mod:`repx.lab.export`), else build the lab file now."""
     base = cwd or Path.cwd()
     if options.lab_dir is not None:
         path = (base / options.lab_dir).resolve()
+        if path.is_file():
+            # A lab export (`repx lab export`), unpacked once into the lab cache. Imported
+            # here: repx.lab.export uses this module's cache_dir.
+            from repx.lab.export import unpack_lab
+
+            return unpack_lab(path).lab_dir
         if not is_lab_dir(path):
             raise LabError(
                 f"{path} is not a built repx lab (no lab.json/runs/); "

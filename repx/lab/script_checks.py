@@ -13,7 +13,13 @@ built, before any job runs, and a lab with a bad script does not build:
 * **dependency analysis** with tree-sitter-bash: every command name the script calls must be a
   builtin, a function the script defines, an existing absolute path, or an executable in one of
   the job's PATH directories. Everything else is reported, all names at once, so the user fixes
-  runDependencies in one edit.
+  runDependencies in one edit;
+* **quoting of params**: ``params.x`` in ``run`` is the bash expansion ``${params["x"]}``
+  (nix/lib/internal/stage.nix), which bash leaves as literal text inside single quotes and
+  quoted here-documents; such a use is reported rather than running with the wrong text.
+
+The script text does not depend on param values (they are bash expansions), so each script is
+checked once, as it is, whatever values its jobs get.
 
 Passing results are cached (an empty file per blake3 key of body + PATH dirs + validator
 version) so rebuilding an unchanged lab does not re-run shellcheck on every script.
@@ -36,13 +42,14 @@ import blake3
 
 from repx.errors import LabError, ValidationError
 from repx.identity import canonical_json
+from repx.lab.command_packages import package_for
 
 if TYPE_CHECKING:
-    from repx.lab.blueprint import Executable
+    from repx.lab.blueprint import Executable, Stage
     from repx.lab.graph import JobGraph
 
 #: Bump when the checks change, so cached "passed" verdicts of older rules are not trusted.
-VALIDATOR_VERSION = "1"
+VALIDATOR_VERSION = "2"
 
 #: Seconds a single shellcheck / bash -n may take before the script is reported as failing.
 SUBPROCESS_TIMEOUT = 120
@@ -111,7 +118,8 @@ class ScriptCheck:
         stage: the stage pname, used only in messages.
         executable: ``"main"``, ``"scatter"``, ``"step-<name>"`` or ``"gather"``.
         file: the stage's ``.nix`` file, so the user knows what to edit.
-        body: the user's script body with params already rendered to values by the caller.
+        body: the user's script body, as written (params in it are bash expansions, see
+            :func:`param_expansion`).
         path_dirs: the bin directories on the job's PATH (runDependencies + core tools).
     """
 
@@ -382,15 +390,83 @@ def missing_commands(body: str, path_dirs: list[str]) -> list[str]:
 
 
 def _missing_finding(missing: list[str]) -> Finding:
-    example = next(
-        (m for m in missing if not m.startswith("/") and _NIX_IDENT.match(m)), "<package>"
+    # The hint names packages, not commands: awk is in pkgs.gawk (there is no pkgs.awk).
+    packages = dict.fromkeys(
+        package_for(m) for m in missing
+        if not m.startswith("/") and _NIX_IDENT.match(package_for(m))
     )
+    example = " ".join(f"pkgs.{name}" for name in packages) or "pkgs.<package>"
     text = (
         "script calls commands that its runDependencies do not provide: "
         + ", ".join(missing)
-        + f"\n  add them to runDependencies (e.g. runDependencies = [ pkgs.{example} ];)"
+        + f"\n  add them to runDependencies (e.g. runDependencies = [ {example} ];)"
     )
     return Finding("missing-commands", text, commands=list(missing))
+
+
+# --------------------------------------------------------------------------------------------
+# params inside quotes bash does not expand
+
+#: The expansion ``params.<p>`` renders to (see :func:`param_expansion`); group 1 is the
+#: escaped name.
+_EXPANSION = re.compile(r'\$\{params\["((?:[^"\\]|\\.)*)"\]\}')
+
+#: Commands that expand a single-quoted argument later, in the same shell (so the params
+#: array is there): ``trap '... ${params["x"]}' EXIT`` is fine.
+_EXPANDS_LATER: frozenset[str] = frozenset({"trap", "eval"})
+
+
+def _command_name(node: Any) -> str | None:
+    """The literal name of the command ``node`` is an argument of (None if not one)."""
+    parent = node.parent
+    while parent is not None and parent.type in ("concatenation", "string"):
+        parent = parent.parent
+    if parent is None or parent.type != "command":
+        return None
+    name = parent.child_by_field_name("name")
+    return _literal(name) if name is not None else None
+
+
+def quoted_param_expansions(body: str) -> list[tuple[str, int]]:
+    """(param, body line) for each param expansion that bash will not expand.
+
+    Inside single quotes (``'…'``, ``$'…'``) and quoted here-documents (``<<'EOF'``) bash
+    keeps ``${params["x"]}`` as literal text, so the job would see that text, not the value;
+    the old rendering pasted values even there, so labs written for it meet this first.
+    """
+    if "${params[" not in body:
+        return []
+    tree = _parser().parse(body.encode("utf-8", "surrogateescape"))
+    found: list[tuple[str, int]] = []
+    for node in _walk(tree.root_node):
+        if node.type in ("raw_string", "ansi_c_string"):
+            if _command_name(node) in _EXPANDS_LATER:
+                continue
+        elif node.type == "heredoc_body":
+            start = next((c for c in node.parent.children if c.type == "heredoc_start"), None)
+            delimiter = start.text.decode("utf-8", "replace") if start is not None else ""
+            if not any(q in delimiter for q in "'\"\\"):
+                continue
+        else:
+            continue
+        text = node.text.decode("utf-8", "surrogateescape")
+        for m in _EXPANSION.finditer(text):
+            line = node.start_point[0] + text.count("\n", 0, m.start()) + 1
+            found.append((re.sub(r"\\(.)", r"\1", m.group(1)), line))
+    return found
+
+
+def _quoted_finding(quoted: list[tuple[str, int]]) -> Finding:
+    uses = ", ".join(f"params.{name} (line {line})" for name, line in quoted)
+    name = quoted[0][0]
+    text = (
+        f"{uses}: inside `run`, params are bash expansions (${{params[\"{name}\"]}}), and bash "
+        "does not expand them inside single quotes or a quoted here-document (<<'EOF'), so the "
+        f'job would see that text instead of the value\n  write "${{params.{name}}}" in double '
+        f'quotes, or pass the value in: an argument, or an environment variable '
+        f'(P="${{params.{name}}}" python3 - <<\'EOF\' … os.environ["P"] …)'
+    )
+    return Finding("quoting", text)
 
 
 # --------------------------------------------------------------------------------------------
@@ -411,6 +487,9 @@ def check_script(check: ScriptCheck) -> list[Finding]:
     missing = missing_commands(check.body, list(check.path_dirs))
     if missing:
         findings.append(_missing_finding(missing))
+    quoted = quoted_param_expansions(check.body)
+    if quoted:
+        findings.append(_quoted_finding(quoted))
     return findings
 
 
@@ -488,11 +567,20 @@ def _mark_passed(cache_dir: Path | None, key: str) -> None:
 # params in a script body, and the checks of a whole lab
 
 
-def render_param(value: object) -> str:
-    """A param value as the stage script renders it at run time (see nix/lib/internal/script.nix).
+def param_expansion(name: str) -> str:
+    """What ``params.<name>`` renders to inside ``run``: the bash expansion of the job's value.
 
-    The script reads the params JSON itself, so this follows JSON text: strings
-    raw, numbers and booleans as written (``true``/``false``), null empty.
+    The same spelling as ``expansionOf`` in nix/lib/internal/stage.nix (a backslash, double
+    quote, dollar or backquote in the key is escaped with a backslash).
+    """
+    key = re.sub(r'([\\"$`])', r"\\\1", name)
+    return '${params["' + key + '"]}'
+
+
+def render_param(value: object) -> str:
+    """A param value as bash holds it at run time (the header reads the params JSON).
+
+    Strings raw, numbers and booleans as their JSON text (``true``/``false``), null empty.
     """
     if value is None:
         return ""
@@ -502,33 +590,42 @@ def render_param(value: object) -> str:
 
 
 def render_body(exe: Executable | str, params: dict[str, Any]) -> str:
-    """The body of ``exe`` (an Executable or a body string) with each ``__repx_param_<p>__``
-    token replaced by ``params[p]`` as ``toString`` would render it.
+    """The body of ``exe`` (an Executable or a body string) with each param expansion
+    (:func:`param_expansion`) replaced by ``render_param(params[p])``: the text bash runs.
 
-    Tokens of params not in ``params`` are left as they are.
+    Expansions of params not in ``params`` are left as they are.
     """
     body = exe if isinstance(exe, str) else exe.body
-    if not params or "__repx_param_" not in body:
+    if not params or "${params[" not in body:
         return body
-    names = sorted(params, key=len, reverse=True)  # longest first: "a_b" before "a"
-    pattern = re.compile("|".join(re.escape(f"__repx_param_{p}__") for p in names))
-    return pattern.sub(lambda m: render_param(params[m.group(0)[13:-2]]), body)
+    values = {param_expansion(p): render_param(v) for p, v in params.items()}
+    pattern = re.compile("|".join(re.escape(e) for e in values))
+    return pattern.sub(lambda m: values[m.group(0)], body)
+
+
+def _stage_executables(stage: Stage) -> list[tuple[str, Executable]]:
+    """The stage's executables and, for a value-dependent ``run``, those of each dynamic row."""
+    exes = stage.all_executables()
+    if stage.dynamic is not None and "executables" in stage.dynamic.attrs:
+        for row in stage.dynamic.table:
+            exes.extend(row.executables.items())
+    return exes
 
 
 def lab_script_checks(graph: JobGraph) -> list[ScriptCheck]:
-    """One check per distinct script of the lab, its params rendered with the stage defaults."""
+    """One check per distinct script of the lab, its text as it is (value-independent)."""
     checks: dict[str, ScriptCheck] = {}
     for run in graph.lab.runs:
         for pipeline in run.pipelines:
             for stage in pipeline.stages:
-                for exe_name, exe in stage.all_executables():
+                for exe_name, exe in _stage_executables(stage):
                     if exe.script in checks:
                         continue
                     checks[exe.script] = ScriptCheck(
                         stage=stage.pname,
                         executable=exe_name,
                         file=stage.file,
-                        body=render_body(exe.body, stage.params),
+                        body=exe.body,
                         path_dirs=[d for d in exe.path.split(":") if d],
                     )
     return list(checks.values())
@@ -537,9 +634,11 @@ def lab_script_checks(graph: JobGraph) -> list[ScriptCheck]:
 def check_dynamic_outputs(graph: JobGraph) -> None:
     """Each job's output paths, as its script will complete them, match the lab's values.
 
-    A ``{ params }:`` outputs function reaches the (per-stage) script as a template
-    with param tokens; one that branches on a param value instead of interpolating
-    it would make the script write elsewhere than repx looks. Say so at build time.
+    A ``{ params }:`` outputs function reaches the script as a template with the params'
+    bash expansions. When ``run`` interpolates an output, a function that branches on a
+    value gives its jobs scripts of their own (their templates are then the values); when it
+    does not, nothing tells the script which branch a job is in, so the file would be
+    written elsewhere than repx looks. Say so at build time.
     """
     for job in graph.jobs.values():
         if job.kind != "simple" or "main" not in job.executables:
@@ -552,5 +651,6 @@ def check_dynamic_outputs(graph: JobGraph) -> None:
                     f"stage '{job.pname}' (file {job.stage_file}): its outputs function gives "
                     f"'{name}' = {path!r} for params {json.dumps(job.params)}, but the script "
                     f"would write {rendered!r}; write output paths by interpolating params "
-                    '(e.g. "$out/model-${params.model}.bin"), not by branching on them'
+                    '(e.g. "$out/model-${params.model}.bin"), not by branching on them, or '
+                    f"write the file as ${{outputs.{name}}} in run"
                 )

@@ -10,7 +10,7 @@ expanded as the CLI does, without a Nix build when given ``./result``) and the j
 opened read-only so a notebook never blocks or disturbs a build running beside it. Inside
 an analysis stage of a dependent run, :meth:`Experiment.from_manifest` gives the same API
 from the ``metadata__<run>`` manifest the stage receives, with nothing but the standard
-library (and pandas for DataFrames).
+library (and pandas for DataFrames). :mod:`repx_py` is the original RepX's API over this one.
 
 Why the design looks the way it does:
 
@@ -36,7 +36,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from repx.engine.contract import resolve_output
 from repx.errors import RepxError
@@ -60,6 +60,10 @@ __all__ = [
 #: What a job without a store record is called (``repx status`` says "not run" too).
 NOT_RUN = "not run"
 SUCCEEDED = "succeeded"
+#: The status of a job whose source does not say: a manifest without statuses (the
+#: original's run metadata) or an experiment that reads no store (``store=False``). Its
+#: outputs are read when their files exist.
+UNKNOWN = "unknown"
 
 #: Columns of :meth:`JobCollection.to_dataframe` before the params.
 JOB_COLUMNS = ("id", "run", "stage", "pname", "status", "started", "finished", "duration")
@@ -117,8 +121,11 @@ class _JobData:
     #: The job's ``out`` and ``repx`` folders when known.
     out_dir: Path | None
     meta_dir: Path | None
-    #: The manifest's status (manifest mode only; with a store it is read live).
+    #: The manifest's status (manifest mode, or ``unknown`` without a store; with a store
+    #: it is read live).
     manifest_status: str | None = None
+    #: The job's entry of a run manifest of the original's shape, as read (manifest mode).
+    metadata: dict[str, Any] | None = field(default=None, repr=False)
     effective: dict[str, Any] | None = field(default=None, repr=False)
 
 
@@ -199,7 +206,8 @@ class JobView:
     @property
     def status(self) -> str:
         """``succeeded``, ``failed``, ``cancelled``, ``running``, ``queued`` or ``not run``
-        (a manifest may also say ``blocked`` or ``not started``)."""
+        (a manifest may also say ``blocked`` or ``not started``; ``unknown`` when neither a
+        store nor the manifest says)."""
         if self._data.manifest_status is not None:
             return self._data.manifest_status
         record = self.record
@@ -256,6 +264,11 @@ class JobView:
         self._require_success(f"output '{name}'")
         path = self._resolve(name, outputs[name])
         if not path.exists():
+            if self.status == UNKNOWN:
+                raise OutputMissingError(
+                    f"output '{name}' of job {self.id} is missing: {path} does not exist (the "
+                    "job's status is unknown here, so it may not have run; `repx status "
+                    f"{self.id[:12]}` says)")
             raise OutputMissingError(
                 f"output '{name}' of job {self.id} is missing: {path} does not exist although "
                 "the job succeeded (deleted by hand?); `repx cache verify` checks the whole "
@@ -303,13 +316,21 @@ class JobView:
         if not isinstance(template, str):
             raise AnalysisError(f"output '{name}' of job {self.id} is not a file path "
                                 f"({template!r})")
-        if self._data.out_dir is None:  # a manifest entry: its outputs are absolute paths
+        if os.path.isabs(template):  # a manifest's path (a lab's templates are under $out)
             return Path(template)
+        if self._data.out_dir is None:
+            raise AnalysisError(
+                f"output '{name}' of job {self.id} is {template!r}, relative to the job's "
+                "output folder, which is not known here: pass store_base= (the "
+                "store__base input) to Experiment.from_manifest"
+                if self._exp._manifest else
+                f"output '{name}' of job {self.id}: this Experiment reads no store "
+                "(store=False), so it has no output paths; pass store=")
         return Path(resolve_output(template, str(self._data.out_dir), job=self.id, name=name))
 
     def _require_success(self, what: str) -> None:
         status = self.status
-        if status == SUCCEEDED:
+        if status in (SUCCEEDED, UNKNOWN):
             return
         where = f"job {self.id} (run {self.run}, stage {self.pname}"
         where += f", {_brief(self._data.params)})" if self._data.params else ")"
@@ -461,11 +482,13 @@ class Experiment:
     file / a folder with ``lab.nix`` (built first, without touching ``./result``).
     ``store``: the job store (default: ``$REPX_STORE``, else ``./.repx``, else the
     ``.repx`` beside ``lab``). The store is opened read-only; close it with :meth:`close`
-    or a ``with`` block (it is also closed when the object goes away).
+    or a ``with`` block (it is also closed when the object goes away). ``store=False``
+    reads no store: the jobs and their params only, every status ``unknown`` and no output
+    paths (what :mod:`repx_py` uses when its resolver says where the outputs are).
     """
 
     def __init__(self, lab: str | os.PathLike[str] = "result",
-                 store: str | os.PathLike[str] | None = None) -> None:
+                 store: str | os.PathLike[str] | None | Literal[False] = None) -> None:
         from repx.lab.blueprint import load_lab
         from repx.lab.expand import expand_lab
         from repx.lab.open import is_lab_dir
@@ -477,20 +500,33 @@ class Experiment:
             lab_dir = self._build(lab_path)
         self.graph: JobGraph = expand_lab(load_lab(lab_dir))
         self.lab_path = lab_dir
-        self.store_path = self._find_store(store, lab_path)
-        from repx.store import Store
-
-        self._store: Store | None = Store(self.store_path, readonly=True)
         self._manifest = False
-        outputs_root = self.store_path / layout.OUTPUTS
+        self._store: Store | None = None
+        self._reads_store = store is not False
         jobs: list[_JobData] = []
-        for job in self.graph.jobs.values():
-            job_dir = outputs_root / job.id
-            jobs.append(_JobData(
-                id=job.id, run=job.run, runs=list(job.runs), stage=job.stage, pname=job.pname,
-                version=job.version, kind=job.kind, params=dict(job.params),
-                depends_on=list(job.depends_on), outputs=dict(job.outputs),
-                out_dir=job_dir / layout.OUT, meta_dir=job_dir / layout.META))
+        if store is False:
+            self.store_path = None  # type: ignore[assignment]
+            for job in self.graph.jobs.values():
+                jobs.append(_JobData(
+                    id=job.id, run=job.run, runs=list(job.runs), stage=job.stage,
+                    pname=job.pname, version=job.version, kind=job.kind,
+                    params=dict(job.params), depends_on=list(job.depends_on),
+                    outputs=dict(job.outputs), out_dir=None, meta_dir=None,
+                    manifest_status=UNKNOWN))
+        else:
+            from repx.store import Store
+
+            self.store_path = self._find_store(store, lab_path)
+            self._store = Store(self.store_path, readonly=True)
+            outputs_root = self.store_path / layout.OUTPUTS
+            for job in self.graph.jobs.values():
+                job_dir = outputs_root / job.id
+                jobs.append(_JobData(
+                    id=job.id, run=job.run, runs=list(job.runs), stage=job.stage,
+                    pname=job.pname, version=job.version, kind=job.kind,
+                    params=dict(job.params), depends_on=list(job.depends_on),
+                    outputs=dict(job.outputs), out_dir=job_dir / layout.OUT,
+                    meta_dir=job_dir / layout.META))
         self._init_jobs(jobs, {name: list(r.job_ids) for name, r in self.graph.runs.items()},
                         dict(self.graph.groups))
 
@@ -538,61 +574,74 @@ class Experiment:
         manifest(s) it received (``"${inputs.metadata__simulation}"``).
 
         Needs no lab and no store database: params, statuses and output paths come from the
-        manifest. Each job's upstream jobs (for effective params) are read from the
-        ``inputs.json`` it ran with, beside its outputs (or under ``store_base``, the
-        ``store__base`` input, when given); a job whose ``inputs.json`` cannot be read
-        simply has its own params only.
+        manifest. Both shapes a manifest has had are read:
+
+        * the run metadata in the original RepX's shape, which repx writes (a JSON object:
+          ``type: "run"``, ``name``, ``gitHash``, ``dependencies``, ``jobs`` by id; see
+          :mod:`repx.engine.manifest`). The original's own ``revision/metadata-<run>.json``
+          has the same shape without statuses and absolute output paths: its jobs' status
+          is ``unknown`` and their outputs resolve under ``store_base``
+          (``<store_base>/outputs/<id>/out/``);
+        * the JSON list of job entries (id, run, stage, pname, params, status, outputs)
+          that earlier repx versions wrote.
+
+        A job's upstream jobs (for effective params) come from its input mappings; in a
+        list-shaped manifest, which has none, from the ``inputs.json`` the job ran with,
+        beside its outputs (or under ``store_base``, the ``store__base`` input); a job whose
+        ``inputs.json`` cannot be read has its own params only.
         """
         self = cls.__new__(cls)
         self.graph = None  # type: ignore[assignment]
         self.lab_path = None  # type: ignore[assignment]
         self._store = None
         self._manifest = True
+        self._reads_store = False
         base = Path(os.path.abspath(store_base)) if store_base is not None else None
         self.store_path = base  # type: ignore[assignment]
         jobs: dict[str, _JobData] = {}
         runs: dict[str, list[str]] = {}
+        documents: dict[str, dict[str, Any]] = {}
         for manifest in manifests:
             try:
                 with open(manifest, encoding="utf-8") as handle:
-                    entries = json.load(handle)
+                    document = json.load(handle)
             except (OSError, ValueError) as exc:
                 raise AnalysisError(f"cannot read the run manifest {manifest}: {exc}") from None
-            if not isinstance(entries, list):
-                raise AnalysisError(f"{manifest} is not a repx run manifest (a JSON list of "
-                                    "jobs: id, run, stage, pname, params, status, outputs)")
-            for entry in entries:
-                try:
-                    job_id, run = str(entry["id"]), str(entry["run"])
-                    outputs = dict(entry.get("outputs") or {})
-                    data = _JobData(
-                        id=job_id, run=run, runs=[run], stage=str(entry["stage"]),
-                        pname=str(entry.get("pname", entry["stage"])),
-                        version=job_id.rsplit("-", 1)[-1] if "-" in job_id else "",
-                        kind="simple", params=dict(entry.get("params") or {}), depends_on=[],
-                        outputs=outputs, out_dir=None, meta_dir=None,
-                        manifest_status=str(entry.get("status", NOT_RUN)))
-                except (KeyError, TypeError) as exc:
-                    raise AnalysisError(f"{manifest}: a job entry lacks {exc} "
-                                        f"(entry: {json.dumps(entry)[:200]})") from None
-                data.out_dir, data.meta_dir = _job_dirs(job_id, outputs, base)
-                if job_id in jobs:
-                    if run not in jobs[job_id].runs:
-                        jobs[job_id].runs.append(run)
-                else:
-                    jobs[job_id] = data
-                runs.setdefault(run, []).append(job_id)
+            if isinstance(document, list):
+                found = [_job_of_list_entry(manifest, entry, base) for entry in document]
+            elif isinstance(document, dict) and isinstance(document.get("jobs"), dict):
+                run, found = _jobs_of_run_metadata(manifest, document, base)
+                documents[run] = document
+            else:
+                raise AnalysisError(
+                    f"{manifest} is not a run manifest: expected a JSON object with 'type': "
+                    "'run', 'name' and 'jobs' (what repx and the original RepX write), or a "
+                    "JSON list of jobs (earlier repx versions)")
+            for data in found:
+                known = jobs.get(data.id)
+                if known is None:
+                    jobs[data.id] = data
+                elif data.run not in known.runs:
+                    known.runs.append(data.run)
+                runs.setdefault(data.run, []).append(data.id)
         for data in jobs.values():
-            data.depends_on = _upstream_from_inputs(data, jobs)
-        self._init_jobs(list(jobs.values()), runs, {})
+            mapped = _upstream_from_mappings(data.metadata)
+            if mapped is None:
+                data.depends_on = _upstream_from_inputs(data, jobs)
+            else:
+                data.depends_on = [u for u in mapped if u in jobs and u != data.id]
+        self._init_jobs(list(jobs.values()), runs, {}, documents)
         return self
 
     def _init_jobs(self, jobs: list[_JobData], runs: dict[str, list[str]],
-                   groups: dict[str, list[str]]) -> None:
+                   groups: dict[str, list[str]],
+                   documents: dict[str, dict[str, Any]] | None = None) -> None:
         self._jobs = jobs
         self._by_id = {d.id: d for d in jobs}
         self._runs = runs
         self._groups = groups
+        #: run -> its run metadata as read (manifest mode) or made (on first use).
+        self._run_documents = documents or {}
 
     # ---- lifetime
 
@@ -629,6 +678,42 @@ class Experiment:
     @property
     def groups(self) -> dict[str, list[str]]:
         return {g: list(m) for g, m in self._groups.items()}
+
+    def run_metadata(self, run: str) -> dict[str, Any]:
+        """The metadata of ``run`` in the original RepX's shape (``type``, ``name``,
+        ``gitHash``, ``dependencies``, ``jobs`` by id: ``name``, ``stage_type``, ``params``,
+        ``executables``, ``resource_hints``), as :mod:`repx.engine.manifest` describes it.
+
+        From a manifest: the document as read. From a lab: made from the lab (no statuses;
+        output templates, not paths), once per run.
+        """
+        if run not in self._runs:
+            raise AnalysisError(f"no run '{run}' in this experiment; runs: "
+                                f"{', '.join(self._runs) or '(none)'}")
+        document = self._run_documents.get(run)
+        if document is None:
+            document = self._make_run_metadata(run)
+            self._run_documents[run] = document
+        return document
+
+    def _make_run_metadata(self, run: str) -> dict[str, Any]:
+        jobs: dict[str, Any] = {}
+        if self.graph is not None:
+            from repx.engine.manifest import job_metadata, run_header
+
+            header = run_header(self.graph, run)
+            for job_id in self._runs[run]:
+                # A template resolves against any folder; "$out" spells it back as written.
+                jobs[job_id] = job_metadata(self.graph.jobs[job_id], "$out")
+            return {**header, "jobs": jobs}
+        # A list-shaped manifest: what its entries say, in the original's keys.
+        for job_id in self._runs[run]:
+            data = self._by_id[job_id]
+            jobs[job_id] = {"name": f"{data.pname}-{data.version}" if data.version
+                            else data.pname, "stage_type": data.kind, "params": data.params,
+                            "executables": {"main": {"outputs": dict(data.outputs)}}}
+        return {"type": "run", "name": run, "gitHash": "unknown", "dependencies": {},
+                "jobs": jobs}
 
     def stages(self, run: str | None = None) -> list[str]:
         """The stage pnames (of ``run``, or of every run), in expansion order."""
@@ -702,18 +787,18 @@ class Experiment:
     # ---- internals
 
     def _record(self, job_id: str) -> JobRecord | None:
-        if self._manifest:
+        if not self._reads_store:
             return None
         store = self._require_store()
         return store.get(job_id)
 
     def _records(self, jobs: list[_JobData]) -> dict[str, JobRecord]:
-        if self._manifest:
+        if not self._reads_store:
             return {}
         return self._require_store().get_many([d.id for d in jobs])
 
     def _statuses(self, jobs: list[_JobData]) -> dict[str, str]:
-        if self._manifest:
+        if not self._reads_store:
             return {d.id: d.manifest_status or NOT_RUN for d in jobs}
         statuses = self._require_store().statuses([d.id for d in jobs])
         return {d.id: statuses[d.id].value if d.id in statuses else NOT_RUN for d in jobs}
@@ -826,7 +911,8 @@ class Experiment:
             raise AnalysisError(f"output '{output}' is declared by several stages "
                                 f"({', '.join(stage_keys)}); choose one with stage=")
         statuses = self._statuses(declaring)
-        not_done = [d for d in declaring if statuses[d.id] != SUCCEEDED]
+        # A job of unknown status (a manifest that does not say) counts when its file exists.
+        not_done = [d for d in declaring if statuses[d.id] not in (SUCCEEDED, UNKNOWN)]
         if not_done:
             if missing == "raise":
                 view = JobView(self, not_done[0])
@@ -845,7 +931,7 @@ class Experiment:
                           "jobs that have not run successfully", stacklevel=3)
         frames = []
         for data in declaring:
-            if statuses[data.id] != SUCCEEDED:
+            if statuses[data.id] not in (SUCCEEDED, UNKNOWN):
                 continue
             view = JobView(self, data)
             path = view.output_path(output)
@@ -906,6 +992,91 @@ def _upstream_from_inputs(data: _JobData, known: Mapping[str, _JobData]) -> list
             match = _OUTPUT_DIR_RE.search(value)
             if match and match.group(1) in known and match.group(1) != data.id:
                 upstream[match.group(1)] = None
+    return list(upstream)
+
+
+def _manifest_error(manifest: str | os.PathLike[str], what: str, entry: Any) -> AnalysisError:
+    return AnalysisError(f"{manifest}: {what} (entry: {json.dumps(entry, default=str)[:200]})")
+
+
+def _job_of_list_entry(manifest: str | os.PathLike[str], entry: Any,
+                       base: Path | None) -> _JobData:
+    """One job of a list-shaped manifest (what earlier repx versions wrote)."""
+    try:
+        job_id, run = str(entry["id"]), str(entry["run"])
+        outputs = dict(entry.get("outputs") or {})
+        data = _JobData(
+            id=job_id, run=run, runs=[run], stage=str(entry["stage"]),
+            pname=str(entry.get("pname", entry["stage"])),
+            version=job_id.rsplit("-", 1)[-1] if "-" in job_id else "",
+            kind="simple", params=dict(entry.get("params") or {}), depends_on=[],
+            outputs=outputs, out_dir=None, meta_dir=None,
+            manifest_status=str(entry.get("status", NOT_RUN)))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise _manifest_error(manifest, f"a job entry lacks {exc}", entry) from None
+    data.out_dir, data.meta_dir = _job_dirs(job_id, outputs, base)
+    return data
+
+
+def _metadata_outputs(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """The output templates of an entry of the original's shape: ``main``'s, or ``gather``'s
+    for a scatter-gather job (where the original's readers look)."""
+    executables = metadata.get("executables") or {}
+    exe = executables.get("gather" if metadata.get("stage_type") == "scatter-gather"
+                          else "main") or {}
+    return dict(exe.get("outputs") or {})
+
+
+def _jobs_of_run_metadata(manifest: str | os.PathLike[str], document: dict[str, Any],
+                          base: Path | None) -> tuple[str, list[_JobData]]:
+    """The run name and jobs of a manifest of the original's shape (see from_manifest)."""
+    if document.get("type", "run") != "run":
+        raise AnalysisError(f"{manifest} is not the metadata of a run: its 'type' is "
+                            f"{document.get('type')!r}, expected 'run'")
+    name = document.get("name")
+    if not isinstance(name, str) or not name:
+        raise AnalysisError(f"{manifest}: the run metadata has no 'name' (the run's name)")
+    found: list[_JobData] = []
+    for job_id, entry in document["jobs"].items():
+        if not isinstance(entry, dict):
+            raise _manifest_error(manifest, f"job {job_id} is not an object", entry)
+        try:
+            full_name = str(entry.get("name") or job_id)
+            pname = str(entry.get("pname") or full_name.rsplit("-", 1)[0])
+            version = full_name[len(pname) + 1:] if full_name.startswith(pname + "-") else ""
+            # repx's absolute paths when the manifest has them, else the templates.
+            outputs = dict(entry.get("outputs") or _metadata_outputs(entry))
+            data = _JobData(
+                id=job_id, run=str(entry.get("run") or name), runs=[], stage=str(
+                    entry.get("stage") or pname), pname=pname, version=version,
+                kind=str(entry.get("stage_type") or "simple"),
+                params=dict(entry.get("params") or {}), depends_on=[], outputs=outputs,
+                out_dir=None, meta_dir=None, manifest_status=str(entry.get("status", UNKNOWN)),
+                metadata=entry)
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise _manifest_error(manifest, f"job {job_id} is malformed ({exc})",
+                                  entry) from None
+        data.runs = [data.run]
+        data.out_dir, data.meta_dir = _job_dirs(job_id, outputs, base)
+        found.append(data)
+    return name, found
+
+
+def _upstream_from_mappings(metadata: Mapping[str, Any] | None) -> list[str] | None:
+    """The producer ids named by the input mappings of an entry of the original's shape
+    (``main``'s, or ``scatter``'s), in order; None when the entry has no mappings."""
+    if metadata is None:
+        return None
+    executables = metadata.get("executables") or {}
+    exe = executables.get("scatter" if metadata.get("stage_type") == "scatter-gather"
+                          else "main")
+    if not isinstance(exe, dict) or not isinstance(exe.get("inputs"), list):
+        return None
+    upstream: dict[str, None] = {}
+    for mapping in exe["inputs"]:
+        job_id = mapping.get("job_id") if isinstance(mapping, dict) else None
+        if isinstance(job_id, str) and job_id != "self":
+            upstream[job_id] = None
     return list(upstream)
 
 

@@ -4,6 +4,11 @@
 Everything here reads the store in as few transactions as it can (``statuses`` and
 ``get_many`` take one snapshot for any number of jobs) because these commands run beside a
 build that is writing, on stores of tens of thousands of jobs.
+
+Records of work on SLURM that no build watches (``repx build --no-wait``) are looked up in
+SLURM first (:func:`slurm_lookup`, one batched squeue/sacct call per command): jobs still
+there show as queued or running, and the engine records the outcome of those that ended
+(:mod:`repx.engine.slurm.adopt`; this layer itself writes no record).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from repx.engine.contract import resolve_output
+from repx.engine.slurm.adopt import SlurmLookup, look_up
 from repx.errors import UsageError
 from repx.lab.graph import Job, JobGraph
 from repx.store import JobRecord, Status, Store, StoreError, layout, live_claim
@@ -140,16 +146,63 @@ def select_runs(graph: JobGraph, names: Iterable[str]) -> list[str]:
     return list(chosen) if chosen else list(graph.runs)
 
 
-def job_states(store: Store, job_ids: Iterable[str]) -> dict[str, str]:
+def slurm_lookup(store: Store, job_ids: Iterable[str] | None = None,
+                 graph: JobGraph | None = None) -> SlurmLookup:
+    """Ask SLURM about the RUNNING/QUEUED records among ``job_ids`` (None: every record)
+    that name a SLURM job no build here watches, and have the engine record the outcomes
+    of those that ended (:func:`repx.engine.slurm.adopt.look_up`). Costs nothing on a store
+    without such records."""
+    if job_ids is None:
+        records = [r for r in store.records() if r.status.active]
+    else:
+        active = [i for i, s in store.statuses(job_ids).items() if s.active]
+        records = list(store.get_many(active).values()) if active else []
+    return look_up(store, records, graph=graph)
+
+
+def still_on_slurm(store: Store, records: list[JobRecord]) -> set[str]:
+    """``repx gc``'s question: which of these RUNNING/QUEUED records SLURM still queues or
+    runs (or cannot be asked about); nothing is recorded."""
+    return look_up(store, records, record=False).still_on_slurm()
+
+
+def job_states(store: Store, job_ids: Iterable[str],
+               slurm: SlurmLookup | None = None) -> dict[str, str]:
     """A state per job that has a record: a :class:`Status` value, or ``stale`` for a
-    RUNNING/QUEUED claim whose owner is gone (the next build runs it again)."""
+    RUNNING/QUEUED claim whose owner is gone (the next build runs it again). A job that
+    ``slurm`` found still on SLURM is ``queued`` or ``running`` as SLURM says, whoever
+    claimed it."""
     statuses = store.statuses(job_ids)
     active = [i for i, s in statuses.items() if s.active]
+    return _states(statuses, store.get_many(active) if active else {}, slurm)
+
+
+def slurm_states(store: Store, job_ids: Iterable[str],
+                 graph: JobGraph | None = None) -> tuple[dict[str, str], SlurmLookup]:
+    """:func:`job_states` after :func:`slurm_lookup` of the same jobs, reading the store
+    once (``repx status`` of a 20 000-job lab reads it again only for what was recorded)."""
+    ids = list(job_ids)
+    statuses = store.statuses(ids)
+    active = [i for i, s in statuses.items() if s.active]
+    records = store.get_many(active) if active else {}
+    slurm = look_up(store, records.values(), graph=graph)
+    if slurm.recorded:
+        now = store.get_many(slurm.recorded)
+        statuses.update({i: r.status for i, r in now.items()})
+        records = {i: r for i, r in {**records, **now}.items() if r.status.active}
+    return _states(statuses, records, slurm), slurm
+
+
+def _states(statuses: dict[str, Status], active: dict[str, JobRecord],
+            slurm: SlurmLookup | None) -> dict[str, str]:
+    """The states of :func:`job_states` from the statuses and the records still active."""
     states: dict[str, str] = {i: s.value for i, s in statuses.items()}
-    if active:
-        for job_id, record in store.get_many(active).items():
-            if not live_claim(record):
-                states[job_id] = "stale"
+    for job_id, record in active.items():
+        shown = slurm.shown_status(job_id) if slurm is not None else None
+        if shown is not None:
+            states[job_id] = shown
+        elif not live_claim(record):
+            states[job_id] = "stale"
     return states
 
 
@@ -164,24 +217,27 @@ def run_status(graph: JobGraph, store: Store, runs: Iterable[str] = ()) -> dict[
     """Per-run counts of the lab's jobs by what the store says about them, plus totals.
 
     The total counts each job once, though a job shared by two runs counts in both rows.
+    Jobs on SLURM are counted as SLURM sees them (:func:`slurm_lookup`); ``notes`` says what
+    could not be asked or recorded.
     """
     names = select_runs(graph, runs)
     ids: dict[str, None] = {}
     for name in names:
         ids.update(dict.fromkeys(graph.runs[name].job_ids))
-    states = job_states(store, ids)
+    states, slurm = slurm_states(store, ids, graph)
     return {
         "lab": str(graph.lab.path),
         "store": str(store.root),
         "runs": [{"run": name, **_count(graph.runs[name].job_ids, states)} for name in names],
         "total": _count(ids, states),
+        "notes": slurm.notes,
     }
 
 
 # ----------------------------------------------------------------------------------- show
 
 
-def _record_dict(record: JobRecord) -> dict[str, Any]:
+def _record_dict(record: JobRecord, slurm: SlurmLookup | None = None) -> dict[str, Any]:
     duration = None
     if record.started is not None and record.finished is not None:
         duration = record.finished - record.started
@@ -197,6 +253,8 @@ def _record_dict(record: JobRecord) -> dict[str, Any]:
         "owner": record.owner,
         "owner_alive": live_claim(record) if record.status.active else None,
         "slurm_id": record.slurm_id,
+        # SLURM's word on the job just now; None when SLURM was not asked.
+        "slurm_state": slurm.states.get(record.job_id) if slurm is not None else None,
         "lab": record.lab,
         "run": record.run,
         "stage": record.stage,
@@ -240,19 +298,32 @@ def _read_json(path: Path) -> Any:
         return {"error": f"cannot read {path}: {exc}"}
 
 
-def stored_detail(store: Store, job_id: str) -> dict[str, Any]:
-    """What the store alone knows about a job: record, output files, logs, run-time JSON.
+def _with_unit_ids(store: Store, job_id: str) -> list[str]:
+    """The job and, for a scatter-gather job whose scatter ran, every unit it lists."""
+    try:
+        units = read_units(store.meta_dir(job_id), job_id)
+    except (StoreError, OSError):
+        units = None
+    return [job_id, *(unit_ids(units) if units is not None else [])]
+
+
+def stored_detail(store: Store, job_id: str, slurm: SlurmLookup | None = None) -> dict[str, Any]:
+    """What the store knows about a job: record, output files, logs, run-time JSON; for
+    work on SLURM, what SLURM says (``slurm``: looked up here when not given).
 
     ``repx cache show``, and ``repx show`` for a job no lab lists (a scatter-gather unit, a
     job of an older lab).
     """
+    if slurm is None:
+        slurm = slurm_lookup(store, _with_unit_ids(store, job_id))
     record = store.get(job_id)
     files = [{"path": f.path, "size": f.size, "blake3": f.blake3}
              for f in (record.outputs if record else [])]
+    shown = slurm.shown_status(job_id)
     detail: dict[str, Any] = {
         "id": job_id,
-        "status": record.status.value if record else "not run",
-        "record": _record_dict(record) if record else None,
+        "status": shown or (record.status.value if record else "not run"),
+        "record": _record_dict(record, slurm) if record else None,
         "job_dir": str(store.job_dir(job_id)),
         "job_dir_exists": store.job_dir(job_id).is_dir(),
         "files": files,
@@ -260,14 +331,15 @@ def stored_detail(store: Store, job_id: str) -> dict[str, Any]:
         "logs": {k: _file_info(p) for k, p in log_paths(store, job_id, record).items()},
         "params_json": _read_json(store.meta_dir(job_id) / layout.PARAMS_JSON),
         "inputs_json": _read_json(store.meta_dir(job_id) / layout.INPUTS_JSON),
+        "notes": slurm.notes,
     }
-    units = _units(store, job_id)
+    units = _units(store, job_id, slurm)
     if units is not None:
         detail["units"] = units
     return detail
 
 
-def _units(store: Store, job_id: str) -> dict[str, Any] | None:
+def _units(store: Store, job_id: str, slurm: SlurmLookup | None = None) -> dict[str, Any] | None:
     """A scatter-gather job's units with their states, if its ``units.json`` exists."""
     try:
         units = read_units(store.meta_dir(job_id), job_id)
@@ -276,7 +348,7 @@ def _units(store: Store, job_id: str) -> dict[str, Any] | None:
     if units is None:
         return None
     ids = unit_ids(units)
-    states = job_states(store, ids)
+    states = job_states(store, ids, slurm)
     scatter = units.get("scatter")
     branches = units.get("branches") if isinstance(units.get("branches"), list) else []
     return {
@@ -298,8 +370,10 @@ def job_detail(graph: JobGraph, store: Store, job: Job) -> dict[str, Any]:
     (params and where they came from, resources, inputs, declared outputs) joined with what
     the store says happened (status, timings, output files and sizes, logs)."""
     dependents = [j.id for j in graph.jobs.values() if job.id in j.depends_on]
-    states = job_states(store, [job.id, *job.depends_on, *dependents])
-    detail = stored_detail(store, job.id)
+    related = [*job.depends_on, *dependents]
+    slurm = slurm_lookup(store, [*_with_unit_ids(store, job.id), *related], graph)
+    states = job_states(store, [job.id, *related], slurm)
+    detail = stored_detail(store, job.id, slurm)
     inputs: dict[str, Any] = {}
     for name, source in job.inputs.items():
         entry: dict[str, Any] = dict(source)
@@ -345,7 +419,7 @@ _SHOW_ORDER = {k: i for i, k in enumerate((
     "id", "in_lab", "status", "run", "runs", "stage", "pname", "version", "kind", "hash_mode",
     "params", "param_sources", "resources", "inputs", "outputs", "files", "outputs_bytes",
     "record", "logs", "job_dir", "job_dir_exists", "depends_on", "dependents", "scripts",
-    "units", "params_json", "inputs_json",
+    "units", "params_json", "inputs_json", "notes",
 ))}
 
 
@@ -378,15 +452,16 @@ def copy_log(path: Path, pos: int, write: Callable[[bytes], object]) -> int:
 
 
 def follow_log(store: Store, job_id: str, path: Path, write: Callable[[bytes], object], *,
-               poll: float = FOLLOW_POLL,
-               sleep: Callable[[float], object] = time.sleep) -> JobRecord | None:
+               poll: float = FOLLOW_POLL, sleep: Callable[[float], object] = time.sleep,
+               start: int = 0) -> JobRecord | None:
     """Copy ``path`` to ``write`` as it grows until the job is no longer running.
 
     The job's state is read *before* each copy: once a read shows it ended, the log is
     complete (the executor closes it before recording the outcome), so one last copy gets
     everything. A claim whose owner died counts as ended. Returns the last record seen.
+    Copying starts at byte ``start`` (``repx log -n``: where the last lines begin).
     """
-    pos = 0
+    pos = start
     while True:
         record = store.get(job_id)
         running = record is not None and live_claim(record)
@@ -399,11 +474,12 @@ def follow_log(store: Store, job_id: str, path: Path, write: Callable[[bytes], o
 # ---------------------------------------------------------------------------------- cache
 
 
-def record_row(record: JobRecord) -> dict[str, Any]:
-    """One line of ``repx cache ls``."""
+def record_row(record: JobRecord, slurm: SlurmLookup | None = None) -> dict[str, Any]:
+    """One line of ``repx cache ls``; a job found still on SLURM with SLURM's state."""
+    shown = slurm.shown_status(record.job_id) if slurm is not None else None
     return {
         "id": record.job_id,
-        "status": record.status.value,
+        "status": shown or record.status.value,
         "run": record.run,
         "stage": record.stage,
         "bytes": sum(f.size for f in record.outputs),
@@ -414,14 +490,17 @@ def record_row(record: JobRecord) -> dict[str, Any]:
 
 
 def cache_list(store: Store, *, statuses: Iterable[str] = (), run: str | None = None,
-               stage: str | None = None) -> list[dict[str, Any]]:
-    """The store's records, oldest first, filtered by status, run and stage."""
-    wanted = {Status(s) for s in statuses}
+               stage: str | None = None,
+               slurm: SlurmLookup | None = None) -> list[dict[str, Any]]:
+    """The store's records, oldest first, filtered by status (as shown: a job ``slurm``
+    found still on SLURM has SLURM's state), run and stage."""
+    wanted = {Status(s).value for s in statuses}
     rows = [
-        record_row(r) for r in store.records()
-        if (not wanted or r.status in wanted)
-        and (run is None or r.run == run)
-        and (stage is None or r.stage == stage or r.stage.split("/", 1)[0] == stage)
+        row for row in (
+            record_row(r, slurm) for r in store.records()
+            if (run is None or r.run == run)
+            and (stage is None or r.stage == stage or r.stage.split("/", 1)[0] == stage))
+        if not wanted or row["status"] in wanted
     ]
     rows.sort(key=lambda r: (r["finished"] or r["started"] or 0.0, r["id"]))
     return rows

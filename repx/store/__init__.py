@@ -1,7 +1,9 @@
 """repx's job store: what ran, how it ended, and where its outputs are.
 
 :mod:`.lmdb_store` is the database and its concurrency rules, :mod:`.records` the record
-encoding, :mod:`.layout` the job folders, :mod:`.gc` the gc roots and garbage collection.
+encoding, :mod:`.layout` the job folders, :mod:`.gc` the gc roots and garbage collection,
+:mod:`.health` the check of the data file before LMDB maps it, :mod:`.space` the map size
+and the disk reserve, :mod:`.recover` the rebuilding of a lost or damaged database.
 
 The names below are loaded on first use: :mod:`.layout` (and the analysis API, which reads
 job folders inside stage scripts run by a bare ``python3``) must import without LMDB,

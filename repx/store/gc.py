@@ -4,8 +4,13 @@ A **gc root** is a built lab. Every real ``repx build`` registers the lab it bui
 (:func:`register_build_root`), so every lab you have built stays a root — and keeps every
 job it reaches — until you remove it with ``repx gc unpin``. ``repx gc pin`` marks a lab as
 one you want to keep: ``repx gc --keep-recent N`` drops unpinned roots beyond the N newest,
-never pinned ones. ``repx gc`` then removes every record and ``outputs/<id>`` folder that no
-root reaches.
+never pinned ones. Unpinning a pinned root makes it an ordinary (automatic) root again, as
+a build left it, so unpinning never leaves a lab without a root. ``repx gc`` then removes
+every record and ``outputs/<id>`` folder that no root reaches.
+
+The **current lab** (``--lab DIR``, ``-f FILE`` built now, ``./result``, or the folder's lab
+file built now: :func:`current_lab`) is kept whether or not it is a root, and
+``--keep-recent`` never drops its root: the lab you are working on is never collected.
 
 Why the job ids are recorded when a root is registered: a lab lives in ``/nix/store``, and
 ``nix-collect-garbage`` deletes it once nothing links to it (``./result`` replaced by a newer
@@ -22,25 +27,39 @@ What gc keeps, besides the jobs of every root:
 * every record whose ``lab`` is a root's lab: the executor may record a unit before its
   ``units.json`` is complete, and what a lab ran is never garbage while the lab is a root;
 * every RUNNING or QUEUED job whose owner may still be alive (:func:`repx.store.live_claim`):
-  it may be a build of a lab that registered its root after gc read the roots.
+  it may be a build of a lab that registered its root after gc read the roots;
+* every RUNNING or QUEUED job that SLURM still runs (asked through the ``on_slurm``
+  callback the CLI passes: the store layer does not talk to SLURM), though the ``--no-wait``
+  build that submitted it is gone.
+
+Nothing is removed that the caller did not approve: ``repx gc`` plans with a dry run, shows
+the plan, asks (or takes ``--yes``), and passes the plan as ``approved`` to the real run,
+which removes only what the plan listed even if more became garbage meanwhile.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from repx.errors import UsageError
+from repx.errors import LabError, UsageError
+from repx.lab import LabOptions
 from repx.lab.expand import load_job_graph
 from repx.lab.graph import JobGraph
+from repx.lab.nix import find_lab_source
+from repx.lab.open import is_lab_dir, locate_lab
 from repx.store.errors import StoreError
 from repx.store.layout import OUTPUTS, read_units, unit_ids
 from repx.store.lmdb_store import Store, live_claim
-from repx.store.records import Root
+from repx.store.records import JobRecord, Root
+
+#: ``on_slurm`` callback of :func:`collect`: the ids, among the given RUNNING/QUEUED
+#: records, of the jobs SLURM still runs or queues.
+OnSlurm = Callable[[list[JobRecord]], set[str]]
 
 #: Prefix of the meta keys that hold the job ids of a root's lab.
 ROOT_JOBS_PREFIX = "root-jobs:"
@@ -140,16 +159,87 @@ def pin_lab(store: Store, graph: JobGraph, name: str | None = None) -> Root:
     raise StoreError(f"gc root '{name}' vanished while it was being pinned in {store.root}")
 
 
-def unpin(store: Store, name_or_prefix: str) -> Root:
-    """Remove a gc root (by name, lab path or unique name prefix); returns it.
+@dataclass(frozen=True)
+class Unpinned:
+    """What :func:`unpin` did: the root it took away and, for a pinned root, the automatic
+    root that now stands for its lab (None when the lab keeps no root of its own)."""
 
-    Its jobs become garbage for the next ``repx gc`` unless another root reaches them. The
-    lab's root-jobs record is dropped when no other root uses that lab.
+    removed: Root
+    automatic: Root | None
+
+
+def unpin(store: Store, name_or_prefix: str) -> Unpinned:
+    """Take away the gc root ``name_or_prefix`` (a name, a lab path or a unique name prefix).
+
+    A pinned root turns back into the ordinary root a build gives its lab (unpinned, named
+    after the lab's store path, dated when the lab was first registered): unpinning
+    withdraws the pin, not the lab, so ``repx gc`` keeps its jobs until ``--keep-recent``
+    drops that root or it is unpinned again. The automatic root is written before the pinned
+    one goes, so the lab is a root at every moment. A pinned root whose lab has another root
+    (pinned under a second name) and an automatic root are removed (:func:`drop_root`).
+    """
+    root = store.find_root(name_or_prefix)
+    roots = store.roots()
+    if not root.pinned or any(r.lab_path == root.lab_path and r.name != root.name
+                              for r in roots):
+        return Unpinned(drop_root(store, root.name), None)
+    automatic = Root(lab_key(root.lab_path), root.lab_path, False, _first_registered(store, root))
+    for other in roots:
+        if other.name == automatic.name and other.lab_path != root.lab_path:
+            raise UsageError(
+                f"cannot unpin '{root.name}': its lab's automatic root name "
+                f"'{automatic.name}' is held by lab {other.lab_path}; unpin that one first")
+    store.put_root(automatic)
+    if automatic.name != root.name:
+        store.remove_root(root.name)
+    return Unpinned(root, automatic)
+
+
+def _first_registered(store: Store, root: Root) -> float:
+    """When the lab's jobs were first recorded (its first build or pin): the date the
+    automatic root of an unpinned lab carries, so ``--keep-recent`` orders it by its build,
+    not by the moment it was unpinned."""
+    meta = store.get_meta(root_jobs_key(root.lab_path)) or {}
+    created = meta.get("created")
+    return float(created) if isinstance(created, int | float) else root.created
+
+
+def drop_root(store: Store, name_or_prefix: str) -> Root:
+    """Remove a gc root, pinned or not; returns it.
+
+    Its jobs become garbage for the next ``repx gc`` unless another root (or the current
+    lab) reaches them. The lab's root-jobs record is dropped when no other root uses it.
     """
     root = store.remove_root(name_or_prefix)
     if not any(r.lab_path == root.lab_path for r in store.roots()):
         forget_lab(store, root.lab_path)
     return root
+
+
+def current_lab(options: LabOptions, cwd: Path | None = None) -> Path | None:
+    """The lab ``repx gc`` must keep whatever the roots say: ``--lab DIR``; else ``-f FILE``
+    built now; else ``./result`` when it is a built lab; else the folder's lab file built
+    now. None when the folder has no lab at all (gc run from elsewhere with ``--store``).
+
+    A lab that is named or found but cannot be built is an error, not a silent "no current
+    lab": gc must not go ahead without knowing what the lab in front of it needs.
+    """
+    base = cwd or Path.cwd()
+    if options.lab_dir is None and options.lab_file is None:
+        result = base / "result"
+        if is_lab_dir(result):
+            return result.resolve()
+        try:
+            find_lab_source(None, base)
+        except LabError:
+            return None
+    try:
+        return locate_lab(options, base)
+    except LabError as exc:
+        raise LabError(
+            f"repx gc keeps the current lab's jobs, and cannot tell which they are: "
+            f"{exc.message} (name the lab with --lab DIR, or run gc from another folder "
+            "with --store)", detail=exc.detail) from exc
 
 
 def forget_lab(store: Store, lab_path: str) -> None:
@@ -216,9 +306,12 @@ class GcResult:
     roots: list[Root]
     #: Unpinned roots dropped by ``keep_recent`` (or that would be, in a dry run).
     dropped_roots: list[Root] = field(default_factory=list)
-    #: Records kept because a root reaches them.
+    #: The current labs (paths) kept whether or not they are roots.
+    kept_labs: list[str] = field(default_factory=list)
+    #: Records kept because a root or a current lab reaches them.
     reachable: int = 0
-    #: Unreachable RUNNING/QUEUED jobs kept because their owner may be alive.
+    #: Unreachable RUNNING/QUEUED jobs kept because their owner may be alive or SLURM
+    #: still runs them.
     kept_running: list[str] = field(default_factory=list)
     #: (job id, bytes on disk) of the records removed with their folders.
     removed: list[tuple[str, int]] = field(default_factory=list)
@@ -230,11 +323,17 @@ class GcResult:
     def freed_bytes(self) -> int:
         return sum(n for _, n in self.removed) + sum(n for _, n in self.orphans)
 
+    @property
+    def removes_nothing(self) -> bool:
+        """Whether the run removes no record, folder or root (nothing to confirm)."""
+        return not (self.removed or self.orphans or self.dropped_roots)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "dry_run": self.dry_run,
             "roots": [r.name for r in self.roots],
             "dropped_roots": [r.name for r in self.dropped_roots],
+            "kept_labs": self.kept_labs,
             "reachable": self.reachable,
             "kept_running": self.kept_running,
             "removed": [{"id": i, "bytes": n} for i, n in self.removed],
@@ -329,62 +428,98 @@ def _root_signature(roots: Iterable[Root]) -> set[tuple[str, str]]:
     return {(r.name, r.lab_path) for r in roots}
 
 
-def collect(store: Store, *, dry_run: bool = False, keep_recent: int | None = None) -> GcResult:
+def collect(store: Store, *, dry_run: bool = False, keep_recent: int | None = None,
+            keep_labs: Iterable[str | os.PathLike[str]] = (),
+            approved: GcResult | None = None, on_slurm: OnSlurm | None = None) -> GcResult:
     """Remove (or with ``dry_run`` only list) every record and output folder no root reaches.
 
     ``keep_recent`` first drops the unpinned roots beyond the ``keep_recent`` newest; None
-    keeps every root. Safe beside a running build: jobs claimed by a live process are kept,
-    and the roots are read again just before deleting (a build that registered its lab
-    meanwhile makes gc recompute what is reachable).
+    keeps every root. ``keep_labs`` (the current lab) are kept as if they were roots, and
+    their roots are never dropped. ``approved`` (a dry run's result the user confirmed)
+    limits what is removed to what it listed. ``on_slurm`` says which unreachable
+    QUEUED/RUNNING records SLURM still runs (they are kept). Safe beside a running build:
+    jobs claimed by a live process are kept, and the roots are read again just before
+    deleting (a build that registered its lab meanwhile makes gc recompute what is reachable).
     """
     if keep_recent is not None and keep_recent < 0:
         raise UsageError(f"--keep-recent must be 0 or more, not {keep_recent}")
+    kept_labs = list(dict.fromkeys(os.fspath(p) for p in keep_labs))
     roots = store.roots()
     dropped: list[Root] = []
     if keep_recent is not None:
-        unpinned = [r for r in roots if not r.pinned]  # oldest first
-        dropped = unpinned[: max(0, len(unpinned) - keep_recent)]
+        unpinned = [r for r in roots if not r.pinned and r.lab_path not in kept_labs]
+        dropped = unpinned[: max(0, len(unpinned) - keep_recent)]  # roots are oldest first
+        if approved is not None:
+            allowed = {r.name for r in approved.dropped_roots}
+            dropped = [r for r in dropped if r.name in allowed]
         if not dry_run:
             for root in dropped:
-                unpin(store, root.name)
+                drop_root(store, root.name)
             roots = store.roots()
         else:
             gone = {r.name for r in dropped}
             roots = [r for r in roots if r.name not in gone]
-    result = GcResult(dry_run=dry_run, roots=roots, dropped_roots=dropped)
+    result = GcResult(dry_run=dry_run, roots=roots, dropped_roots=dropped, kept_labs=kept_labs)
     cache: dict[str, tuple[set[str], list[str]] | None] = {}
     for _attempt in range(_MAX_REPLANS):
         result.warnings = []
-        _find_garbage(store, result, cache, write=not dry_run)
+        _find_garbage(store, result, cache, write=not dry_run, on_slurm=on_slurm)
         if dry_run:
             return result
         now = store.roots()
         if _root_signature(now) == _root_signature(result.roots):
             break
         result.roots = now  # a build registered (or someone removed) a root: plan again
+    if approved is not None:
+        _limit_to(result, approved)
     _delete(store, result)
     return result
 
 
+def _limit_to(result: GcResult, approved: GcResult) -> None:
+    """Keep in ``result`` only the removals ``approved`` listed: what became garbage after
+    the user said yes waits for the next gc, which asks again."""
+    jobs = {job_id for job_id, _ in approved.removed}
+    folders = {name for name, _ in approved.orphans}
+    result.removed = [(i, n) for i, n in result.removed if i in jobs]
+    result.orphans = [(name, n) for name, n in result.orphans if name in folders]
+
+
 def _find_garbage(store: Store, result: GcResult,
-                  cache: dict[str, tuple[set[str], list[str]] | None], write: bool) -> None:
-    """Fill ``result`` with what no root reaches: records to remove, folders without a
-    record, and live claims that are kept."""
+                  cache: dict[str, tuple[set[str], list[str]] | None], write: bool,
+                  on_slurm: OnSlurm | None = None) -> None:
+    """Fill ``result`` with what no root (and no current lab) reaches: records to remove,
+    folders without a record, and live claims and SLURM jobs that are kept."""
     reachable = _reachable(store, result.roots, result.warnings, cache, write)
     root_labs = {r.lab_path for r in result.roots}
+    # A current lab that is no root: reached as one, but nothing is written for it.
+    extra = [Root(lab_key(lab), lab) for lab in result.kept_labs if lab not in root_labs]
+    if extra:
+        reachable |= _reachable(store, extra, result.warnings, cache, write=False)
+        root_labs.update(r.lab_path for r in extra)
     result.reachable = 0
     result.kept_running = []
     result.removed = []
     result.orphans = []
     recorded: set[str] = set()
+    on_slurm_maybe: list[JobRecord] = []
     for record in store.records():
         recorded.add(record.job_id)
         if record.job_id in reachable or (record.lab and record.lab in root_labs):
             result.reachable += 1
         elif live_claim(record):
             result.kept_running.append(record.job_id)
+        elif on_slurm is not None and record.status.active and record.slurm_id:
+            on_slurm_maybe.append(record)
         else:
             result.removed.append((record.job_id, _job_bytes(store, record.job_id)))
+    if on_slurm_maybe:
+        still = on_slurm(on_slurm_maybe) if on_slurm is not None else set()
+        for record in on_slurm_maybe:
+            if record.job_id in still:
+                result.kept_running.append(record.job_id)
+            else:
+                result.removed.append((record.job_id, _job_bytes(store, record.job_id)))
     outputs = store.root / OUTPUTS
     try:
         names = sorted(os.listdir(outputs))

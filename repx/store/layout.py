@@ -8,6 +8,8 @@ Every job (and every scatter-gather unit) owns one folder, named by its identity
     <store>/outputs/<id>/repx/inputs.json     $2: {input name: absolute path}
     <store>/outputs/<id>/repx/params.json     $3: {param: value}
     <store>/outputs/<id>/repx/exit_code       SLURM: the exit code the task's wrapper saw
+    <store>/outputs/<id>/repx/record.json     how the job ended (its store record), written
+                                              when it finishes: ``repx cache recover`` reads it
     <store>/outputs/<id>/repx/units.json      scatter-gather: the ids of its scatter and steps
     <store>/outputs/<id>/repx/worker_item.json   a step: its branch's work item
     <store>/outputs/<id>/repx/worker_outs.json   a gather: the sink outputs, in item order
@@ -31,12 +33,15 @@ OUTPUTS = "outputs"
 OUT = "out"
 #: A job's own files that are not outputs (logs, the JSON it was given).
 META = "repx"
+#: A copy of the store's gc roots beside ``db/`` (``repx cache recover`` restores them).
+ROOTS_JSON = "roots.json"
 
 STDOUT_LOG = "stdout.log"
 STDERR_LOG = "stderr.log"
 INPUTS_JSON = "inputs.json"
 PARAMS_JSON = "params.json"
 EXIT_CODE = "exit_code"
+RECORD_JSON = "record.json"
 UNITS_JSON = "units.json"
 WORKER_ITEM_JSON = "worker_item.json"
 WORKER_OUTS_JSON = "worker_outs.json"

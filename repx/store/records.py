@@ -188,6 +188,53 @@ class JobRecord:
         return record
 
 
+#: Format of a job folder's ``repx/record.json`` (see :func:`record_to_json`).
+RECORD_JSON_FORMAT = 1
+
+#: The scalar fields of a record, in ``record.json`` under these names.
+_JSON_FIELDS = ("job_id", "status", "exit_code", "started", "finished", "host", "pid", "lab",
+                "run", "stage", "stdout_log", "stderr_log", "reason", "slurm_id", "owner")
+
+
+def record_to_json(record: JobRecord) -> dict[str, Any]:
+    """A finished job's record as its folder keeps it (``repx/record.json``).
+
+    The database is the store's index; this file is the folder's own account of how the job
+    ended, so that ``repx cache recover`` can rebuild a lost or damaged database from the
+    folders alone. Outputs are ``[path, size, blake3 hex]`` triples.
+    """
+    data: dict[str, Any] = {"format": RECORD_JSON_FORMAT}
+    for name in _JSON_FIELDS:
+        data[name] = getattr(record, name)
+    data["status"] = Status(record.status).value
+    data["outputs"] = [[f.path, f.size, f.blake3] for f in record.outputs]
+    return data
+
+
+def record_from_json(data: object, where: str) -> JobRecord:
+    """The record a ``record.json`` holds; StoreError naming ``where`` if it is not one."""
+    if not isinstance(data, dict):
+        raise StoreError(f"{where} is not a JSON object")
+    fmt = data.get("format")
+    if not isinstance(fmt, int) or not 1 <= fmt <= RECORD_JSON_FORMAT:
+        raise StoreError(f"{where} has format {fmt!r}; this repx reads formats 1 to "
+                         f"{RECORD_JSON_FORMAT}")
+    try:
+        fields = {name: data.get(name) for name in _JSON_FIELDS}
+        fields["status"] = Status(fields["status"])
+        for name in ("host", "lab", "run", "stage", "stdout_log", "stderr_log", "reason",
+                     "owner"):
+            fields[name] = fields[name] or ""
+        if not isinstance(fields["job_id"], str) or not fields["job_id"]:
+            raise ValueError("no job_id")
+        outputs = [OutputFile(str(p), int(s), str(d)) for p, s, d in data.get("outputs") or []]
+    except (ValueError, TypeError) as exc:
+        raise StoreError(f"{where} is not a job record: {exc}") from exc
+    record = JobRecord(**fields)
+    record.outputs = outputs
+    return record
+
+
 def restamp(data: bytes | memoryview, status: Status, slurm_id: str | None,
             owner: str) -> bytes:
     """A record's bytes with a new status and SLURM id, if ``owner`` holds it.

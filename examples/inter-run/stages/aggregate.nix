@@ -1,6 +1,7 @@
 # First stage of the analysis run. It declares the runtime-provided inputs
-#   metadata__simulation: a JSON manifest of the simulation run's jobs,
-#     [{"id": ..., "stage": ..., "params": {...}, "outputs": {name: absolute path}}, ...]
+#   metadata__simulation: the simulation run's manifest,
+#     {"type": "run", "name": "simulation", ..., "jobs": {<id>: {"stage": ...,
+#      "params": {...}, "status": ..., "outputs": {name: absolute path}}, ...}}
 #   store__base: the base directory of the store.
 # It collects the summary of every simulation into one table, sorted by seed.
 { pkgs }:
@@ -24,7 +25,7 @@
       echo "store base is not a directory: ${inputs.store__base}" >&2
       exit 1
     fi
-    jq -r '.[] | select(.stage == "summarize") | .outputs.summary' \
+    jq -r '.jobs[] | select(.stage == "summarize") | .outputs.summary' \
       "${inputs.metadata__simulation}" \
       | xargs -r cat \
       | jq -s 'sort_by(.seed)' > "${outputs.table}"

@@ -20,20 +20,20 @@
   runDependencies = [ pkgs.jq pkgs.coreutils ];
 
   run = { inputs, outputs, ... }: ''
-    ranking=$(jq -r '.[] | select(.stage == "rank") | .outputs.ranking' \
+    ranking=$(jq -r '.jobs[] | select(.stage == "rank") | .outputs.ranking' \
       "${inputs.metadata__analysis}")
     if [ ! -f "$ranking" ]; then
       echo "no ranking in the analysis manifest" >&2
       exit 1
     fi
-    simulations=$(jq '[.[] | select(.stage == "simulate")] | length' \
+    simulations=$(jq '[.jobs[] | select(.stage == "simulate")] | length' \
       "${inputs.metadata__simulation}")
     present=0
     while read -r summary; do
       if [ -f "$summary" ]; then
         present=$((present + 1))
       fi
-    done < <(jq -r '.[] | select(.stage == "summarize") | .outputs.summary' \
+    done < <(jq -r '.jobs[] | select(.stage == "summarize") | .outputs.summary' \
       "${inputs.metadata__simulation}")
     {
       echo "# Simulation report"

@@ -106,9 +106,13 @@ rec {
     foldl' (acc: unit: builtins.concatMap (a: map (u: a // u) unit) acc) [ { } ] units;
 
   # Dedupe a list of JSON-able values (order: by their JSON text). Linear, so a
-  # 10 000-combination sweep stays cheap.
+  # 10 000-combination sweep stays cheap. Values may hold store paths (a param
+  # that is a file): the name drops their context, the value keeps it.
   uniqueJSON = list:
-    builtins.attrValues (listToAttrs (map (x: { name = toJSON x; value = x; }) list));
+    builtins.attrValues (listToAttrs (map (x: {
+      name = builtins.unsafeDiscardStringContext (toJSON x);
+      value = x;
+    }) list));
 
   inherit head tail length;
 }

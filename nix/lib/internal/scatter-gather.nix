@@ -1,8 +1,10 @@
 # The scatter-gather part of callStage: validate scatter / steps / gather and
 # write one script per phase. Seed 003's single `worker` sub-stage is accepted
-# as a one-step DAG.
+# as a one-step DAG. Each phase is one mkExecutable (stage.nix), rendered for
+# the run's combinations `combos` of the stage's params; `outputsAt` gives the
+# gather's (the stage's) outputs for one combination when they are dynamic.
 { u, pname, version, file, defaults, runDeps, mkExecutable, phaseKeys, stepKeys, def
-, inputsAttr, outputsFor }:
+, inputsAttr, outputsFor, outputsAt, combos }:
 let
   inherit (builtins) attrNames concatMap elem filter isAttrs isList isString length mapAttrs;
 
@@ -19,7 +21,23 @@ let
 
   checkPhase = what: valid: set:
     if !isAttrs set then invalid "The '${what}' section must be an attribute set."
+    else if !(isAttrs (set.inputs or { })) then invalid "The '${what}' section: 'inputs' must be an attribute set of names to default values (inputs = { data = \"\"; };), got ${u.describe set.inputs}."
+    else if !(isAttrs (set.outputs or { })) then invalid "The '${what}' section: 'outputs' must be an attribute set of names to path templates (outputs = { result = \"$out/result.txt\"; };), got ${u.describe set.outputs}."
     else u.checkKeys { what = "Scatter-gather stage \"${pname}\", ${what} section"; inherit file valid set; };
+
+  # A step is named by its key in `steps`, which its pname must repeat (the
+  # seeds' rule: the key is what deps, unit ids and logs use); the key is part
+  # of the step's unit ids (folder names), so it has no '/' or white space.
+  stepNameOk = name:
+    let step = steps.${name}; in
+    if builtins.match "[^/[:space:][:cntrl:]]+" name == null then
+      invalid "Step ${builtins.toJSON name}: a step's key is part of its job folders' names; use no '/', white space or control characters."
+    else if !(def ? steps) then true
+    else if !(step ? pname) then
+      invalid "Step \"${name}\" has no 'pname': add pname = \"${name}\"; (a step's pname is its key in 'steps')."
+    else if step.pname != name then
+      invalid "Step \"${name}\" has pname ${builtins.toJSON step.pname}, but a step's pname must be its key in 'steps' (\"${name}\"): rename the key or the pname so that they match."
+    else true;
 
   scatterOutputs = scatter.outputs or { };
   gatherInputs = gather.inputs or { };
@@ -100,6 +118,7 @@ let
     checkPhase "scatter" phaseKeys scatter
     && checkPhase "gather" phaseKeys gather
     && builtins.all (n: checkPhase "step '${n}'" stepKeys steps.${n}) stepNames
+    && builtins.all stepNameOk stepNames
     && (if stepNames == [ ] then invalid "The 'steps' attrset must contain at least one step definition." else true)
     && (if scatterOutputs ? worker__arg then true else invalid "The 'scatter' section MUST define a special output named \"worker__arg\".")
     && (if scatterOutputs ? work__items then true else invalid "The 'scatter' section MUST define an output named \"work__items\".")
@@ -113,15 +132,23 @@ let
         else invalid "The sink step \"${sink}\" must define exactly one output for gather.\nFound: ${u.showList sinkOutputs}")
     && builtins.all stepInputsOk stepNames;
 
-  phase = { name, section, inputs, outputs, extra ? { } }:
-    mkExecutable {
-      inherit name version file;
-      def = section;
-      params = defaults;
-      inherit inputs outputs;
-      runDependencies = runDeps ++ (section.runDependencies or [ ]);
-      resources = section.resources or { };
-    } // extra;
+  phase = { name, section, inputs, outputs, outputsAt ? null, extra ? { } }:
+    let
+      rendered = mkExecutable {
+        inherit name version file combos outputsAt;
+        stage = pname;
+        def = section;
+        params = defaults;
+        inherit inputs outputs;
+        runDependencies = runDeps ++ (section.runDependencies or [ ]);
+        resources = section.resources or { };
+      };
+    in
+    {
+      exe = rendered.exe // extra;
+      variants = if rendered.variants == null then null else map (v: v // extra) rendered.variants;
+      inherit (rendered) variantKeys;
+    };
 in
 {
   inherit valid;
@@ -153,6 +180,7 @@ in
       section = gather;
       inputs = gatherInputs;
       outputs = outputsFor gather.outputs;
+      inherit outputsAt;
     };
   };
 }

@@ -4,15 +4,15 @@
 # The header is written so that a job costs one bash process and no other: the
 # params/inputs JSON that repx writes (one "key": value per line) is read by
 # bash itself; jq is used only for JSON in another layout (a file written by
-# hand). Params referenced as `params.x` in the body are tokens
-# `__repx_param_x__`, replaced by the job's values at run time, so the script
-# is one per stage, not one per combination.
+# hand). `params.x` in the body is the bash expansion ${params["x"]} of the
+# job's value (stage.nix renders it), so the value is data, never source text,
+# the body runs inline (no eval: bash's line numbers are the script's own) and
+# one script serves every job of a stage.
 { pkgs }:
 let
   u = import ./prelude.nix;
   binOf = p: "${p.bin or p.out or p}/bin";
   corePackages = [ pkgs.bash pkgs.coreutils pkgs.findutils pkgs.gnused pkgs.gnugrep pkgs.jq ];
-  hasTokens = body: builtins.match ".*__repx_param_[A-Za-z0-9_'-]+__.*" body != null;
 
   header = { path }: ''
     #!${pkgs.bash}/bin/bash
@@ -80,6 +80,13 @@ let
       done
     }
     __repx_wait_inputs
+    # A job may have replaced its out dir with a link (or a file): remove that
+    # entry itself, never what it points to, so cleaning up below stays inside
+    # the job's folder. (A trailing slash would make -L look through the link.)
+    while [[ $out == */ && $out != / ]]; do out=''${out%/}; done
+    if [[ -L $out || ( -e $out && ! -d $out ) ]]; then
+      rm -f -- "$out"
+    fi
     [[ -d $out ]] || mkdir -p -- "$out"
     shopt -s nullglob dotglob
     for __repx_f in "$out"/*; do
@@ -92,25 +99,12 @@ let
     cd -- "$out"
   '';
 
-  # The body runs inline when it has no param tokens (exact line numbers in
-  # errors), else it is read from a quoted here-document, its tokens are
-  # replaced by the job's values, and the result is eval'ed.
-  bodyPart = body:
-    if !hasTokens body then ''
-      set -x
-      ${body}
-    ''
-    else
-      let delimiter = "__REPX_BODY_${builtins.substring 0 12 (builtins.hashString "sha256" body)}__"; in ''
-        IFS= read -r -d "" __repx_body <<'${delimiter}' || true
-        ${body}
-        ${delimiter}
-        for __repx_k in "''${!params[@]}"; do
-          __repx_body=''${__repx_body//"__repx_param_''${__repx_k}__"/"''${params[$__repx_k]}"}
-        done
-        set -x
-        eval "$__repx_body"
-      '';
+  # The body runs inline, so bash's line numbers in errors and in the `set -x`
+  # trace are the script file's own.
+  bodyPart = body: ''
+    set -x
+    ${body}
+  '';
 in
 {
   inherit binOf corePackages;

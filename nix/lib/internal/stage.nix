@@ -20,9 +20,19 @@ let
 
   # `parameters` is accepted as an alias of `params`; giving both is an error.
   paramsOf = what: file: def:
+    let given = def.params or def.parameters or { }; in
     if def ? params && def ? parameters then
       throw "${what} in '${file}': give either 'params' or its alias 'parameters', not both."
-    else def.params or def.parameters or { };
+    else if isAttrs given then given
+    else throw "${what} in '${file}': 'params' must be an attribute set of default values (params = { seed = 1; };), got ${u.describe given}.";
+
+  # pname and version are part of every job id, and a job id is a folder name
+  # in the store: no '/', no white space or control characters (a pname from
+  # a { params }: function is checked for every combination).
+  checkIdPart = file: attr: value:
+    if !isString value then value
+    else if builtins.match "[^/[:space:][:cntrl:]]+" value != null then value
+    else throw "stage file '${file}': ${attr} ${toJSON value} cannot be part of a job id (a folder name in the store): use no '/', white space or control characters${if value == "" then ", and not an empty string" else ""}.";
 
   # A `{ params }:` attribute; the alias `{ parameters }:` is accepted too.
   checkDynamic = file: attr: f:
@@ -133,36 +143,161 @@ let
     in
     u.uniqueJSON (map effective combos);
 
+  # Inside `run`, `params.<p>` (and `parameters.<p>`) is the bash expansion of
+  # the job's value, ${params["<p>"]}: a value reaches the script as data (quotes
+  # and $(...) in it are printed, never run), and the script text does not depend
+  # on the values, so it is checked once and serves every job of the stage.
+  # repx/lab/script_checks.py spells the expansion the same way.
+  expansionOf = p:
+    "\${params[\"${builtins.replaceStrings [ "\\" "\"" "$" "`" ] [ "\\\\" "\\\"" "\\$" "\\`" ] p}\"]}";
+  expansionsOf = params: mapAttrs (p: _: expansionOf p) params;
+
+  # The text bash holds for a value at run time (the params JSON as the script
+  # header reads it): strings (and store paths) raw, null empty, booleans and
+  # numbers as their JSON text.
+  bashText = v:
+    if isString v || builtins.isPath v || u.isDerivation v then "${v}"
+    else if v == null then ""
+    else if v == true then "true"
+    else if v == false then "false"
+    else toJSON v;
+
+  contains = text: part:
+    builtins.stringLength (builtins.replaceStrings [ part ] [ "" ] text) != builtins.stringLength text;
+
   # One executable (simple stage main, scatter, step, gather).
-  mkExecutable = { name, version, def, params, inputs, outputs, runDependencies, resources, file }:
+  #
+  # `run` is rendered once with the params as bash expansions. A `run` can still
+  # make its text depend on the values in Nix (`if params.seed == 2 then ...`,
+  # `lib.toUpper params.x`, a `writeText` of a param): so for every distinct
+  # combination `c` of the stage's params (`combos`), `run` is also rendered with
+  # c's values and compared with the expansion text with c's values put in.
+  # Any difference makes the executable value-dependent: it then gets one
+  # script per combination (`variants`, in `combos` order), in which only the
+  # params that change the text are values and the others stay expansions
+  # (all are values when no single param explains the difference).
+  #
+  # Nix cannot interpolate a number, boolean or null ("${params.seed}" is an
+  # error with the value 2, and fine with the expansion): so a probe rendering
+  # with such a param set to a path (which interpolation copies to the store,
+  # and toString does not) finds the params the text interpolates directly.
+  # Those are given as their bash text in the value rendering; every other
+  # param is given as its value, and `toString` of it is what the expansion is
+  # compared with. `outputsAt c` is the stage's outputs for c when they are a
+  # { params }: function (null: static outputs).
+  mkExecutable = { name, version, def, params, inputs, outputs, runDependencies, resources, file
+                 , combos ? [ ], outputsAt ? null, stage ? name }:
     let
+      # For messages: the stage, and which of its scripts (a scatter-gather phase).
+      label = if stage == name then "stage '${stage}'" else "stage '${stage}' ('${name}')";
       runFn = def.run or (throw "stage file '${file}': '${name}' has no 'run' attribute (a function { inputs, outputs, params, ... }: returning the bash script).");
-      paramTokens = mapAttrs (p: _: "__repx_param_${p}__") params;
+      names = attrNames params;
+      expansions = expansionsOf params;
       inputRefs = mapAttrs (n: _: "\${inputs[\"${n}\"]}") inputs;
-      body =
-        if !isFunction runFn then throw "stage file '${file}': 'run' of '${name}' must be a function { inputs, outputs, params, ... }: returning a string."
-        else u.callWith runFn {
-          inherit pkgs;
-          inputs = inputRefs;
-          outputs = outputs;
-          params = paramTokens;
-          parameters = paramTokens;
+      render = paramValues: outs:
+        let
+          body =
+            if !isFunction runFn then throw "stage file '${file}': 'run' of '${name}' must be a function { inputs, outputs, params, ... }: returning a string."
+            else u.callWith runFn {
+              inherit pkgs;
+              inputs = inputRefs;
+              outputs = outs;
+              params = paramValues;
+              parameters = paramValues;
+            };
+        in
+        if isString body then body
+        else throw "stage file '${file}': 'run' of '${name}' must return a string (the bash script), got ${u.describe body}.";
+
+      body = builtins.addErrorContext
+        "repx: while rendering 'run' of ${label} (file '${file}'): inside `run`, params.<p> and parameters.<p> are the bash expansions \${params[\"<p>\"]} (strings), not the values, so Nix cannot test or compute with them there (`if params.flag`, `params.n + 1`); do that in bash (if [ \"\${params.flag}\" = true ]), or in a { params }: function of pname, inputs, outputs or resources."
+        (render expansions outputs);
+
+      takes = if isFunction runFn then functionArgs runFn else { };
+      getsAll = takes == { };
+      mayDepend = (names != [ ] && (getsAll || takes ? params || takes ? parameters))
+        || (outputsAt != null && (getsAll || takes ? outputs));
+
+      isText = v: isString v || builtins.isPath v || u.isDerivation v;
+      probe = ./param-probe.txt;
+      probeCopy = "${probe}";
+      interpolatedDirectly = p:
+        builtins.any (c: !(isText c.${p})) combos
+        && contains body (expansionOf p)
+        && contains (builtins.addErrorContext
+          "repx: while rendering 'run' of ${label} (file '${file}') with the path ${toString probe} for params.${p}, to find whether it interpolates params.${p} directly."
+          (render (expansions // { ${p} = probe; }) outputs)) probeCopy;
+      direct = filter interpolatedDirectly names;
+      valueOf = p: v: if elem p direct then bashText v else v;
+      # The text the value rendering holds where the expansion text holds ${params["p"]}.
+      textOf = p: v: if isText v || elem p direct then bashText v else toString v;
+      fillIn = c: text:
+        builtins.replaceStrings (map expansionOf names) (map (p: textOf p c.${p}) names) text;
+      realOutputs = c: if outputsAt == null then outputs else outputsAt c;
+      # Output templates stay expansions where they give c's outputs exactly.
+      outputsFor = c:
+        if outputsAt == null then outputs
+        else mapAttrs (n: t:
+          let real = (realOutputs c).${n} or t; in
+          if isString t && fillIn c t == real then t else real) outputs;
+
+      rendered = map (c: builtins.addErrorContext
+        "repx: while rendering 'run' of ${label} (file '${file}') with the param values ${builtins.unsafeDiscardStringContext (toJSON c)}, to find whether its text depends on them beyond the bash expansions; a `run` that tests a number or boolean param in Nix must interpolate it as toString params.<p>."
+        (render (mapAttrs valueOf c) (realOutputs c))) combos;
+      count = length combos;
+      at = i: builtins.elemAt combos i;
+      # body and the probes first: their errors are not about any one combination.
+      dependent = mayDepend && builtins.seq body (builtins.seq direct
+        (builtins.any (i: builtins.elemAt rendered i != fillIn (at i) body) (u.range 0 (count - 1))));
+
+      # Which params change the text on their own (each value tried with the
+      # other params left as expansions).
+      valuesOf = p: u.uniqueJSON (map (c: c.${p}) combos);
+      changesText = p: builtins.any (v:
+        render (expansions // { ${p} = valueOf p v; }) outputs
+          != builtins.replaceStrings [ (expansionOf p) ] [ (textOf p v) ] body) (valuesOf p);
+      responsible = filter changesText names;
+      partial = map (c: render (expansions // mapAttrs valueOf (u.filterAttrs (p: _: elem p responsible) c)) (outputsFor c)) combos;
+      partialExact = builtins.all (i: fillIn (at i) (builtins.elemAt partial i) == builtins.elemAt rendered i)
+        (u.range 0 (count - 1));
+      variantBodies = if partialExact then partial else rendered;
+      variantOutputs = if partialExact then map outputsFor combos else map realOutputs combos;
+
+      variantKeys = builtins.genList (i: builtins.hashString "sha256"
+        (builtins.unsafeDiscardStringContext
+          (toJSON [ (builtins.elemAt variantBodies i) (builtins.elemAt variantOutputs i) ]))) count;
+      variantsByKey = listToAttrs (builtins.genList (i: {
+        name = builtins.elemAt variantKeys i;
+        value = exeFor (builtins.elemAt variantBodies i) (builtins.elemAt variantOutputs i);
+      }) count);
+
+      exeFor = text: outs:
+        let script = scripts.mkScript { inherit name version runDependencies; body = text; }; in
+        {
+          script = script.path;
+          path = script.searchPath;
+          body = text;
+          run_dependencies = map toString (filter (x: x != null) runDependencies);
+          inputs = mapAttrs (n: v: if isString v then v else toJSON v) inputs;
+          outputs = blueprintOutputs file outs;
+          resources = if resources == { } then null else resources;
         };
-      script = scripts.mkScript {
-        inherit name version runDependencies;
-        body = if isString body then body
-          else throw "stage file '${file}': 'run' of '${name}' must return a string (the bash script), got ${u.describe body}.";
-      };
     in
     {
-      script = script.path;
-      path = script.searchPath;
-      inherit body;
-      run_dependencies = map toString (filter (x: x != null) runDependencies);
-      inputs = mapAttrs (n: v: if isString v then v else toJSON v) inputs;
-      outputs = u.filterAttrs (_: isString) outputs;
-      resources = if resources == { } then null else resources;
+      exe = exeFor body outputs;
+      # One EXE (and script derivation) per distinct text, shared by its rows;
+      # `variantKeys` tells the rows' EXEs apart without comparing them.
+      variants = if !dependent then null else map (k: variantsByKey.${k}) variantKeys;
+      inherit variantKeys;
     };
+
+  # Outputs go to the blueprint as declared, non-strings included: Python checks
+  # every template against one rule (repx/lab/outputs.py) and names the stage, so a
+  # list or a number is an error there, not silently dropped here. Only a function
+  # cannot be written as JSON at all.
+  blueprintOutputs = file: mapAttrs (n: v:
+    if isFunction v then throw "stage file '${file}': output '${n}' is a function; an output is a path template such as \"$out/${n}.txt\"."
+    else v);
 
   checkResourcesType = file: r:
     if r == null || isAttrs r then true
@@ -185,33 +320,45 @@ in
         set = def;
       };
       defaults = paramsOf "Stage definition" file def;
-      version = def.version or "1.1";
+      version = checkIdPart file "version" (def.version or "1.1");
       versionOk = if isString version then true
         else throw "stage file '${file}': 'version' must be a string, got ${u.describe version}.";
 
       dynamicAttrs = filter (a: isFunction (def.${a} or null)) [ "pname" "inputs" "outputs" "resources" ];
       dynChecks = builtins.all (a: checkDynamic file a def.${a}) dynamicAttrs;
 
-      # The raw attribute (static value, or the { params }: function).
-      inputsAttr = if isSG then (def.scatter.inputs or { }) // (def.inputs or { }) else def.inputs or { };
-      outputsAttr = if isSG then def.gather.outputs or { } else def.outputs or { };
+      # The raw attribute (static value, or the { params }: function). Inputs and
+      # outputs are attribute sets, what a function returns too: a list there
+      # would otherwise fail inside repx's library without naming the file.
+      setOf = attr: fromFunction: v:
+        let example = if u.hasPrefix "outputs" attr || u.hasPrefix "gather." attr
+          then "{ result = \"$out/result.txt\"; }" else "{ data = \"\"; }"; in
+        if isAttrs v then v
+        else throw "stage file '${file}': '${attr}' must be an attribute set${if fromFunction then " (also what its { params }: function returns)" else ""}, e.g. ${attr} = ${example}; got ${u.describe v}.";
+      setAttr = attr: raw:
+        if isFunction raw then { params }: setOf attr true (callDynamic raw params)
+        else setOf attr false raw;
+      inputsAttr = if isSG then setAttr "scatter.inputs" (def.scatter.inputs or { }) // setAttr "inputs" (def.inputs or { }) else setAttr "inputs" (def.inputs or { });
+      outputsAttr = setAttr (if isSG then "gather.outputs" else "outputs") (if isSG then def.gather.outputs or { } else def.outputs or { });
       rawOf = a: if a == "inputs" then inputsAttr else if a == "outputs" then outputsAttr else def.${a};
       resolveWith = raw: params: if isFunction raw then callDynamic raw params else raw;
 
       staticPname =
         if isFunction (def.pname or null) then null
-        else if def ? pname && isString def.pname then def.pname
+        else if def ? pname && isString def.pname then checkIdPart file "pname" def.pname
         else if def ? pname then throw "stage file '${file}': 'pname' must be a string or a { params }: function, got ${u.describe def.pname}."
         else throw "stage file '${file}': 'pname' is required.";
 
       # Values at the stage defaults name the stage in messages and scripts.
-      pname = if staticPname != null then staticPname else callDynamic def.pname defaults;
+      pname = if staticPname != null then staticPname
+        else checkIdPart file "pname (from its function, at the stage's default params)" (callDynamic def.pname defaults);
       inputsFirst = resolveWith inputsAttr defaults;
-      paramTokens = mapAttrs (p: _: "__repx_param_${p}__") defaults;
       # Output templates seen by `run`: a { params }: function is called with
-      # the param tokens, so `$out/model-${params.model}.bin` becomes a template
-      # the script completes at run time (Python checks it against the table).
-      outputsForRun = raw: if isFunction raw then callDynamic raw paramTokens else raw;
+      # the params' bash expansions, so `$out/model-${params.model}.bin` becomes
+      # a template bash completes at run time (Python checks it against the
+      # table); `outputsAtFor` gives the values for one combination.
+      outputsForRun = raw: if isFunction raw then callDynamic raw (expansionsOf defaults) else raw;
+      outputsAtFor = raw: if isFunction raw then (c: callDynamic raw c) else null;
       resourcesFirst = resolveWith (def.resources or null) defaults;
 
       # Input names over every combination this stage sees in the run.
@@ -236,35 +383,80 @@ in
         value = inputsFirst.${n} or "";
       }) (inputNamesFor key));
 
-      simpleExecutables = key: {
-        main = mkExecutable {
-          name = pname;
-          inherit version def file;
-          params = defaults;
-          inputs = unionInputs key;
-          outputs = outputsForRun outputsAttr;
-          runDependencies = runDeps;
-          resources = if resourcesFirst == null then { } else resourcesFirst;
+      # Every executable of the stage as mkExecutable gives it ({ exe, variants }),
+      # for the run's combinations `cs` of the stage's params.
+      executablesFor = key: cs:
+        if isSG then (sgWith cs).executables
+        else {
+          main = mkExecutable {
+            name = pname;
+            inherit version def file;
+            params = defaults;
+            inputs = unionInputs key;
+            outputs = outputsForRun outputsAttr;
+            outputsAt = outputsAtFor outputsAttr;
+            combos = cs;
+            runDependencies = runDeps;
+            resources = if resourcesFirst == null then { } else resourcesFirst;
+          };
         };
-      };
+      # The blueprint's EXE objects, each chosen from { exe, variants } by `pick`.
+      pickExecutables = pick: exes:
+        if exes ? main then { main = pick exes.main; }
+        else {
+          scatter = pick exes.scatter;
+          steps = mapAttrs (_: pick) exes.steps;
+          gather = pick exes.gather;
+        };
+      listExecutables = exes:
+        if exes ? main then [ exes.main ]
+        else [ exes.scatter exes.gather ] ++ builtins.attrValues exes.steps;
+      variantAt = i: e: if e.variants == null then e.exe else builtins.elemAt e.variants i;
 
-      sg = import ./scatter-gather.nix {
+      sgWith = cs: import ./scatter-gather.nix {
         inherit u pname version file defaults runDeps mkExecutable phaseKeys stepKeys def inputsAttr;
         outputsFor = outputsForRun;
+        outputsAt = outputsAtFor outputsAttr;
+        combos = cs;
       };
+      sg = sgWith [ ];
 
-      tableFor = key:
-        if dynamicAttrs == [ ] then null
+      # Per-combination rows: the { params }: attributes, and the executables
+      # when a `run` renders differently for different values. A row's
+      # `executables` is an index into the distinct executable sets (`variants`),
+      # so a sweep whose scripts differ by one param stays a small blueprint.
+      tableFor = cs: exes:
+        let
+          exeList = listExecutables exes;
+          valueDependent = builtins.any (e: e.variants != null) exeList;
+          attrs = dynamicAttrs ++ (if valueDependent then [ "executables" ] else [ ]);
+          rowKeys = builtins.genList (i: builtins.concatStringsSep ":"
+            (map (e: if e.variants == null then "" else builtins.elemAt e.variantKeys i) exeList))
+            (length cs);
+          distinctKeys = attrNames (listToAttrs (map (k: { name = k; value = null; }) rowKeys));
+          firstRowOf = listToAttrs (builtins.genList (i: { name = builtins.elemAt rowKeys i; value = i; }) (length cs));
+          indexOf = listToAttrs (builtins.genList (j: { name = builtins.elemAt distinctKeys j; value = j; })
+            (length distinctKeys));
+        in
+        if attrs == [ ] then null
         else {
-          attrs = dynamicAttrs;
-          table = map (p: { params = p; } // listToAttrs (map (a:
-            let v = resolveWith (rawOf a) p; in {
-              name = a;
-              value =
-                if a == "inputs" then mapAttrs (resolveInputDefault dir) v
-                else if a == "outputs" then u.filterAttrs (_: isString) v
-                else v;
-            }) dynamicAttrs)) (combos key);
+          inherit attrs;
+          variants = if valueDependent
+            then map (k: pickExecutables (variantAt firstRowOf.${k}) exes) distinctKeys
+            else null;
+          table = builtins.genList (i:
+            let p = builtins.elemAt cs i; in
+            { params = p; } // listToAttrs (map (a:
+              let v = resolveWith (rawOf a) p; in {
+                name = a;
+                value =
+                  if a == "inputs" then mapAttrs (resolveInputDefault dir) v
+                  else if a == "outputs" then blueprintOutputs file v
+                  else if a == "pname" then checkIdPart file "pname (from its function, for params ${toJSON p})" v
+                  else v;
+              }) dynamicAttrs)
+            // (if valueDependent then { executables = indexOf.${builtins.elemAt rowKeys i}; } else { }))
+            (length cs);
         };
 
       stageKey = builtins.hashString "sha256" (toJSON {
@@ -278,21 +470,31 @@ in
     assert isSG -> sg.valid;
     {
       _repx_virtual_job = true;
+      # Who this node is, without its deps: a function made afresh by each
+      # callStage call (kept by `//` copies). mkRun compares nodes by it to find
+      # a cycle of stages before `_key`, which hashes the deps' keys, recurses.
+      _identity = _: null;
       _key = stageKey;
       inherit pname version file kind outputNames inputNames;
       deps = wired;
       # Blueprint entry (docs/blueprint.md, STAGE) once mkRun knows the
       # stage's key, the keys of its producers and its inter-run inputs.
-      blueprint = { key, keyOf, interRun }: {
-        inherit key version file kind pname;
-        params = defaults;
-        inputs = mapAttrs (resolveInputDefault dir) (unionInputs key);
-        outputs = u.filterAttrs (_: isString) (resolveWith outputsAttr defaults);
-        resources = resourcesFirst;
-        dynamic = tableFor key;
-        deps = map (d: { inherit (d) explicit mappings; stage = keyOf d.stage; }) wired;
-        inter_run = interRun;
-        executables = if isSG then sg.executables else simpleExecutables key;
-      } // (if isSG then { scatter_gather = sg.layout; } else { });
+      blueprint = { key, keyOf, interRun }:
+        let
+          cs = combos key;
+          exes = executablesFor key cs;
+        in
+        {
+          inherit key version file kind pname;
+          params = defaults;
+          inputs = mapAttrs (resolveInputDefault dir) (unionInputs key);
+          outputs = blueprintOutputs file (resolveWith outputsAttr defaults);
+          resources = resourcesFirst;
+          dynamic = tableFor cs exes;
+          deps = map (d: { inherit (d) explicit mappings; stage = keyOf d.stage; }) wired;
+          inter_run = interRun;
+          # A value-dependent executable's static EXE is its first row's.
+          executables = pickExecutables (variantAt 0) exes;
+        } // (if isSG then { scatter_gather = sg.layout; } else { });
     };
 }

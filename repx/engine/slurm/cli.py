@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from repx.engine.slurm.arrays import compress_task_ids
 from repx.errors import RepxError
@@ -119,3 +119,36 @@ class SlurmCli:
                 with contextlib.suppress(ValueError, IndexError):
                     return int(line.split("=")[1].strip())
         return 1001
+
+
+def task_states(cli: SlurmCli, tasks: Mapping[str, str]) -> dict[str, tuple[str, str]]:
+    """``{task id: (state, reason)}`` for ``tasks`` (``{task id: its unit's exit-code
+    file}``): squeue for the tasks it still knows, then one sacct call for those it has
+    forgotten, then, on a cluster without accounting (no slurmdbd), the exit code the task's
+    wrapper wrote (COMPLETED or FAILED). Tasks none of them knows are left out; other tasks
+    of the same arrays may be in the answer too.
+
+    A build's watcher and adoption and ``repx status`` all ask SLURM through this one
+    function, so they agree on what a task's end was.
+    """
+    states = cli.states(tasks)
+    lost = [t for t in tasks if t not in states]
+    if lost:
+        accounted = cli.accounting(lost)
+        for task in lost:
+            if task in accounted:
+                states[task] = (accounted[task][0], "")
+                continue
+            code = read_exit_code(tasks[task])
+            if code is not None:
+                states[task] = ("COMPLETED" if code == 0 else "FAILED", "")
+    return states
+
+
+def read_exit_code(path: str) -> int | None:
+    """The exit code a task's wrapper wrote beside its logs; None when there is none yet."""
+    try:
+        with open(path, encoding="ascii") as handle:
+            return int(handle.read().strip())
+    except (OSError, ValueError):
+        return None

@@ -24,27 +24,38 @@ How a build maps onto SLURM:
   nodes write outputs and logs to the shared store directory, never the database.
 * **Never twice.** A unit is claimed in the store before its sbatch and recorded QUEUED with
   its SLURM id after; a later build that finds it QUEUED or RUNNING asks SLURM and adopts
-  (watches) a job that is still pending or running instead of submitting it again.
+  (watches) a job that is still pending or running instead of submitting it again, and
+  records the outcome of one that finished meanwhile. ``repx status``, ``show`` and
+  ``cache ls`` adopt finished jobs the same way (:mod:`.adopt`), without a build.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import select
 import shutil
 import signal
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from repx.engine.contract import job_argv
+from repx.engine.contract import JOB_ID_ENV, job_argv, prepare_job_folder
 from repx.engine.plan import Plan
 from repx.engine.scheduler import Failure, Reporter, SchedulerOptions, UnitScheduler
 from repx.engine.slurm.arrays import array_ranges, collapse_to_arrays, corresponding_array
-from repx.engine.slurm.cli import ACTIVE_STATES, FINAL_STATES, SlurmCli, SlurmError
+from repx.engine.slurm.cli import (
+    ACTIVE_STATES,
+    FINAL_STATES,
+    SlurmCli,
+    SlurmError,
+    read_exit_code,
+    task_states,
+)
 from repx.engine.slurm.resources import ResourceRules, sbatch_directives
 from repx.engine.units import Outcome, Unit, UnitState
 from repx.errors import RepxError
@@ -80,7 +91,13 @@ table={_sh(table)}
 index=${{SLURM_ARRAY_TASK_ID:-0}}
 IFS=$'\\t' read -r id script inputs params < <(sed -n "$((index + 1))p" "$table")
 job={_sh(outputs_root)}/$id
-mkdir -p "$job/{layout.OUT}" "{meta}"
+export {JOB_ID_ENV}=$id
+# Real directories: a symlink or file a previous run left in their place is removed
+# itself, never followed (repx.engine.contract.prepare_job_folder).
+for dir in "$job" "$job/{layout.OUT}" "{meta}"; do
+  if [[ -L $dir || ( -e $dir && ! -d $dir ) ]]; then rm -f -- "$dir"; fi
+  mkdir -p -- "$dir"
+done
 printf '%s\\n' "$inputs" > "{inputs}"
 printf '%s\\n' "$params" > "{params}"
 rm -f "{exit_code}"
@@ -104,7 +121,6 @@ class SlurmScheduler(UnitScheduler):
                  reporter: Reporter | None = None, cli: SlurmCli | None = None) -> None:
         super().__init__(graph, store, plan, options, reporter)
         self.cli = cli or SlurmCli()
-        self.max_array = self.cli.max_array_size()
         self.submit_dir = store.root / "slurm"
         #: Units submitted (or adopted) and not yet finished, by SLURM task id.
         self.watching: dict[str, Unit] = {}
@@ -112,6 +128,12 @@ class SlurmScheduler(UnitScheduler):
         self._expanded: set[str] = set()
         self._missing_since: dict[str, float] = {}
         self._blocked_queued: list[Unit] = []
+
+    @functools.cached_property
+    def max_array(self) -> int:
+        """SLURM's MaxArraySize, asked when the first array is submitted (adopting what
+        SLURM already runs never needs it)."""
+        return self.cli.max_array_size()
 
     # -- main loop
 
@@ -165,15 +187,36 @@ class SlurmScheduler(UnitScheduler):
 
     # -- adoption of jobs submitted by an earlier build
 
-    def _adopt(self) -> None:
+    def record_ended(self, states: Mapping[str, tuple[str, str]]) -> list[Unit]:
+        """Without building: adopt the plan's units whose SLURM tasks ``states`` says have
+        ended, and record their outcomes exactly as a build's adoption does (claim, output
+        check, manifest, record; a scatter also writes its units). Tasks still pending or
+        running are left alone, so nothing is written for them. The units recorded.
+
+        ``repx status``, ``show`` and ``cache ls`` call it (:mod:`repx.engine.slurm.adopt`)
+        for the work a ``--no-wait`` build left on SLURM.
+        """
+        self._build_units()
+        return self._adopt({t: st for t, st in states.items() if st[0] in FINAL_STATES})
+
+    def _adopt(self, states: Mapping[str, tuple[str, str]] | None = None) -> list[Unit]:
         """Units the store says are QUEUED/RUNNING on SLURM from a build that is gone: watch
-        them if SLURM still runs them, instead of submitting them again."""
+        them if SLURM knows them, instead of submitting them again; the units adopted.
+
+        ``states`` are SLURM's (:func:`task_states`); asked here when not given. A task
+        missing from them is not adopted (the build runs it again). The outcome of a task
+        that has ended is recorded at once, so what waits for it can be submitted now.
+        """
         records = self.store.get_many(list(self.units))
         candidates = {uid: r for uid, r in records.items()
                       if r.status.active and r.slurm_id}
         if not candidates:
-            return
-        states = self.cli.states(r.slurm_id for r in candidates.values() if r.slurm_id)
+            return []
+        if states is None:
+            states = task_states(self.cli, {
+                r.slurm_id or "": self.folders.meta_file(uid, layout.EXIT_CODE)
+                for uid, r in candidates.items()})
+        adopted: list[Unit] = []
         with self.store.batch():
             for uid, record in candidates.items():
                 state = states.get(record.slurm_id or "", ("", ""))[0]
@@ -186,14 +229,21 @@ class SlurmScheduler(UnitScheduler):
                                         lab=self.lab, run=unit.job.run,
                                         stage=self._stage(unit)):
                     continue
+                # The submission time stays the job's start: the claim restamped it.
                 self.store.update(JobRecord(uid, Status.QUEUED, owner=self.owner,
-                                            slurm_id=record.slurm_id))
+                                            slurm_id=record.slurm_id, started=record.started))
                 unit.slurm_id = record.slurm_id
                 unit.state = UnitState.SUBMITTED
                 self.watching[record.slurm_id or ""] = unit
+                adopted.append(unit)
                 self.reporter.queued(unit)
                 self.reporter.message(f"{unit.label} {uid} is already on SLURM as job "
                                       f"{record.slurm_id}; watching it")
+        ended = {u.slurm_id: states[u.slurm_id] for u in adopted
+                 if u.slurm_id and states[u.slurm_id][0] in FINAL_STATES}
+        if ended:
+            self._apply_states(ended)
+        return adopted
 
     # -- submission
 
@@ -350,7 +400,8 @@ class SlurmScheduler(UnitScheduler):
     def _inputs_for(self, unit: Unit, meta: str, prepare: bool = False) -> dict[str, str]:
         """As the base class, making sure the folder for the files it writes exists."""
         if prepare and (unit.role != "job" or unit.job.inter_run):
-            os.makedirs(meta, exist_ok=True)
+            folders = self.folders
+            prepare_job_folder(folders.job_dir(unit.id), folders.out_dir(unit.id), meta)
         return super()._inputs_for(unit, meta)
 
     # -- watching
@@ -358,23 +409,18 @@ class SlurmScheduler(UnitScheduler):
     def _watch(self) -> None:
         if not self.watching:
             return
-        states = self.cli.states(self.watching)
+        states = task_states(self.cli, {
+            task: self.folders.meta_file(unit.id, layout.EXIT_CODE)
+            for task, unit in self.watching.items()})
         now = time.monotonic()
-        lost = [t for t in self.watching if t not in states]
-        if lost:
-            accounted = self.cli.accounting(lost)
-            for task in lost:
-                if task in accounted:
-                    states[task] = (accounted[task][0], "")
-                    continue
-                # Without accounting (no slurmdbd), the exit code the task's wrapper wrote
-                # is the only trace of a job squeue has forgotten.
-                unit = self.watching[task]
-                code = _read_exit_code(self.folders.meta_file(unit.id, layout.EXIT_CODE))
-                if code is not None:
-                    states[task] = ("COMPLETED" if code == 0 else "FAILED", "")
-                elif now - self._missing_since.setdefault(task, now) > 120:
-                    states[task] = ("LOST", "")
+        for task in self.watching:
+            if task not in states and now - self._missing_since.setdefault(task, now) > 120:
+                states[task] = ("LOST", "")
+        self._apply_states(states)
+
+    def _apply_states(self, states: Mapping[str, tuple[str, str]]) -> None:
+        """Move the watched units on by SLURM's ``states``: record RUNNING when one starts,
+        the outcome when one ended (one store transaction)."""
         with self.store.batch():
             for task, (state, reason) in states.items():
                 unit = self.watching.get(task)
@@ -394,7 +440,7 @@ class SlurmScheduler(UnitScheduler):
         if unit.state is UnitState.DONE:  # already given an outcome (blocked, cancelled)
             return
         unit.state = UnitState.RUNNING
-        code = _read_exit_code(self.folders.meta_file(unit.id, layout.EXIT_CODE))
+        code = read_exit_code(self.folders.meta_file(unit.id, layout.EXIT_CODE))
         slurm_log = self._keep_slurm_log(unit)
         if state == "COMPLETED" and code in (0, None):
             self._complete(unit, 0)
@@ -483,11 +529,3 @@ class SlurmScheduler(UnitScheduler):
 
 def _sh(text: str) -> str:
     return "'" + text.replace("'", "'\\''") + "'"
-
-
-def _read_exit_code(path: str) -> int | None:
-    try:
-        with open(path, encoding="ascii") as handle:
-            return int(handle.read().strip())
-    except (OSError, ValueError):
-        return None

@@ -1,0 +1,5 @@
+{ repx }:
+
+repx.mkPipe {
+  plotter = repx.callStage ./stage-plotter.nix [ ];
+}

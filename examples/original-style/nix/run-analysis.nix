@@ -1,0 +1,9 @@
+_: {
+  name = "analysis-run";
+
+  pipelines = [
+    ./pipe-analysis.nix
+  ];
+
+  parameters = { };
+}

@@ -1,0 +1,16 @@
+_: {
+  name = "simulation-run";
+  pipelines = [
+    ./pipe-sim.nix
+  ];
+  parameters = {
+    mode = [
+      "fast"
+      "slow"
+    ];
+    seed = [
+      1
+      2
+    ];
+  };
+}
