@@ -2,7 +2,8 @@
 #   repx.lib                       the library labs call (repx-lib.mkLab, callRun, utils, ...);
 #                                  it takes `pkgs` from mkLab's argument, so any package set
 #                                  (nixpkgs, an overlay, the host set) reaches the stages
-#   repx.overlays.default          adds pkgs.repx (the CLI and the Python package)
+#   repx.overlays.default          adds pkgs.repx (the CLI and the Python package) and
+#                                  pkgs.repx-py / ps.repx-py (repx_py, repx.analysis)
 #   repx.legacyPackages.<system>   the host package set, for machines without nixpkgs; it
 #                                  reads the host's /usr/bin, so it needs --impure
 #   repx.packages.<system>.default repx itself, built with the host package set (--impure)
@@ -19,6 +20,15 @@
         builtins.listToAttrs (map (system: { name = system; value = f system; }) systems);
       overlay = final: prev: {
         repx = import ./nix/package.nix { pkgs = final; src = self; };
+        # repx_py and repx.analysis alone (standard library only), for analysis stages:
+        # pkgs.repx-py, and ps.repx-py (ps.repx_py) in every python3.withPackages.
+        repx-py = import ./nix/repx-py.nix { pkgs = final; src = self; };
+        pythonPackagesExtensions = (prev.pythonPackagesExtensions or [ ]) ++ [
+          (pyFinal: _: {
+            repx-py = import ./nix/repx-py.nix { pkgs = final; src = self; python3 = pyFinal.python; };
+            repx_py = pyFinal.repx-py;
+          })
+        ];
       };
       # The host package set with the overlay applied (a fixed point, as nixpkgs does).
       hostPackages = system:

@@ -391,3 +391,111 @@ def test_host_python_package_checks_the_python_version(venvs: Venvs, tmp_path: P
     # The program imports the package's module, not a same-named file where it is run.
     (tmp_path / "probe.py").write_text("def main():\n    print('decoy')\n")
     assert run(built / "bin" / "probe", "x", cwd=tmp_path).strip() == "probe 42 ['x']"
+
+
+# ------------------------------------------------------------------ ps.repx-py ----
+
+#: Imports what an analysis stage imports, and says where from and whether anything beyond
+#: the standard library came along.
+ANALYSIS_IMPORTS = """
+import sys
+import repx_py, repx.analysis
+print(repx_py.__file__)
+print(repx.analysis.__file__)
+print(sorted(m for m in ("lmdb", "msgpack", "blake3", "click") if m in sys.modules))
+"""
+
+
+def test_repx_py_imports_in_with_packages_on_a_bare_python(venvs: Venvs, tmp_path: Path):
+    """ps.repx-py needs nothing on the host: the bare venv (standard library only) is enough,
+    and the store python3 imports repx_py and repx.analysis from the package's copies."""
+    pkgs = host_set(venvs.bare)
+    assert len(set(nix_eval(f"""let p = {pkgs}; in [
+      p.repx-py.outPath p.python3.pkgs.repx-py.outPath p.python3Packages.repx_py.outPath ]"""
+                            ))) == 1, "pkgs.repx-py, ps.repx-py and ps.repx_py are one package"
+    [env] = nix_build(f"({pkgs}).python3.withPackages (ps: [ ps.repx-py ])", tmp_path / "env")
+    python3 = env / "bin" / "python3"
+    module, analysis, loaded = run(python3, "-c", ANALYSIS_IMPORTS, cwd=tmp_path).splitlines()
+    site = Path(module).parent.parent
+    assert site.parts[:3] == ("/", "nix", "store") and site.parent.parent.parent.name.endswith(
+        f"-host-repx-py-{REPX_VERSION}")
+    assert Path(analysis) == site / "repx" / "analysis.py"
+    assert loaded == "[]"
+    # The copies are the checkout's sources, byte-compiled, without the checkout's caches.
+    assert (site / "repx_py" / "models.py").read_text() == (
+        REPO / "repx_py" / "models.py").read_text()
+    assert list((site / "repx_py" / "__pycache__").glob("*.pyc"))
+    assert not (site / "repx" / "_flake").exists()
+    # Where only the store exists (no host python, no checkout) it imports the same way.
+    assert sandbox_output(python3, "-c", ANALYSIS_IMPORTS).splitlines() == [
+        module, analysis, "[]"]
+
+
+def test_repx_py_out_path_follows_the_sources_not_their_caches(tmp_path: Path):
+    """Copied with builtins.path and a filter: a __pycache__, a .pyc or a wheel build's _flake
+    appearing beside the sources leaves the out path as it was; a changed source does not."""
+    require_nix()
+    tree = tmp_path / "repx-tree"
+    for name in ("nix", "repx", "repx_py"):
+        shutil.copytree(REPO / name, tree / name,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "_flake"))
+    shutil.copyfile(REPO / "pyproject.toml", tree / "pyproject.toml")
+    expr = (f"let p = import (/. + {nix_str(tree / 'nix' / 'pkgs')}) {{ }}; in "
+            "[ p.repx-py.outPath (p.python3.withPackages (ps: [ ps.repx-py ])).outPath ]")
+    before = nix_eval(expr)
+    for cache in ("repx/__pycache__", "repx_py/__pycache__", "repx/report/__pycache__"):
+        (tree / cache).mkdir()
+        (tree / cache / "analysis.cpython-311.pyc").write_bytes(b"\x00cached")
+    (tree / "repx" / "stray.pyc").write_bytes(b"\x00")
+    (tree / "repx" / "_flake" / "repx").mkdir(parents=True)
+    assert nix_eval(expr) == before
+    with (tree / "repx_py" / "models.py").open("a") as handle:
+        handle.write("# an edit\n")
+    after = nix_eval(expr)
+    assert after[0] != before[0] and after[1] != before[1]
+
+
+def test_repx_py_on_nixpkgs_through_the_flake_overlay():
+    """The overlay's pkgs.repx-py and ps.repx-py (pythonPackagesExtensions) on a set shaped
+    like nixpkgs: buildPythonPackage of the same sources, with no dependencies, installed
+    into the site-packages of the interpreter of the package set it extends."""
+    require_nix()
+    data = nix_eval(f"""let
+      flake = import (/. + {nix_str(REPO / "flake.nix")});
+      self = {{ outPath = /. + {nix_str(REPO)}; }};
+      overlay = (flake.outputs {{ inherit self; }}).overlays.default;
+      hostLib = (import (/. + {nix_str(PKGS)}) {{ }}).lib;
+      interpreter = sitePackages: {{
+        inherit sitePackages;
+        pkgs.buildPythonPackage = args: args;
+      }};
+      prev = {{
+        lib = hostLib;
+        python3 = interpreter "lib/python3.12/site-packages";
+        pythonPackagesExtensions = [ (_: _: {{ earlier = true; }}) ];
+      }};
+      final = prev // overlay final prev;
+      extensions = final.pythonPackagesExtensions;
+      # The python3.13 package set of this nixpkgs, extended as nixpkgs does.
+      ps = {{ python = interpreter "lib/python3.13/site-packages"; }}
+        // builtins.elemAt extensions 1 ps {{ }};
+      top = final.repx-py;
+    in {{
+      extensions = builtins.length extensions;
+      earlier = (builtins.head extensions {{ }} {{ }}).earlier;
+      top = {{ inherit (top) pname version pyproject pythonImportsCheck installPhase; }};
+      source = baseNameOf top.src;
+      attributes = builtins.attrNames top;
+      alias = ps.repx_py.pname;
+      inPs = ps.repx-py.installPhase;
+    }}""")
+    assert data["extensions"] == 2 and data["earlier"] is True
+    top = data["top"]
+    assert {k: top[k] for k in ("pname", "version", "pyproject", "pythonImportsCheck")} == {
+        "pname": "repx-py", "version": REPX_VERSION, "pyproject": False,
+        "pythonImportsCheck": ["repx_py", "repx.analysis"]}
+    assert 'cp -R repx repx_py "$out/lib/python3.12/site-packages/"' in top["installPhase"]
+    assert data["source"].endswith("-repx-py-source")
+    assert not {"dependencies", "propagatedBuildInputs"} & set(data["attributes"])
+    assert data["alias"] == "repx-py"
+    assert 'cp -R repx repx_py "$out/lib/python3.13/site-packages/"' in data["inPs"]

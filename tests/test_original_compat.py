@@ -5,24 +5,31 @@
 in a script, dotted output names, and an analysis stage in a ``python3.withPackages``
 interpreter that reads ``metadata__simulation-run`` through ``repx_py``). It is built and
 run here with real Nix, the real store and the host's python3, from a copy of the folder,
-and the analysis it produced is checked value by value. The manifest the analysis read is
-checked against the original's shape, for a simple and for a scatter-gather stage.
+and the analysis it produced is checked value by value. The build runs as it does for a
+user who installed repx with pip: the CLI from this interpreter's installed repx with no
+``PYTHONPATH``, which the jobs inherit, so the analysis stage's python3 can only get
+``repx_py`` from the store (``ps.repx-py``). The manifest the analysis read is checked
+against the original's shape, for a simple and for a scatter-gather stage.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from repx import __version__ as REPX_VERSION
 from repx.analysis import Experiment as RepxExperiment
 from repx.engine.manifest import ManifestWriter
 from repx.store.layout import JobFolders
-from tests.buildutil import build
-from tests.conftest import EXAMPLES, require_nix
+from tests.buildutil import FAST_INPUTS
+from tests.conftest import EXAMPLES, REPO, require_nix
 
 pytestmark = pytest.mark.nix
 
@@ -36,6 +43,22 @@ EXPECTED_ANALYSIS = {
 }
 
 
+def installed_repx_build(folder: Path, store: Path, *args: str) -> dict:
+    """``repx build --json`` in ``folder`` as a pip user runs it: ``python -m repx`` from
+    this interpreter's installed repx, with no ``PYTHONPATH`` (tests.buildutil's helper
+    points it at the checkout, and jobs would inherit that). Returns the JSON summary."""
+    env = {name: value for name, value in os.environ.items() if name != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-m", "repx", "build", "--json", "--store",
+                           str(store), *args], cwd=folder, env={**env, **FAST_INPUTS},
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          check=False, timeout=180)
+    if "No module named repx" in proc.stderr:
+        pytest.fail(f"{sys.executable} cannot import repx without PYTHONPATH: run the tests "
+                    "with the venv's python, where `make setup` installed repx")
+    assert proc.returncode == 0, f"repx build failed:\n{proc.stdout}\n{proc.stderr}"
+    return json.loads(proc.stdout)
+
+
 @pytest.fixture(scope="module")
 def ran(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
     """The example, copied, built and run: (folder, store, the build's JSON summary)."""
@@ -43,8 +66,7 @@ def ran(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
     folder = tmp_path_factory.mktemp("original-style") / "lab"
     shutil.copytree(EXAMPLE, folder)
     store = folder / ".repx"
-    result = build(folder, store, "-j", "2")
-    return folder, store, result.data
+    return folder, store, installed_repx_build(folder, store, "-j", "2")
 
 
 def analysis_job(folder: Path, store: Path) -> RepxExperiment:
@@ -66,8 +88,22 @@ def test_original_style_lab_builds_runs_and_analyses_unchanged(ran) -> None:
     assert got == EXPECTED_ANALYSIS
     assert "Loading experiment from" in log and "Saved 4 rows to" in log
 
-    again = build(folder, store)
+    again = installed_repx_build(folder, store)
     assert again["executed"] == [] and len(again["up_to_date"]) == 9
+
+
+def test_the_analysis_python_gets_repx_py_from_the_store(ran) -> None:
+    """ps.repx-py is in the closure of the analysis stage's script, made from the checkout's
+    repx_py, so the stage needs no PYTHONPATH and no repx installed for its python3."""
+    folder, _, _ = ran
+    [script] = (folder / "nix" / "result" / "scripts").glob("*-simple-plotter-script-*")
+    closure = subprocess.run(["nix-store", "--query", "--requisites", str(script.resolve())],
+                             capture_output=True, text=True, check=True).stdout.split()
+    [package] = [Path(p) for p in closure if p.endswith(f"-host-repx-py-{REPX_VERSION}")]
+    site = package / "lib" / "python3" / "site-packages"
+    assert (site / "repx_py" / "models.py").read_text() == \
+        (REPO / "repx_py" / "models.py").read_text()
+    assert (site / "repx" / "analysis.py").is_file()
 
 
 def test_the_manifest_the_analysis_read_has_the_originals_shape(ran) -> None:

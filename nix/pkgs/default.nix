@@ -24,6 +24,9 @@
 #     copies of the modules once its builder has imported every one with the
 #     host python3, and otherwise fails the build naming the Debian and pip
 #     package of each missing one (see "Python").
+#   * pkgs.repx-py (ps.repx-py in withPackages) is repx's own repx_py and
+#     repx.analysis, from the Python sources beside nix/ (nix/repx-py.nix):
+#     standard library only, for analysis stages.
 #
 # Nix builtins only: no nixpkgs lib.  See docs/host-packages.md.
 { system ? builtins.currentSystem
@@ -801,9 +804,20 @@ let
 
   pythonModules = mapAttrs pythonModule pythonModuleTable;
 
+  # repx's own analysis packages, repx_py and repx.analysis (nix/repx-py.nix):
+  # a derivation of the Python sources beside nix/ (in a checkout the
+  # repository, in an installed wheel repx/_flake), which import with the
+  # standard library alone, so they need nothing from the host.
+  repxPy = import ../repx-py.nix { inherit pkgs; src = ../..; };
+
   # `ps` of python3.withPackages (and python3.pkgs, python3Packages).  Nix has
-  # no hook for a missing attribute, so only the table's names exist.
-  pythonPackages = pythonModules // { python = named.python3; };
+  # no hook for a missing attribute, so only the table's names exist, and
+  # repx-py (alias repx_py, the module's name).
+  pythonPackages = pythonModules // {
+    python = named.python3;
+    repx-py = repxPy;
+    repx_py = repxPy;
+  };
 
   # A module named by its PyPI name (a pyproject.toml dependency): the
   # table's entry under its normalized name (PEP 503, as nixpkgs names them),
@@ -1008,14 +1022,20 @@ let
   #               a script that exec's the store python3 with ARGS (shell
   #               words, already quoted) and the package's PYTHONPATH
   #   env:        more derivation attributes (the builder's environment)
+  #   checkWithStorePython: the first check runs the store python3 instead of
+  #               the host's: it has no site-packages, so nothing the host
+  #               installed can pass the check or be copied (a package that
+  #               must need only the standard library, such as repx-py)
   mkHostPython =
     { name, what, python3, modules, packages, description, wrappers
     , install ? "", afterCheck ? "", minimumPython ? null, env ? { }
-    , passthru ? { }, meta ? { } }:
+    , passthru ? { }, meta ? { }, checkWithStorePython ? false }:
     let
       interpreter = python3.repxHostBinaries.python3 or (throw ("repx host package set: "
         + "${what}: the host python3 package has no python3 program (only "
         + concatStringsSep ", " (attrNames python3.repxHostBinaries) + ")."));
+      # The interpreter of the first check (whose modules are copied).
+      checkedPython = if checkWithStorePython then "${python3}/bin/python3" else interpreter;
       script = ''
         . "$closureTools"
         # Builders run as Nix's build users (build-users-group): an
@@ -1084,7 +1104,7 @@ let
         builder = "/bin/sh";
         args = [ "-c" script ];
         PATH = buildPATH;
-        hostPython = interpreter;
+        hostPython = checkedPython;
         # The host python3 package: its derivation hashes the binary, so this
         # out path changes with it.  Its copy of the interpreter runs the
         # result, and its libraries need no copy here.
@@ -1097,7 +1117,8 @@ let
         pythonPackages = packages;
         checkProgram = pythonCheckProgram;
         checkRequest = builtins.toJSON {
-          inherit what interpreter minimumPython;
+          inherit what minimumPython;
+          interpreter = checkedPython;
           modules = map (m: { inherit (m) pname importName debian pip; }) modules;
         };
         preferLocalBuild = true;
@@ -1159,10 +1180,14 @@ let
   # host python3.  `modules` are the top-level module folders (or .py files)
   # of `src` copied into $out/lib/python3/site-packages; `dependencies` are
   # PyPI names (or ps.NAME specs, or host Python package derivations) that
-  # must import; `scripts` maps a program name to "module:function".
+  # must import; `scripts` maps a program name to "module:function";
+  # `preCheck` is shell run once the sources are in $site, before the import
+  # checks (a package's own check, with $storePython); `checkWithStorePython`
+  # and `env` as for mkHostPython.
   hostPythonPackage =
     { pname, version, src, modules, dependencies ? [ ], scripts ? { }
-    , minimumPython ? null, postInstall ? "", python3 ? named.python3, meta ? { } }:
+    , minimumPython ? null, postInstall ? "", python3 ? named.python3, meta ? { }
+    , checkWithStorePython ? false, env ? { }, preCheck ? "" }:
     let
       what = "${pname} ${version} (a Python package for the host python3)";
       requirements = lib.imap0 (pythonRequirement what)
@@ -1191,11 +1216,11 @@ let
         '';
       pkg = mkHostPython {
         name = "host-${sanitizeName pname}-${version}";
-        inherit what python3 minimumPython;
+        inherit what python3 minimumPython checkWithStorePython;
         modules = dependencyModules ++ ownModules;
         packages = dependencyPackages;
         description = "${pname} ${version} for the host python3 (repx host package set)";
-        env = { packageSource = src; };
+        env = env // { packageSource = src; };
         install = ''
           mkdir -p "$site"
           for module in ${lib.escapeShellArgs modules}; do
@@ -1203,7 +1228,7 @@ let
           done
           chmod -R u+w "$site"
           pythonpath="$site''${pythonpath:+:$pythonpath}"
-        '';
+        '' + preCheck;
         # The sources are byte-compiled with the copied modules (hash-based
         # .pyc files: the store is read-only and Nix resets every mtime).
         # postInstall comes after, so that it can add links (into other
@@ -1233,6 +1258,8 @@ let
     pkgs = pkgs;
     hostPath = hostPath;
     python3Packages = pythonPackages;
+    # repx_py and repx.analysis for analysis stages (also ps.repx-py).
+    repx-py = repxPy;
     # repx-internal: nix/package.nix builds repx with it on this set.
     __repxHostPythonPackage = hostPythonPackage;
     # Marker so repx can recognise this set (and explain "attribute missing").

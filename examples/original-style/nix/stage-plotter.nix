@@ -1,7 +1,8 @@
 # The analysis: one row per simulation (mode, seed, points, sum), read through
 # repx_py from the simulation run's metadata, as the original's analysis stages
-# do. The interpreter asks for no extra module (the script uses only the
-# standard library and repx_py), so the host python3 serves it unchanged.
+# do. The interpreter asks for repx_py alone (ps.repx-py: repx's repx_py and
+# repx.analysis, which need only the standard library), so the package set
+# provides it with any python3, and nothing has to be installed for it.
 { pkgs }:
 {
   pname = "simple-plotter";
@@ -16,7 +17,7 @@
   };
 
   runDependencies = [
-    (pkgs.python3.withPackages (ps: [ ]))
+    (pkgs.python3.withPackages (ps: [ ps.repx-py ]))
   ];
 
   run =
