@@ -35,6 +35,8 @@ system-deps:
 	command -v bwrap >/dev/null 2>&1 || need+=(bubblewrap); \
 	command -v podman >/dev/null 2>&1 || need+=(podman); \
 	command -v runc >/dev/null 2>&1 || need+=(runc); \
+	command -v tmux >/dev/null 2>&1 || need+=(tmux); \
+	command -v chromium >/dev/null 2>&1 || need+=(chromium); \
 	if (( $${#need[@]} )); then \
 	  if [[ $$(id -u) -ne 0 ]]; then \
 	    echo "make setup: missing $${need[*]}; run as root (or install them) first" >&2; exit 1; \

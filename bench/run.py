@@ -6,7 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCHES = ["bench_expand.py", "bench_peers.py", "bench_slurm.py"]
+BENCHES = ["bench_expand.py", "bench_peers.py", "bench_make.py", "bench_slurm.py",
+           "bench_runtimes.py", "bench_report.py"]
 
 
 def main() -> int:

@@ -6,6 +6,13 @@
 # The formals are prefixed `repx` so that they cannot collide with the names of
 # a lab's own arguments; every other argument nix-build receives is a lab
 # argument and goes to the lab function (gitHash included: a lab argument wins).
+#
+# repx passes the lab file and nixpkgs as strings (`--argstr`): `--arg` would
+# parse them as Nix expressions, and a folder named `My Experiments` or
+# `Projekt 2 "neu"` is not one. `/. + string` makes the absolute string a path
+# again, so `import` of it gives a lab whose `./runs/x.nix` resolve beside it.
+# A path value (`--arg repxLabFile /abs/lab.nix`, as older callers pass) is
+# taken as it is.
 { repxLabFile
 , repxNixpkgs ? null
 , repxSlice ? null
@@ -16,15 +23,21 @@
 let
   u = import ./lib/internal/prelude.nix;
   inherit (builtins) attrNames filter functionArgs isAttrs isFunction toJSON;
-  labFile = toString repxLabFile;
-  pkgs = if repxNixpkgs == null then import ./pkgs { } else import repxNixpkgs { };
+  asPath = name: value:
+    if builtins.isPath value then value
+    else if builtins.isString value && builtins.substring 0 1 value == "/" then /. + value
+    else throw "repx entry point: ${name} must be an absolute path, got ${toJSON value}.";
+  labPath = asPath "repxLabFile" repxLabFile;
+  labFile = toString labPath;
+  pkgs = if repxNixpkgs == null then import ./pkgs { }
+    else import (asPath "repxNixpkgs" repxNixpkgs) { };
   repx-lib = import ./lib;
   # mkLab learns the lab file's name for its messages, and the entry's package
   # set when the lab gives none.
   labLib = repx-lib // {
     mkLab = args: repx-lib.mkLab ({ inherit pkgs; } // args // { _labFile = labFile; });
   };
-  labFn = import repxLabFile;
+  labFn = import labPath;
   labArgs = removeAttrs entryArgs [ "repxLabFile" "repxNixpkgs" "repxSlice" "repxLabArgNames" ];
   given = { inherit pkgs; repx-lib = labLib; } // labArgs;
   # A lab argument must be named in the lab function's formals: Nix cannot

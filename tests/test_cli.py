@@ -25,7 +25,8 @@ def sweep(tmp_path: Path) -> Path:
 def test_list_jobs_in_a_lab_folder_builds_and_links_result(sweep: Path) -> None:
     out = repx("list", "jobs", cwd=sweep)
     assert (sweep / "result" / "lab.json").is_file()
-    assert "13 jobs: 1 generate, 6 train-model, 6 evaluate" in out.stdout
+    # Stages by pipeline key, with the pname where it differs (`train` is train-model).
+    assert "13 jobs: 1 generate, 6 train (train-model), 6 evaluate" in out.stdout
     runs = json.loads(repx("list", "runs", "--json", "--lab", "result", cwd=sweep).stdout)
     assert runs == [{"name": "hyperparam-sweep", "jobs": 13, "hash_mode": "pure",
                      "dependencies": {}}]

@@ -244,7 +244,7 @@ def test_list_jobs_output_paths_are_the_jobs_out_folders(ran: Ran) -> None:
 def test_list_jobs_group_by_stage(ran: Ran) -> None:
     text = ran.cli("list", "jobs", "hyper-sweep", "-g").stdout
     headers = [line for line in text.splitlines() if line.startswith("[")]
-    assert headers == ["[gen] 1 jobs (pname gen)", "[train] 2 jobs (pname train)",
+    assert headers == ["[gen] 1 job (pname gen)", "[train] 2 jobs (pname train)",
                        "[evaluate] 2 jobs (pname evaluate)"]
     grouped = json.loads(ran.cli("list", "jobs", "--group-by-stage", "--json").stdout)
     assert {stage: len(jobs) for stage, jobs in grouped.items()} == {

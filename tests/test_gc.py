@@ -141,8 +141,8 @@ def test_gc_removes_what_no_root_reaches_and_frees_the_bytes(
     assert len(list(store.records())) == 5 and orphan.exists()  # nothing removed
 
     out, _ = run_repx("gc", "--yes", "--store", str(store.root), cwd=tmp_path)
-    assert f"gc: removed 2 jobs and 1 orphan folders, freed {human_bytes(expected_bytes)}; " \
-           "kept 3 jobs reachable from 1 roots" in out
+    assert f"gc: removed 2 jobs and 1 orphan folder, freed {human_bytes(expected_bytes)}; " \
+           "kept 3 jobs reachable from 1 root" in out
     assert {r.job_id for r in store.records()} == set(g.jobs)
     assert files_of(store) == set(g.jobs)
     out, _ = run_repx("gc", "--dry-run", "--json", "--store", str(store.root), cwd=tmp_path)
@@ -406,7 +406,7 @@ def test_pin_then_unpin_leaves_the_lab_an_automatic_root_and_gc_keeps_it(
     meta = store.get_meta(gc.root_jobs_key(simple.path))
     assert meta is not None and root.created == meta["created"] <= built.created
     out, _ = run_repx("gc", "--yes", *st, cwd=simple.folder)
-    assert "gc: removed 2 jobs" in out and "kept 3 jobs reachable from 1 roots" in out
+    assert "gc: removed 2 jobs" in out and "kept 3 jobs reachable from 1 root" in out
     assert {r.job_id for r in store.records()} == set(g.jobs)
     assert not set(old) & files_of(store)
     # A lab pinned under two names: unpinning one leaves the other pin, adds no root.

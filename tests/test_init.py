@@ -258,8 +258,32 @@ def test_flake_refuses_an_existing_flake_unless_forced(tmp_path: Path) -> None:
     assert 'inputs.repx.url = "path:' in (lab / "flake.nix").read_text()
 
 
-def test_flake_url_of_a_path_with_spaces_is_percent_encoded(
+def test_flake_input_of_a_path_with_spaces_is_a_nix_string(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(scaffold, "FLAKE_DIR", Path('/opt/my repx/"x"'))
     flake = scaffold.scaffold_files("lab", flake=True)["flake.nix"]
-    assert 'inputs.repx.url = "path:/opt/my%20repx/%22x%22";' in flake
+    assert '  inputs.repx = { type = "path"; path = "/opt/my repx/\\"x\\""; };' in flake
+
+
+@pytest.mark.nix
+def test_a_repx_in_a_folder_with_awkward_characters_is_named_as_a_plain_path(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nix 2.8 decodes no percent-escape in a path: URL, so such a repx folder is written in
+    the input's attribute-set form, which Nix resolves (checked with a real flake)."""
+    require_nix()
+    awkward = tmp_path / 're px "ü" ${x}'
+    awkward.mkdir()
+    (awkward / "flake.nix").write_text('{ outputs = { self }: { answer = "42"; }; }\n')
+    monkeypatch.setattr(scaffold, "FLAKE_DIR", awkward)
+    flake = scaffold.scaffold_files("study", flake=True)[scaffold.FLAKE_FILE]
+    assert "inputs.repx.url" not in flake and 'inputs.repx = { type = "path"; path = ' in flake
+    lab = tmp_path / "lab"
+    lab.mkdir()
+    line = next(li for li in flake.splitlines() if "inputs.repx = " in li)
+    (lab / "flake.nix").write_text(
+        "{\n" + line + "\n  outputs = { self, repx }: { answer = repx.answer; };\n}\n")
+    result = subprocess.run(
+        ["nix", "--extra-experimental-features", "nix-command flakes", "eval", "--raw",
+         ".#answer"], cwd=lab, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "42"

@@ -394,7 +394,7 @@ def test_cache_ls_lists_and_filters_records(store: Store, tmp_path: Path) -> Non
     out, _ = run_repx("cache", "ls", "--status", "succeeded", "--run", "two",
                       "--store", str(store.root), cwd=tmp_path)
     assert ids[1] in out and ids[0] not in out and ids[2] not in out
-    assert "1 jobs, 4.9 KiB of outputs" in out
+    assert "1 job, 4.9 KiB of outputs" in out
     js = json.loads(run_repx("cache", "ls", "--json", "--store", str(store.root),
                              cwd=tmp_path)[0])
     assert {r["id"]: r["status"] for r in js} == {ids[0]: "succeeded", ids[1]: "succeeded",
@@ -471,7 +471,7 @@ def test_cache_rm_removes_records_and_folders_but_not_live_jobs(
     busy = "e" * 32 + "-busy-1.0"
     record_job(store, busy, status=Status.RUNNING, pid=sleeper.pid, files={"x": b"1234"})
     out, _ = run_repx("cache", "rm", "bbb", "--store", str(store.root), cwd=tmp_path)
-    assert f"removed {ids[1]}" in out and "removed 1 jobs" in out
+    assert f"removed {ids[1]}" in out and "removed 1 job," in out
     assert store.get(ids[1]) is None and not store.job_dir(ids[1]).exists()
     _, err = run_repx("cache", "rm", "eee", "aaa", "--store", str(store.root), cwd=tmp_path,
                       code=2)

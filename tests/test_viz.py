@@ -132,3 +132,59 @@ def test_errors(inter_run: Path) -> None:
     assert needs_file.returncode == 2 and "needs an output file" in needs_file.stderr
     group = repx("viz", "@compute", "--lab", "result", cwd=inter_run).stdout
     assert "run simulation" in group and "run report" not in group
+
+
+@pytest.mark.nix
+def test_the_title_is_the_labs_name_and_version_not_its_hash(inter_run: Path) -> None:
+    dot = repx("viz", cwd=inter_run).stdout
+    title = re.search(r'labelloc=t, label="([^"]*)"', dot)
+    assert title and title.group(1) == "lab inter-run, version 1.0.0", dot[:300]
+    store_hash = (inter_run / "result").resolve().name.split("-")[0]
+    assert store_hash not in dot
+
+
+@pytest.mark.nix
+def test_a_scatter_gather_stage_shows_its_scatter_steps_and_gather() -> None:
+    require_dot()
+    graph = open_lab(LabOptions(lab_file=str(EXAMPLES / "scatter-gather" / "lab.nix"),
+                                out_link=None), validate=False)
+    dot = lab_dot(graph, {})
+    # partial-sums: scatter -> square, double (the roots, fed the work item) -> combine (the
+    # sink) -> gather, all inside one box labelled with the stage.
+    box = re.search(r'subgraph "cluster_stage:chunked-sum:0:partial_sums" \{(.*?)\n    \}',
+                    dot, re.S)
+    assert box, dot
+    assert 'label="partial-sums (scatter-gather)\\n1 job"' in box.group(1)
+    inside = set(re.findall(r'"stage:chunked-sum:0:partial_sums:([^"]+)" \[', box.group(1)))
+    assert inside == {"scatter", "gather", "step:square", "step:double", "step:combine"}
+    edges = set(re.findall(r'"stage:chunked-sum:0:partial_sums:([^"]+)" -> '
+                           r'"stage:chunked-sum:0:partial_sums:([^"]+)"', dot))
+    assert edges == {("scatter", "step:square"), ("scatter", "step:double"),
+                     ("step:square", "step:combine"), ("step:double", "step:combine"),
+                     ("step:combine", "gather")}
+    assert re.search(r'partial_sums:step:combine" -> "[^"]+:gather" '
+                     r'\[label="worker__outs \(partial\)"\]', dot)
+    # The pipeline's edges reach the box: into the scatter, out of the gather.
+    assert re.search(r'"stage:chunked-sum:0:source" -> "stage:chunked-sum:0:partial_sums:'
+                     r'scatter" \[label="data", lhead="cluster_stage:chunked-sum:0:'
+                     r'partial_sums"\]', dot)
+    assert re.search(r'"stage:chunked-sum:0:partial_sums:gather" -> "stage:chunked-sum:0:'
+                     r'report" \[label="total", ltail=', dot)
+    assert subprocess.run(["dot", "-Tsvg", "-o", "/dev/null"], input=dot, text=True,
+                          capture_output=True, check=False).returncode == 0
+
+
+@pytest.mark.nix
+def test_output_formats_come_from_the_file_name_or_are_refused(inter_run: Path) -> None:
+    require_dot()
+    repx("viz", "-o", "lab.jpg", cwd=inter_run)
+    assert (inter_run / "lab.jpg").read_bytes()[:3] == b"\xff\xd8\xff"  # a JPEG, not DOT
+    repx("viz", "--lab", "result", "-o", "lab.jpeg", cwd=inter_run)
+    assert (inter_run / "lab.jpeg").read_bytes()[:3] == b"\xff\xd8\xff"
+    repx("viz", "--lab", "result", "-o", "lab.gv", cwd=inter_run)
+    assert (inter_run / "lab.gv").read_text().startswith("digraph repx {")
+    refused = repx("viz", "--lab", "result", "-o", "lab.webp", cwd=inter_run, check=False)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "repx viz cannot write .webp files" in refused.stderr
+    assert ".svg" in refused.stderr and "--format" in refused.stderr
+    assert not (inter_run / "lab.webp").exists()

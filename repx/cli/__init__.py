@@ -2,7 +2,8 @@
 
 One module per command family: :mod:`.lab` (lab build, list, trace-params), :mod:`.build`
 (build, cancel), :mod:`.store` (status, show, log, cache, gc), :mod:`.tools` (viz,
-makefile, init), :mod:`.completion` (completion, and the candidates TAB offers);
+makefile, init), :mod:`.completion` (completion, and the candidates TAB offers),
+:mod:`.tui` (the terminal dashboard), :mod:`.report` (the HTML report);
 :mod:`.common` holds the shared options and error handling. Every command
 turns a ``RepxError`` into ``repx: <message>`` and its exit code (2 for lab and usage
 errors); a traceback is shown only with ``-v``.
@@ -22,7 +23,7 @@ if sys.argv[:1] == ["-m"]:
 import click  # noqa: E402 - after the SIGINT handler, on purpose
 
 from repx import __version__  # noqa: E402
-from repx.cli import build, completion, lab, store, tools  # noqa: E402
+from repx.cli import build, completion, lab, report, store, tools, tui  # noqa: E402
 from repx.cli.common import Context  # noqa: E402
 
 
@@ -55,5 +56,5 @@ def _set_store_map_size(text: str) -> None:
     os.environ[MAP_SIZE_ENV] = text
 
 
-for _family in (lab, build, store, tools, completion):
+for _family in (lab, build, store, tools, report, completion, tui):
     _family.register(main)

@@ -13,14 +13,17 @@ import os
 import sys
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from repx.console import INTERRUPTED_EXIT_CODE, interrupts_raise
-from repx.errors import RepxError, UsageError
+from repx.errors import LabError, RepxError, UsageError
 from repx.lab import LabOptions
-from repx.lab.nix import LabArgument
+from repx.lab.nix import LabArgument, find_lab_source, find_lab_upward
+from repx.lab.progress import ConsoleLabReporter
 from repx.store.lmdb_store import DEFAULT_STORE
 
 
@@ -32,7 +35,16 @@ class Context:
 
 
 LAB_FILE_HELP = ("The lab to build: a lab file, a flake.nix[#ATTR] or a folder "
-                 "(default ./lab.nix, else ./flake.nix#lab, else ./nix/lab.nix).")
+                 "(default ./lab.nix, else ./flake.nix#lab, else ./nix/lab.nix, here or in "
+                 "the nearest folder above).")
+
+
+def lab_reporter() -> ConsoleLabReporter:
+    """How a command shows the opening of its lab: the lab found and the phase times with
+    ``-v``, a live line for a slow phase on a terminal (see :mod:`repx.lab.progress`)."""
+    ctx = click.get_current_context(silent=True)
+    context = ctx.find_object(Context) if ctx is not None else None
+    return ConsoleLabReporter(verbose=context.verbose if context else 0)
 
 
 def lab_arguments(arg: tuple[tuple[str, str], ...],
@@ -88,7 +100,7 @@ def lab_options(func: Callable[..., Any]) -> Callable[..., Any]:
             raise click.UsageError(error.message) from error
         options = LabOptions(lab_dir=lab_dir, lab_file=lab_file, nixpkgs=nixpkgs,
                              show_trace=bool(ctx and ctx.verbose > 1),
-                             lab_args=arguments, impure=impure)
+                             lab_args=arguments, impure=impure, reporter=lab_reporter())
         return func(*args, options=options, **kwargs)
 
     return wrapper
@@ -171,14 +183,55 @@ class DefaultCommandGroup(click.Group):
         return items
 
 
+def default_store_dir(cwd: Path | None = None, lab_file: str | None = None) -> Path:
+    """The store of a command given none: ``.repx`` in the folder of the lab ``cwd`` belongs
+    to (``cwd`` or the nearest folder above with a lab file, see
+    :func:`repx.lab.nix.find_lab_upward`), else ``./.repx``. With ``lab_file`` (``-f
+    FILE``), the lab named: ``.repx`` beside that file, by the same rule (the folder above
+    for a lab's ``nix/lab.nix``).
+
+    Beside the lab, like its ``result`` link: ``repx status`` in ``lab/stages/`` must see
+    the jobs that ``repx build`` in ``lab/`` ran, and ``repx build -f other/lab.nix`` must
+    use ``other/.repx``, not start an empty store wherever it was typed.
+    """
+    base = (cwd or Path.cwd()).absolute()
+    if lab_file is not None:
+        try:
+            source = find_lab_source(lab_file, base)
+        except LabError:
+            return base / DEFAULT_STORE  # opening the lab reports what is wrong with -f
+        found = find_lab_upward(source.folder)
+        if found is not None and found.lab_file == source.lab_file and found.lab_root:
+            return found.lab_root / DEFAULT_STORE
+        return source.folder / DEFAULT_STORE
+    found = find_lab_upward(base)
+    folder = found.lab_root if found is not None and found.lab_root is not None else base
+    return folder / DEFAULT_STORE
+
+
 def store_option(func: Callable[..., Any]) -> Callable[..., Any]:
-    """``--store DIR`` (env ``REPX_STORE``, default ``./.repx``), passed on as ``store_dir``."""
+    """``--store DIR`` (env ``REPX_STORE``, default :func:`default_store_dir`), passed on as
+    an absolute ``store_dir``.
+
+    The default follows the lab, looked up or named with ``-f FILE``; with ``--lab DIR``
+    (a built lab, which has no folder of its own) it is ``./.repx``.
+    """
 
     @click.option("--store", "store_dir", metavar="DIR", envvar="REPX_STORE",
-                  default=DEFAULT_STORE, show_default=True,
+                  default=DEFAULT_STORE, show_default=".repx in the lab's folder",
                   help="The job store directory (env REPX_STORE).")
     @functools.wraps(func)
     def wrapper(*args: Any, store_dir: str, **kwargs: Any) -> Any:
+        ctx = click.get_current_context()
+        lab_file = ctx.params.get("lab_file")
+        if (ctx.get_parameter_source("store_dir") is ParameterSource.DEFAULT
+                and not ctx.params.get("lab_dir")):
+            chosen = default_store_dir(lab_file=lab_file)
+            context = ctx.find_object(Context)
+            if context and context.verbose and chosen.parent != Path.cwd().resolve():
+                where = "beside the lab file" if lab_file else "the store of the lab above"
+                click.echo(f"repx: store: {chosen} ({where})", err=True)
+            store_dir = str(chosen)
         return func(*args, store_dir=os.path.abspath(store_dir), **kwargs)
 
     return wrapper

@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 from click.shell_completion import CompletionItem, get_completion_class
 
-from repx.cli.common import handle_errors
+from repx.cli.common import default_store_dir, handle_errors
 from repx.errors import LabError, UsageError
 from repx.lab.blueprint import load_lab
 from repx.lab.expand import expand_lab
@@ -84,10 +85,17 @@ def completion(ctx: click.Context, shell: str) -> None:
 
 
 def _store_dir(ctx: click.Context) -> Path:
-    """The store the command would use: its ``--store`` (env and default already applied by
-    click), else ``REPX_STORE``, else ``./.repx`` for commands without a store option."""
-    given = ctx.params.get("store_dir") or os.environ.get("REPX_STORE") or DEFAULT_STORE
-    return Path(given).absolute()
+    """The store the command would use: its ``--store`` or ``REPX_STORE``, else the default
+    the command applies (:func:`repx.cli.common.default_store_dir`: ``.repx`` beside the lab
+    found from here, ``./.repx`` when the lab is named)."""
+    given = ctx.params.get("store_dir")
+    if given and ctx.get_parameter_source("store_dir") is not ParameterSource.DEFAULT:
+        return Path(given).absolute()
+    if os.environ.get("REPX_STORE"):
+        return Path(os.environ["REPX_STORE"]).absolute()
+    if ctx.params.get("lab_dir") or ctx.params.get("lab_file"):
+        return Path(DEFAULT_STORE).absolute()
+    return default_store_dir()
 
 
 def _open_store(ctx: click.Context) -> Store | None:

@@ -4,7 +4,6 @@ itself, before anything runs."""
 from __future__ import annotations
 
 import json
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +16,14 @@ from repx.cli.common import (
     handle_errors,
     lab_arguments,
     lab_options,
+    lab_reporter,
     nix_build_options,
     short,
     store_option,
     table,
 )
 from repx.cli.completion import complete_jobs, complete_run_names, complete_targets
+from repx.display import plural
 from repx.lab import LabOptions, open_lab
 from repx.lab.export import export_lab
 from repx.lab.graph import Job
@@ -62,7 +63,8 @@ def lab_build(lab_file: str | None, nixpkgs: str | None, out_link: str, run_slic
     arg, argstr, impure = nix_args
     graph = open_lab(LabOptions(lab_file=lab_file, nixpkgs=nixpkgs, out_link=out_link,
                                 run_slice=run_slice, show_trace=bool(ctx and ctx.verbose > 1),
-                                lab_args=lab_arguments(arg, argstr), impure=impure))
+                                lab_args=lab_arguments(arg, argstr), impure=impure,
+                                reporter=lab_reporter()))
     summary = {
         "lab": str(graph.lab.path),
         "runs": {name: len(run.job_ids) for name, run in graph.runs.items()},
@@ -73,8 +75,8 @@ def lab_build(lab_file: str | None, nixpkgs: str | None, out_link: str, run_slic
         return
     click.echo(f"lab: {summary['lab']}")
     for name, count in summary["runs"].items():
-        click.echo(f"  run {name}: {count} jobs")
-    click.echo(f"{summary['jobs']} distinct jobs")
+        click.echo(f"  run {name}: {plural(count, 'job')}")
+    click.echo(f"{plural(summary['jobs'], 'distinct job')}")
 
 
 @lab_group.command("export")
@@ -156,11 +158,12 @@ def list_runs(options: LabOptions, as_json: bool) -> None:
 def list_jobs(targets: tuple[str, ...], options: LabOptions, store_dir: str, stage: str | None,
               statuses: tuple[str, ...], param_keys: tuple[str, ...], output_paths: bool,
               group_by_stage: bool, as_json: bool) -> None:
-    """The jobs of the lab (or of RUN, @GROUP, JOB prefix), with their params.
+    """The jobs of the lab (or of RUN, @GROUP, JOB prefix), with their effective params.
 
-    --status adds each job's state (from --store) and keeps the jobs in the states named;
-    -p KEY shows the effective param KEY (the job's own, or one of its upstream jobs')
-    instead of the PARAMS column; --output-paths adds the output folder of each job.
+    STAGE is the pipeline key, with the pname in parentheses where it differs; PARAMS are
+    the effective params (its upstream jobs', then its own). --status adds each job's state
+    (from --store) and keeps the jobs in the states named; -p KEY shows the effective param
+    KEY instead of the PARAMS column; --output-paths adds the output folder of each job.
 
     Example: repx list jobs hyperparam-sweep --stage train-model -p lr --status succeeded
     """
@@ -171,7 +174,10 @@ def list_jobs(targets: tuple[str, ...], options: LabOptions, store_dir: str, sta
     states = lv.lab_job_states(graph, store_dir, [j.id for j in jobs]) if statuses else {}
     if statuses:
         jobs = [j for j in jobs if states[j.id] in statuses]
-    effective = lv.effective_params(graph, [j.id for j in jobs]) if param_keys else {}
+    # The table's PARAMS are effective params too; the JSON has them with -p only (its
+    # `params` and `depends_on` already say where each value comes from).
+    wanted = param_keys or not as_json
+    effective = lv.effective_params(graph, [j.id for j in jobs]) if wanted else {}
 
     def extra(job: Job) -> dict[str, Any]:
         data: dict[str, Any] = {}
@@ -202,7 +208,7 @@ def list_jobs(targets: tuple[str, ...], options: LabOptions, store_dir: str, sta
 
     def row(job: Job) -> list[str]:
         data = extra(job)
-        cells = [job.id, job.run, job.stage]
+        cells = [job.id, job.run, lv.stage_label(job)]
         if statuses:
             cells.append(data["status"])
         if param_keys:
@@ -210,7 +216,7 @@ def list_jobs(targets: tuple[str, ...], options: LabOptions, store_dir: str, sta
                 value = lv.param_value(data["effective_params"], key)
                 cells.append("-" if lv.is_missing(value) else short(value))
         else:
-            cells.append(" ".join(f"{k}={short(v)}" for k, v in job.params.items()))
+            cells.append(" ".join(f"{k}={short(v)}" for k, v in effective[job.id].items()))
         if output_paths:
             cells.append(data["output_path"] or "-")
         return cells
@@ -219,12 +225,13 @@ def list_jobs(targets: tuple[str, ...], options: LabOptions, store_dir: str, sta
         for index, (name, members) in enumerate(lv.group_by_stage(jobs).items()):
             if index:
                 click.echo()
-            click.echo(f"[{name}] {len(members)} jobs (pname {members[0].pname})")
+            click.echo(f"[{name}] {plural(len(members), 'job')} (pname {members[0].pname})")
             table(header, [row(job) for job in members])
     else:
         table(header, [row(job) for job in jobs])
-    counts = Counter(job.pname for job in jobs)
-    click.echo(f"{len(jobs)} jobs: " + ", ".join(f"{n} {p}" for p, n in counts.items()))
+    counts = lv.stage_counts(jobs)
+    click.echo(f"{plural(len(jobs), 'job')}: "
+               + ", ".join(f"{n} {label}" for label, n in counts.items()))
 
 
 @list_group.command("deps")
@@ -255,7 +262,7 @@ def list_deps(job: str, options: LabOptions, store_dir: str, as_json: bool) -> N
         more = "  (see above)" if node.repeated and node.job.depends_on else ""
         click.echo(f"{indent}{node.job.id}  [{node.job.stage}]{state}{more}")
         for run, kind, count in node.runs:
-            click.echo(f"{indent}  run {run}: its manifest ({count} jobs, {kind})")
+            click.echo(f"{indent}  run {run}: its manifest ({plural(count, 'job')}, {kind})")
         for child in node.children:
             echo_node(child, depth + 1)
 

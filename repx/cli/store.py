@@ -11,21 +11,31 @@ import functools
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
 
-from repx.cli.common import DefaultCommandGroup, handle_errors, lab_options, store_option, table
+from repx.cli.common import (
+    DefaultCommandGroup,
+    handle_errors,
+    lab_options,
+    short,
+    store_option,
+    table,
+)
 from repx.cli.completion import (
     complete_gc_roots,
     complete_jobs,
     complete_run_names,
     complete_runs,
 )
+from repx.display import plural
 from repx.errors import LabError, UsageError
 from repx.lab import LabOptions, open_lab
 from repx.lab.graph import JobGraph
-from repx.lab.nix import find_lab_source
+from repx.lab.nix import find_lab_source, find_lab_upward
+from repx.lab.open import is_lab_dir
 from repx.report import lab_views as lv
 from repx.report import store_views as ins
 from repx.store import Status, Store
@@ -198,7 +208,9 @@ def _print_detail(d: dict[str, Any]) -> None:
         echo(f"run       {d['run']}" + (f" (also in {', '.join(also)})" if also else ""))
         echo(f"stage     {d['stage']} (pname {d['pname']}, version {d['version']}, "
              f"{d['kind']}, hash {d['hash_mode']})")
-    else:
+    elif d.get("in_current_lab", False) is False:
+        # `repx show` looked the job up in the lab; `repx cache show` in the record of the
+        # current lab's build (None: no lab here to say the job is not one of).
         echo("          (not a job of this lab: what the store knows)")
     rec = d.get("record")
     state = d["status"]
@@ -237,7 +249,8 @@ def _print_detail(d: dict[str, Any]) -> None:
             elif "file" in src:
                 echo(f"  {name} <- file {src['file']}")
             elif "run_manifest" in src:
-                echo(f"  {name} <- manifest of run {src['run_manifest']} ({src['jobs']} jobs)")
+                echo(f"  {name} <- manifest of run {src['run_manifest']} "
+                     f"({plural(src['jobs'], 'job')})")
             else:
                 echo(f"  {name} <- provided at run time ({src.get('runtime')})")
         echo("outputs" + ("" if d["outputs"] else "   (none)"))
@@ -264,7 +277,7 @@ def _print_detail(d: dict[str, Any]) -> None:
             echo(f"units     {units['error']}")
         else:
             counts = ", ".join(f"{n} {s}" for s, n in sorted(units["counts"].items()))
-            echo(f"units     {len(units['branches'])} branches; {counts}")
+            echo(f"units     {plural(len(units['branches']), 'branch', 'branches')}; {counts}")
             if units["scatter"]:
                 echo(f"  scatter {units['scatter']['id']}  {units['scatter']['status']}")
             lines = [f"  [{i}] {step} {unit['id']}  {unit['status']}"
@@ -322,7 +335,7 @@ def log(job: str, store_dir: str, follow: bool, stderr: bool, lines: int | None)
 
 def cache_ls(store_dir: str, statuses: tuple[str, ...], run: str | None, stage: str | None,
              as_json: bool) -> None:
-    """The jobs the store holds: id, status, run, stage, output size, finish time.
+    """The jobs the store holds: id, status, run, stage, output size, finish time, params.
 
     Jobs on SLURM show SLURM's state; the outcomes of those that ended are recorded.
 
@@ -330,15 +343,19 @@ def cache_ls(store_dir: str, statuses: tuple[str, ...], run: str | None, stage: 
     """
     with ins.open_store(store_dir) as store:
         slurm = ins.slurm_lookup(store)
-        rows = ins.cache_list(store, statuses=statuses, run=run, stage=stage, slurm=slurm)
+        rows = ins.cache_list(store, statuses=statuses, run=run, stage=stage, slurm=slurm,
+                              with_params=True)
     _echo_notes(slurm.notes)
     if as_json:
         _echo_json(rows)
         return
-    table(["JOB", "STATUS", "RUN", "STAGE", "SIZE", "FINISHED"],
+    table(["JOB", "STATUS", "RUN", "STAGE", "SIZE", "FINISHED", "PARAMS"],
           [[r["id"], r["status"], r["run"] or "-", r["stage"] or "-", ins.human_bytes(r["bytes"]),
-            ins.fmt_time(r["finished"])] for r in rows])
-    click.echo(f"{len(rows)} jobs, {ins.human_bytes(sum(r['bytes'] for r in rows))} of outputs")
+            ins.fmt_time(r["finished"]),
+            " ".join(f"{k}={short(v)}" for k, v in r["params"].items()) or "-"]
+           for r in rows])
+    click.echo(f"{plural(len(rows), 'job')}, "
+               f"{ins.human_bytes(sum(r['bytes'] for r in rows))} of outputs")
 
 
 def cache_stats(store_dir: str, as_json: bool) -> None:
@@ -381,6 +398,25 @@ def cache_stats(store_dir: str, as_json: bool) -> None:
              f"{last['not_started']} not started")
 
 
+def _in_current_lab(store: Store, job_id: str) -> bool | None:
+    """Whether ``job_id`` is a job of the current lab — the built lab ``result`` beside the
+    lab file of this folder (or of the nearest folder above), or ``./result`` — as the
+    store's record of that lab's build lists it; None when there is no built lab here or
+    it never ran on this store (nothing to compare with: no claim either way)."""
+    cwd = Path.cwd()
+    folders = [cwd]
+    found = find_lab_upward(cwd)
+    if found is not None:
+        folders += [found.folder, *([found.lab_root] if found.lab_root else [])]
+    for folder in folders:
+        result = folder / "result"
+        if is_lab_dir(result):
+            ids = repx_gc.recorded_lab_jobs(store, str(result.resolve()))
+            if ids is not None:
+                return job_id in ids  # a scatter-gather unit is not a job: not listed
+    return None
+
+
 def cache_show(job: str, store_dir: str, as_json: bool) -> None:
     """What the store holds about one job (JOB: an id or a unique prefix in the store):
     its record, every output file with size and BLAKE3, logs, params and inputs it ran with.
@@ -388,7 +424,9 @@ def cache_show(job: str, store_dir: str, as_json: bool) -> None:
     Example: repx cache show 3f9a2 --json
     """
     with ins.open_store(store_dir) as store:
-        data = ins.stored_detail(store, ins.resolve_stored_job(store, job))
+        job_id = ins.resolve_stored_job(store, job)
+        data = ins.stored_detail(store, job_id)
+        data["in_current_lab"] = _in_current_lab(store, job_id)
     _echo_notes(data["notes"])
     if as_json:
         _echo_json(data)
@@ -419,7 +457,7 @@ def cache_verify(jobs: tuple[str, ...], store_dir: str, quick: bool, as_json: bo
                 click.echo(f"  {problem}")
         files = sum(r["files"] for r in results)
         size = ins.human_bytes(sum(r["bytes"] for r in results))
-        click.echo(f"verified {len(results)} jobs ({files} files, {size}): "
+        click.echo(f"verified {plural(len(results), 'job')} ({plural(files, 'file')}, {size}): "
                    + (f"{len(bad)} with problems" if bad else "all as recorded"))
     if bad:
         sys.exit(1)
@@ -446,7 +484,7 @@ def cache_rm(jobs: tuple[str, ...], store_dir: str, statuses: tuple[str, ...],
         return
     for job_id, _ in removed:
         click.echo(f"removed {job_id}")
-    click.echo(f"removed {len(removed)} jobs, freed "
+    click.echo(f"removed {plural(len(removed), 'job')}, freed "
                f"{ins.human_bytes(sum(n for _, n in removed))}")
 
 
@@ -481,8 +519,10 @@ def cache_recover(store_dir: str, quick: bool, dry_run: bool, as_json: bool) -> 
     counts = ", ".join(f"{len(ids)} {status}" for status, ids in sorted(result.recovered.items()))
     stale = (f", {len(result.stale_replaced)} of them over a stale claim"
              if result.stale_replaced else "")
-    echo(f"{would}recover {result.recovered_count} jobs" + (f" ({counts}{stale})" if counts else "")
-         + f"; {len(result.already)} already recorded, {len(result.skipped)} folders skipped")
+    echo(f"{would}recover {plural(result.recovered_count, 'job')}"
+         + (f" ({counts}{stale})" if counts else "")
+         + f"; {len(result.already)} already recorded, "
+         f"{plural(len(result.skipped), 'folder')} skipped")
     for root in result.roots:
         echo(f"{would}restore gc root {root.name}{' (pinned)' if root.pinned else ''} "
              f"({root.lab_path}) from {result.roots_from}")
@@ -565,9 +605,10 @@ def _print_gc(result: repx_gc.GcResult, as_json: bool, *, dry_run: bool,
     root_labs = {r.lab_path for r in result.roots}
     current = [lab for lab in result.kept_labs if lab not in root_labs]
     click.echo(
-        f"gc: {verb} {len(result.removed)} jobs and {len(result.orphans)} orphan folders, "
+        f"gc: {verb} {plural(len(result.removed), 'job')} and "
+        f"{plural(len(result.orphans), 'orphan folder')}, "
         f"{'would free' if dry_run else 'freed'} {ins.human_bytes(result.freed_bytes)}; kept "
-        f"{result.reachable} jobs reachable from {len(result.roots)} roots"
+        f"{plural(result.reachable, 'job')} reachable from {plural(len(result.roots), 'root')}"
         + (" and the current lab" if current else "")
         + (f" and {len(result.kept_running)} running" if result.kept_running else ""))
 
@@ -602,7 +643,7 @@ def gc_pin(name: str | None, options: LabOptions, store_dir: str) -> None:
     graph = open_lab(options)
     with ins.open_store(store_dir, readonly=False, create=True) as store:
         root = repx_gc.pin_lab(store, graph, name)
-    click.echo(f"pinned {root.name} ({root.lab_path}, {len(graph.jobs)} jobs)")
+    click.echo(f"pinned {root.name} ({root.lab_path}, {plural(len(graph.jobs), 'job')})")
 
 
 def gc_unpin(name: str, store_dir: str) -> None:

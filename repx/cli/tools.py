@@ -15,6 +15,7 @@ import click
 
 from repx.cli.common import handle_errors, lab_options, store_option
 from repx.cli.completion import complete_runs, complete_targets
+from repx.display import plural
 from repx.errors import UsageError
 from repx.lab import LabOptions, open_lab, scaffold
 from repx.report import makefile as mk
@@ -38,7 +39,7 @@ def _statuses(store_dir: str, job_ids: list[str]) -> dict[str, str]:
 @click.option("-o", "--output", metavar="FILE",
               help="Write the graph here (default: DOT on standard output).")
 @click.option("--format", "fmt", type=click.Choice(repx_viz.FORMATS), default=None,
-              help="dot, svg, png or pdf (default: from FILE's extension, else dot).")
+              help="dot, svg, png, pdf or jpg (default: from FILE's extension, else dot).")
 @click.option("--jobs", "show_jobs", is_flag=True,
               help="One node per job (default: one per stage, with job counts).")
 @click.option("--max-jobs", type=click.IntRange(min=1), default=12, show_default=True,
@@ -47,7 +48,7 @@ def _statuses(store_dir: str, job_ids: list[str]) -> dict[str, str]:
 def viz(runs: tuple[str, ...], options: LabOptions, store_dir: str, output: str | None,
         fmt: str | None, show_jobs: bool, max_jobs: int) -> None:
     """Draw the lab's runs and stages (--jobs: jobs) coloured by status, as a Graphviz
-    graph: DOT text, or SVG/PNG/PDF rendered with `dot`.
+    graph: DOT text, or SVG/PNG/PDF/JPEG rendered with `dot`.
 
     Stage nodes show their job count and how many succeeded, failed, run or have not run
     (from the store, if there is one); edges are the pipelines' dependencies and the
@@ -86,14 +87,15 @@ def viz(runs: tuple[str, ...], options: LabOptions, store_dir: str, output: str 
 @handle_errors
 def makefile(targets: tuple[str, ...], options: LabOptions, store_dir: str,
              output: str | None, repx_command: str | None) -> None:
-    """Write a Makefile with one target per job (of RUN, @GROUP or JOB and what they need;
-    default every run): `make -j4 -f lab.mk` then runs the jobs as `repx build -j4`
+    """Write a Makefile with one target per job and per run (of RUN, @GROUP or JOB and what
+    they need; default every run): `make -j4 -f lab.mk` then runs the jobs as `repx build -j4`
     would, into the same store, and a second `make` does nothing.
 
-    Each target is a stamp <store>/outputs/<job-id>/repx/make.stamp, depending on the
-    stamps of its upstream jobs; its recipe runs that one job with `repx build --lab LAB
-    --store STORE --quiet -j1 JOB` and touches the stamp once it succeeded. Phony targets:
-    all (the default), one per run, and status. See docs/make.md.
+    Each job's target is a stamp <store>/outputs/<job-id>/repx/make.stamp; each run is
+    one recipe, `repx build --make-stamps RUN`, which takes its job slots from make's
+    jobserver and then touches the run's stamp. Phony targets: all (the default), one
+    per run, one per job id, and status; $(call repx_output,RUN,STAGE,OUTPUT) names the
+    outputs your own rules can depend on. See docs/make.md.
 
     Example: repx makefile hyperparam-sweep > lab.mk && make -j4 -f lab.mk
     """
@@ -104,8 +106,8 @@ def makefile(targets: tuple[str, ...], options: LabOptions, store_dir: str,
         click.echo(text, nl=False)
         return
     Path(output).write_text(text, encoding="utf-8")
-    click.echo(f"wrote {output} ({text.count(chr(9) + '$(Q)$(REPX_BUILD) ')} jobs)",
-               err=True)
+    click.echo(f"wrote {output} ({plural(text.count(chr(10) + '# run '), 'run')}, "
+               f"{plural(text.count(mk.JOB_TARGET_MARK), 'job')})", err=True)
 
 
 # ------------------------------------------------------------------------------ init

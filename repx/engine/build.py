@@ -12,22 +12,33 @@ as one job whatever its number of branches, and its failed units are in ``failur
 from __future__ import annotations
 
 import os
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from repx.engine.jobserver import JobserverUnavailable, jobserver_from_env
 from repx.engine.local import LocalOptions, LocalScheduler
 from repx.engine.noop_index import index_path, up_to_date_ids, write_index
 from repx.engine.plan import Plan, plan_build
+from repx.engine.runtimes import Mount, make_runtime, runtime_from_env
 from repx.engine.scheduler import Failure, Reporter, UnitScheduler
 from repx.engine.units import Outcome, UnitState
 from repx.errors import UsageError
 from repx.lab import LabOptions, open_lab
 from repx.lab.graph import JobGraph, selection_closure
 from repx.lab.open import cache_dir, locate_lab
-from repx.store import Store
+from repx.store import Store, layout
 from repx.store.gc import register_build_root
+
+if TYPE_CHECKING:
+    # Imported where used: a no-op build never needs them, and it is timed in ms.
+    from repx.engine.explain import JobExplanation, PlanExplanation
+    from repx.engine.recap import FailedJob
+
+_T = TypeVar("_T")
 
 #: Exit code of a build stopped by SIGINT/SIGTERM (the shell's 128 + SIGINT).
 EXIT_INTERRUPTED = 130
@@ -56,6 +67,23 @@ class BuildOptions:
     resources_file: Path | None = None
     #: SLURM: seconds between two looks at squeue.
     poll: float = 1.0
+    #: How jobs run: "native", "bwrap", "podman" or "docker" (repx.engine.runtimes;
+    #: None: ``$REPX_RUNTIME``, else native).
+    runtime: str | None = None
+    #: Host paths every job sees under an isolating runtime (``--mount PATH[:ro|rw]``).
+    mounts: tuple[Mount, ...] = ()
+    #: Whether jobs under an isolating runtime may use the network (default: none).
+    network: bool = False
+    #: SLURM: where the nodes find the jobs' closures: "shared" (where this machine has
+    #: them) or "node-local" (each node unpacks the lab's export; None: env, else shared).
+    artifact_store: str | None = None
+    #: SLURM node-local: the folder on each node to unpack into (None:
+    #: ``$REPX_ARTIFACT_DIR``, else the node's ``$TMPDIR``).
+    artifact_dir: str | None = None
+    #: Touch ``<store>/outputs/<id>/repx/make.stamp`` of every selected job (not their
+    #: upstream: each stamp is its own recipe's) that is done when the build ends (the
+    #: targets of a ``repx makefile`` Makefile).
+    make_stamps: bool = False
 
 
 @dataclass
@@ -71,6 +99,8 @@ class BuildResult:
     #: SLURM --no-wait: jobs queued or running on SLURM when repx returned.
     submitted: list[str] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
+    #: The failures with their jobs' run, stage and params (the recap at the end).
+    recap: list[FailedJob] = field(default_factory=list)
     interrupted: bool = False
     seconds: float = 0.0
 
@@ -103,7 +133,7 @@ class BuildResult:
             "cancelled": self.cancelled,
             "not_started": self.not_started,
             "submitted": self.submitted,
-            "failures": [
+            "failures": [row.to_json() for row in self.recap] if self.recap else [
                 {"unit": f.unit, "job": f.job, "label": f.label, "reason": f.reason,
                  "stderr_log": f.stderr_log, "stdout_log": f.stdout_log}
                 for f in self.failures
@@ -128,7 +158,9 @@ def run_build(
     expanding the lab; anything else expands it, plans, and runs what is missing.
     """
     lab_dir, index = _lab_and_index(lab, options.targets)
-    if not (options.force or options.verify):
+    # Make stamps need the selection, which the no-op index does not keep (a recipe that
+    # runs found something out of date anyway).
+    if not (options.force or options.verify or options.make_stamps):
         noop = _noop_build(lab_dir, store, index, options.targets)
         if noop is not None:
             return noop
@@ -137,6 +169,24 @@ def run_build(
         return _full_build(graph, store, options, reporter)
     with Store(store) as opened:
         return _full_build(graph, opened, options, reporter)
+
+
+def _touch_make_stamps(graph: JobGraph, store: Store, targets: tuple[str, ...],
+                       result: BuildResult) -> None:
+    """A make stamp for every selected job the build leaves done (ran now or before); a
+    failed or blocked job gets none, so make runs it again. Upstream jobs are left alone:
+    touching them would make their dependents' stamps look older than them."""
+    done = {*result.executed, *result.up_to_date}
+    outputs = Path(store.root) / layout.OUTPUTS
+    for job in graph.select(list(targets)):
+        if job.id not in done:
+            continue
+        stamp = outputs / job.id / layout.META / layout.MAKE_STAMP
+        try:
+            os.utime(stamp)
+        except FileNotFoundError:
+            if stamp.parent.is_dir():  # gone with its job folder: not done any more
+                stamp.touch()
 
 
 def dry_run(
@@ -162,6 +212,61 @@ def dry_run(
             return Plan(closure, [], list(closure), dict.fromkeys(closure, "not in the store"))
         return plan_build(graph, opened, list(options.targets), force=options.force,
                           verify=options.verify)
+    finally:
+        if opened is not None and opened is not store:
+            opened.close()
+
+
+def explain_build(
+    lab: LabOptions | JobGraph,
+    store: Store | str | os.PathLike[str] | None,
+    options: BuildOptions,
+) -> PlanExplanation:
+    """:func:`dry_run` with every job's reason explained (:mod:`repx.engine.explain`):
+    what changed compared with the job that held its place in an earlier build.
+
+    Always expands the lab (the no-op index keeps no identities).
+    """
+    from repx.engine.explain import explain_plan
+
+    def explained(graph: JobGraph, opened: Store | None, plan: Plan) -> PlanExplanation:
+        return explain_plan(graph, opened, plan.to_run, plan.up_to_date, plan.reasons)
+
+    return _with_plan(lab, store, options, explained)
+
+
+def explain_targets(
+    lab: LabOptions | JobGraph,
+    store: Store | str | os.PathLike[str] | None,
+    targets: tuple[str, ...],
+) -> list[JobExplanation]:
+    """The explanation of every job ``targets`` select (``repx explain JOB``): why it
+    would run, or that it is up to date."""
+    from repx.engine.explain import explain_jobs
+
+    def explained(graph: JobGraph, opened: Store | None, plan: Plan) -> list[JobExplanation]:
+        selected = [job.id for job in graph.select(list(targets))]
+        return explain_jobs(graph, opened, selected, plan.reasons)
+
+    return _with_plan(lab, store, BuildOptions(targets=targets), explained)
+
+
+def _with_plan(lab: LabOptions | JobGraph, store: Store | str | os.PathLike[str] | None,
+               options: BuildOptions,
+               then: Callable[[JobGraph, Store | None, Plan], _T]) -> _T:
+    """Expand the lab, plan against the store (everything runs without one) and hand both
+    to ``then`` while the store is open."""
+    lab_dir, index = _lab_and_index(lab, options.targets)
+    opened = _open_existing(store, readonly=True)
+    try:
+        graph = _expanded(lab, lab_dir, index, options.targets)
+        if opened is None:
+            closure = selection_closure(graph, list(options.targets))
+            plan = Plan(closure, [], list(closure), dict.fromkeys(closure, "not in the store"))
+        else:
+            plan = plan_build(graph, opened, list(options.targets), force=options.force,
+                              verify=options.verify)
+        return then(graph, opened, plan)
     finally:
         if opened is not None and opened is not store:
             opened.close()
@@ -203,6 +308,9 @@ def _full_build(graph: JobGraph, store: Store, options: BuildOptions,
                       verify=options.verify)
     result = BuildResult(up_to_date=list(plan.up_to_date))
     register_build_root(store, graph)
+    from repx.engine.explain import record_build
+
+    record_build(store, graph)
     if plan.to_run:
         scheduler = _scheduler(graph, store, plan, options, reporter)
         scheduler.run()
@@ -219,9 +327,15 @@ def _full_build(graph: JobGraph, store: Store, options: BuildOptions,
                 continue
             buckets.get(scheduler.job_outcome(job_id), result.not_started).append(job_id)
         result.failures = scheduler.failures
+        if scheduler.failures:
+            from repx.engine.recap import failed_jobs
+
+            result.recap = failed_jobs(graph, scheduler.failures)
         result.interrupted = bool(scheduler.interrupted)
     result.seconds = time.monotonic() - clock
     _record_last_build(store, str(graph.lab.path), options.targets, started, result)
+    if options.make_stamps:
+        _touch_make_stamps(graph, store, options.targets, result)
     return result
 
 
@@ -271,20 +385,49 @@ def _record_last_build(store: Store, lab: str, targets: tuple[str, ...], started
 
 def _scheduler(graph: JobGraph, store: Store, plan: Plan, options: BuildOptions,
                reporter: Reporter | None) -> UnitScheduler:
+    runtime = runtime_from_env(options.runtime)
+    from repx.engine.slurm.node_local import artifact_dir_from, artifact_store_from
+
+    artifact_store = artifact_store_from(options.artifact_store)
     if options.scheduler == "slurm":
+        from repx.engine.slurm.node_local import prepare_node_lab
         from repx.engine.slurm.resources import ResourceRules
         from repx.engine.slurm.scheduler import SlurmOptions, SlurmScheduler
 
+        if artifact_store == "node-local" and runtime == "native":
+            raise UsageError("--artifact-store node-local needs an isolating runtime "
+                             "(--runtime bwrap binds each node's unpacked lab at "
+                             "/nix/store; podman and docker load its images from there)")
         slurm = SlurmOptions(keep_going=options.keep_going, wait=options.wait,
                              poll=options.poll,
-                             resources=ResourceRules.load(options.resources_file))
+                             resources=ResourceRules.load(options.resources_file),
+                             runtime=make_runtime(runtime, Path(graph.lab.path),
+                                                  mounts=options.mounts,
+                                                  network=options.network))
+        if slurm.runtime.isolating:
+            slurm.runtime.check_runs(sorted({graph.jobs[j].run for j in plan.to_run}))
+        if artifact_store == "node-local":
+            slurm.node_lab = prepare_node_lab(Path(graph.lab.path), store.root,
+                                              artifact_dir_from(options.artifact_dir))
         return SlurmScheduler(graph, store, plan, slurm, reporter)
+    if options.artifact_store not in (None, "shared") or options.artifact_dir is not None:
+        raise UsageError("--artifact-store and --artifact-dir are for --scheduler slurm "
+                         "(a local build uses this machine's store or unpack cache)")
     if options.scheduler != "local":
         raise UsageError(f"unknown scheduler '{options.scheduler}' (use local or slurm)")
     local = LocalOptions(
         jobs=options.jobs, keep_going=options.keep_going, cpus=options.cpus,
         mem=options.mem, grace=options.grace,
+        runtime=make_runtime(runtime, Path(graph.lab.path), mounts=options.mounts,
+                             network=options.network),
     )
     if options.descendant_timeout is not None:
         local.descendant_timeout = options.descendant_timeout
+    server = jobserver_from_env()
+    if isinstance(server, JobserverUnavailable):
+        # What a sub-make does in the same case: more would exceed make's -j.
+        sys.stderr.write(f"repx: warning: {server.reason}; running one job at a time\n")
+        local.jobs = 1
+    else:
+        local.jobserver = server
     return LocalScheduler(graph, store, plan, local, reporter)

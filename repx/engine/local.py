@@ -38,7 +38,10 @@ from repx.engine.descendants import (
     job_of,
     set_child_subreaper,
 )
+from repx.engine.jobserver import Jobserver
 from repx.engine.plan import Plan
+from repx.engine.runtimes import JobSandbox, Runtime
+from repx.engine.runtimes.common import visible_inputs
 from repx.engine.scheduler import (
     FOREIGN_POLL_SECONDS,
     Reporter,
@@ -145,6 +148,11 @@ class LocalOptions(SchedulerOptions):
     #: Seconds the processes a job started may run on after its main process exited 0;
     #: then they are killed and the job fails (``REPX_DESCENDANT_TIMEOUT``, default 60).
     descendant_timeout: float = field(default_factory=descendant_timeout_from_env)
+    #: How each job's process is run (native, bwrap, podman, docker: repx.engine.runtimes).
+    runtime: Runtime = field(default_factory=Runtime)
+    #: GNU make's jobserver when the build runs in a make recipe: one more admission limit
+    #: (a token per unit running beyond the first); the scheduler closes it when done.
+    jobserver: Jobserver | None = None
 
 
 def _signal_tree(pid: int, sig: int) -> None:
@@ -189,7 +197,13 @@ class LocalScheduler(UnitScheduler):
         reporter: Reporter | None = None,
     ) -> None:
         super().__init__(graph, store, plan, options, reporter)
-        self.max_jobs = options.jobs or machine_cpus()
+        self.jobserver = options.jobserver
+        # Under make's jobserver, make's -jN is the most that can run at once anyway.
+        self.max_jobs = (options.jobs or (self.jobserver.make_jobs if self.jobserver else 0)
+                         or machine_cpus())
+        #: Ready units wait for a jobserver token (its read end is then in the epoll set).
+        self._wants_token = False
+        self._jobserver_watched: set[int] = set()
         self.cpu_budget = max(options.cpus or machine_cpus(), self.max_jobs)
         self.mem_budget = options.mem or machine_mem()
         #: Units being run, by unit id.
@@ -204,6 +218,9 @@ class LocalScheduler(UnitScheduler):
         self.subreaper = False
         self._children: Children | None = None
         self._env = dict(os.environ)
+        self.runtime = options.runtime
+        if self.runtime.isolating:
+            self.runtime.check_runs(sorted({graph.jobs[j].run for j in plan.to_run}))
 
     def run(self) -> None:
         """Run every unit to its outcome (or until interrupted)."""
@@ -223,6 +240,8 @@ class LocalScheduler(UnitScheduler):
             raise
         finally:
             self._restore_signals(previous)
+            if self.jobserver is not None:
+                self.jobserver.close()  # every token back, whatever ended the build
             for fd in self._pidfds:
                 os.close(fd)
             self._pidfds.clear()
@@ -247,6 +266,7 @@ class LocalScheduler(UnitScheduler):
                 self._spawn(unit, epoll)
             if self._finishes:  # spawn failures are recorded at once
                 self._commit([])
+            self._return_tokens()  # refused claims and failed spawns need none
             if not self.running and not self.foreign:
                 if self.ready and not self.stopping:
                     continue
@@ -260,6 +280,7 @@ class LocalScheduler(UnitScheduler):
             if deadline is not None:
                 left = max(0.0, deadline - time.monotonic())
                 timeout = left if timeout is None else min(timeout, left)
+            self._watch_jobserver(epoll)
             self.reporter.tick()  # here, with every slot filled: what runs is what shows
             self._handle(epoll.poll(-1 if timeout is None else timeout), epoll, wake_r)
             if deadline is not None:
@@ -389,6 +410,8 @@ class LocalScheduler(UnitScheduler):
                          or (self.mem_budget and unit.mem
                              and mem + unit.mem > self.mem_budget)):
                 break
+            if unit.state is UnitState.READY and not self._take_slot(len(starts)):
+                break
             heapq.heappop(ready)
             if unit.state is not UnitState.READY:
                 continue
@@ -396,6 +419,41 @@ class LocalScheduler(UnitScheduler):
             mem += unit.mem
             starts.append(unit)
         return starts
+
+    def _take_slot(self, starting: int) -> bool:
+        """Whether one more unit may start beside the running ones and ``starting`` others,
+        as far as make's jobserver is concerned: the first unit uses the slot make gave this
+        recipe, every further one a token taken now (never waiting for one)."""
+        server = self.jobserver
+        if server is None or len(self.running) + starting < 1 + server.tokens:
+            return True
+        if server.try_acquire():
+            return True
+        self._wants_token = True
+        return False
+
+    def _return_tokens(self) -> None:
+        """Give make back every token beyond one per running unit past the first (a unit
+        ended, or a unit admitted did not start)."""
+        server = self.jobserver
+        if server is not None:
+            server.release(server.tokens - max(0, len(self.running) - 1))
+
+    def _watch_jobserver(self, epoll: select.epoll) -> None:
+        """Wake the loop when a token may be free, only while a ready unit waits for one
+        (the read end is level-triggered: watched otherwise, it would spin the loop)."""
+        server = self.jobserver
+        if server is None:
+            return
+        wanted = self._wants_token and bool(self.ready) and not self.stopping
+        watched = server.read_fd in self._jobserver_watched
+        if wanted and not watched:
+            epoll.register(server.read_fd, select.EPOLLIN)
+            self._jobserver_watched.add(server.read_fd)
+        elif watched and not wanted:
+            epoll.unregister(server.read_fd)
+            self._jobserver_watched.discard(server.read_fd)
+        self._wants_token = False
 
     def _spawn(self, unit: Unit, epoll: select.epoll) -> None:
         folders = self.folders
@@ -405,6 +463,7 @@ class LocalScheduler(UnitScheduler):
         try:
             if unit.maybe_orphan:
                 kill_orphans(out, unit.id)
+                self.runtime.cleanup(unit.id)
             prepare_job_folder(job_dir, out, meta)
             inputs = self._inputs_for(unit, meta)
             inputs_json = f"{meta}/{layout.INPUTS_JSON}"
@@ -414,9 +473,14 @@ class LocalScheduler(UnitScheduler):
             stdout_log, stderr_log = folders.logs(unit.id)
             env = self._env.copy()
             env[JOB_ID_ENV] = unit.id
+            argv = job_argv(unit.script, out, inputs_json, params_json)
+            if self.runtime.isolating:
+                argv, env = self.runtime.wrap(JobSandbox(
+                    unit_id=unit.id, run=unit.job.run, argv=argv, env=env, out_dir=out,
+                    read_only=self._visible_inputs(unit, inputs), writable=[out, meta]))
             pid = os.posix_spawn(
-                unit.script,
-                job_argv(unit.script, out, inputs_json, params_json),
+                argv[0],
+                argv,
                 env,
                 file_actions=[
                     (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
@@ -439,10 +503,20 @@ class LocalScheduler(UnitScheduler):
         self._sessions[pid] = running
         self.reporter.started(unit)
 
+    def _visible_inputs(self, unit: Unit, inputs: dict[str, str]) -> list[str]:
+        """The host paths an isolating runtime shows a unit read-only
+        (:func:`repx.engine.runtimes.common.visible_inputs`)."""
+        return visible_inputs(unit, inputs, self.folders)
+
     def _finish(self, running: _Running) -> None:
         """The unit's main process and every descendant are gone: record its outcome."""
         unit = running.unit
+        if self.interrupted or running.problem:
+            # The job was killed, maybe its container engine's client with it, which leaves
+            # the container running; a job that ended by itself took its container along.
+            self.runtime.cleanup(unit.id)
         del self.running[unit.id]
+        self._return_tokens()
         if self._sessions.get(running.pid) is running:
             del self._sessions[running.pid]
         assert running.status is not None

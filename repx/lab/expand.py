@@ -73,10 +73,16 @@ def load_job_graph(lab_dir: str | Path) -> JobGraph:
     return expand_lab(load_lab(lab_dir))
 
 
-def expand_lab(lab: Lab) -> JobGraph:
+def expand_lab(lab: Lab, *, into: JobGraph | None = None) -> JobGraph:
     """Expand every run of ``lab`` into jobs; runs are expanded after the runs they depend
-    on (their job ids feed inter-run identities), ``graph.runs`` keeps the lab's order."""
-    graph = JobGraph(lab)
+    on (their job ids feed inter-run identities), ``graph.runs`` keeps the lab's order.
+
+    ``into`` is a fresh ``JobGraph(lab)`` to fill instead of a new one: a progress line can
+    then count its ``jobs`` from another thread while they are made.
+    """
+    graph = JobGraph(lab) if into is None else into
+    if graph.jobs or graph.lab is not lab:
+        raise ValueError("expand_lab(into=...) takes a fresh JobGraph of the same lab")
     expanded: dict[str, RunJobs] = {}
     by_name = {r.name: r for r in lab.runs}
     for name in _run_order(lab, by_name):

@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,10 +72,16 @@ _RESERVED_ARG_NAMES = frozenset({"repxLabFile", "repxNixpkgs", "repxSlice", "rep
 
 @dataclass(frozen=True)
 class LabSource:
-    """Where a lab comes from: a lab file (lab.nix), or a flake and the output to build."""
+    """Where a lab comes from: a lab file (lab.nix), or a flake and the output to build.
+
+    ``lab_root`` is the folder the lookup found the lab in (``lab_file`` is one of
+    :data:`LAB_FILE_CANDIDATES` there), the lab's own folder even when the command ran in
+    a subfolder of it; None when the lab was named (``-f``).
+    """
 
     lab_file: Path
     flake_attr: str | None = None
+    lab_root: Path | None = None
 
     @property
     def folder(self) -> Path:
@@ -107,16 +114,59 @@ class LabArgument:
         return ["--argstr" if self.is_string else "--arg", self.name, self.value]
 
 
-def _source_for(path: Path) -> LabSource:
+def _source_for(path: Path, lab_root: Path | None = None) -> LabSource:
     if path.name == "flake.nix":
-        return LabSource(path, DEFAULT_FLAKE_ATTR)
-    return LabSource(path)
+        return LabSource(path, DEFAULT_FLAKE_ATTR, lab_root)
+    return LabSource(path, lab_root=lab_root)
+
+
+def _lab_in(folder: Path) -> Path | None:
+    """The first of :data:`LAB_FILE_CANDIDATES` that is a file in ``folder``."""
+    return next((folder / c for c in LAB_FILE_CANDIDATES if (folder / c).is_file()), None)
+
+
+def _lookup_folders(start: Path) -> Iterator[Path]:
+    """``start``, then each folder above it, up to the repository root (the first folder
+    holding ``.git``, a folder or a worktree's file) or the file-system root.
+
+    As git and make do: a command run in ``lab/stages/`` finds ``lab/lab.nix``. The
+    repository root ends the walk so that a checkout never picks up a lab.nix of an
+    unrelated folder around it (a home folder's, say).
+    """
+    folder = start
+    while True:
+        yield folder
+        if (folder / ".git").exists() or folder.parent == folder:
+            return
+        folder = folder.parent
+
+
+def find_lab_upward(start: Path) -> LabSource | None:
+    """The lab ``start`` belongs to: the nearest folder, ``start`` or above
+    (:func:`_lookup_folders`), with a lab file; None when there is none.
+
+    Its ``lab_root`` is that folder, except in a lab's ``nix/`` folder whose lab.nix is the
+    lab's ``nix/lab.nix``: there the root is the folder above, so that the store and the
+    result link are the same from ``nix/`` as from the lab's folder.
+    """
+    start = start.resolve()
+    for folder in _lookup_folders(start):
+        found = _lab_in(folder)
+        if found is None:
+            continue
+        root = folder
+        if (found.name == "lab.nix" and folder.name == "nix"
+                and not (folder / ".git").exists() and _lab_in(folder.parent) == found):
+            root = folder.parent
+        return _source_for(found.resolve(), root)
+    return None
 
 
 def find_lab_source(explicit: str | os.PathLike[str] | None = None,
                     cwd: Path | None = None) -> LabSource:
     """The lab to build: ``-f FILE[#ATTR]``, else ./lab.nix, ./flake.nix (its ``lab``
-    output) or ./nix/lab.nix."""
+    output) or ./nix/lab.nix, in ``cwd`` or the nearest folder above it that has one
+    (:func:`find_lab_upward`)."""
     base = cwd or Path.cwd()
     if explicit is not None:
         text = os.fspath(explicit)
@@ -138,11 +188,13 @@ def find_lab_source(explicit: str | os.PathLike[str] | None = None,
                     "flake.nix")
             source = LabSource(path, attr)
         return source
-    for candidate in LAB_FILE_CANDIDATES:
-        if (base / candidate).is_file():
-            return _source_for((base / candidate).resolve())
+    found = find_lab_upward(base)
+    if found is not None:
+        return found
+    searched = list(_lookup_folders(base.resolve()))
+    above = f", nor has any folder above it up to {searched[-1]}" if len(searched) > 1 else ""
     raise LabError(
-        f"no lab found: {base} has no lab.nix, flake.nix or nix/lab.nix "
+        f"no lab found: {base} has no lab.nix, flake.nix or nix/lab.nix{above} "
         "(use -f FILE, --lab DIR for a built lab, or `repx init` to start one)"
     )
 
@@ -347,11 +399,12 @@ def _explain(message: str, folder: Path | None = None) -> str:
     return message
 
 
-def _run_nix(command: list[str]) -> subprocess.CompletedProcess[str]:
-    """Run a Nix build, once more when a builder was killed at random (see module doc)."""
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
+def _run_nix(command: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a Nix build (in ``cwd``), once more when a builder was killed at random (see
+    module doc)."""
+    result = subprocess.run(command, capture_output=True, text=True, check=False, cwd=cwd)
     if result.returncode != 0 and "signal 9" in result.stderr:
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        result = subprocess.run(command, capture_output=True, text=True, check=False, cwd=cwd)
     return result
 
 
@@ -359,7 +412,9 @@ def _lab_file_command(source: LabSource, *, nixpkgs: str | None, run_slice: str 
                       lab_args: tuple[LabArgument, ...]) -> list[str]:
     command = [
         _require_nix(), str(nix_entry_file()),
-        "--arg", "repxLabFile", str(source.lab_file),
+        # Strings, made paths by entry.nix: `--arg` would parse a path holding a space,
+        # a quote or `$` as a Nix expression.
+        "--argstr", "repxLabFile", str(source.lab_file),
         *NIX_OPTIONS,
     ]
     if not any(arg.name == "gitHash" for arg in lab_args):
@@ -370,7 +425,7 @@ def _lab_file_command(source: LabSource, *, nixpkgs: str | None, run_slice: str 
         for arg in lab_args:
             command += arg.nix_args()
     if nixpkgs:
-        command += ["--arg", "repxNixpkgs", nixpkgs]
+        command += ["--argstr", "repxNixpkgs", nixpkgs]
     if run_slice:
         command += ["--argstr", "repxSlice", run_slice]
     return command
@@ -392,8 +447,11 @@ def _flake_command(source: LabSource, *, nixpkgs: str | None, run_slice: str | N
     attr = source.flake_attr or DEFAULT_FLAKE_ATTR
     if run_slice:
         attr = f"{attr}.runs.{run_slice}"
-    command = [nix, *FLAKE_OPTIONS, "build", f"{source.folder}#{attr}", "--json",
-               *NIX_OPTIONS]
+    # `.#ATTR`, run in the flake's folder (see build_lab): Nix parses a flake reference as a
+    # URL, so `/home/me/My Experiments#lab` is "not a valid URL", and Nix 2.8 does not
+    # percent-decode `path:` URLs either. `.` is made absolute by Nix itself, which then
+    # looks for the git checkout around it exactly as it does for an absolute path.
+    command = [nix, *FLAKE_OPTIONS, "build", f".#{attr}", "--json", *NIX_OPTIONS]
     if impure:
         command.append("--impure")
     return command
@@ -409,6 +467,14 @@ def _flake_hint(message: str, source: LabSource, impure: bool) -> str:
     if re.search(r"/nix/store/[^/]+-source/.*(No such file|does not exist)", message):
         return (f"{message}\n\nhint: in a git checkout, Nix sees only the files git tracks: "
                 f"`git add` the lab's files in {source.folder}")
+    if "is not a valid URL" in message:
+        checkout = next((f for f in _lookup_folders(source.folder) if (f / ".git").exists()),
+                        source.folder)
+        return (f"{message}\n\nhint: Nix reads the git checkout {checkout} as a URL, and its "
+                "path holds characters a URL cannot (a space, a quote, a non-ASCII letter; "
+                "Nix 2.8 decodes no %-escapes there either). Build the lab file instead "
+                "(-f lab.nix), or move the checkout to a path without them (a folder with "
+                "such a name inside the checkout is fine)")
     if "does not provide attribute" in message:
         return (f"{message}\n\nhint: the flake has no output '{source.flake_attr}' for this "
                 "system; name one with -f flake.nix#ATTR (e.g. packages.<system>.lab)")
@@ -444,7 +510,7 @@ def build_lab(
     else:
         command += ["-o", str(out_link)] if out_link else ["--no-out-link"]
 
-    result = _run_nix(command)
+    result = _run_nix(command, cwd=source.folder if source.is_flake else None)
     if result.returncode != 0:
         message = _explain(summarize_nix_error(result.stderr, trace=show_trace), source.folder)
         if lab_args and "«string»" in message:

@@ -2,13 +2,15 @@
 
 ``open_lab`` is what the CLI, the tests and notebooks call. It either takes an already
 built lab directory (``--lab ./result``) or builds ``lab.nix`` first, so ``repx list jobs``
-in a lab's folder just works.
+in a lab's folder (or any folder below it) just works. Its slow phases (the Nix build, the
+expansion, the script validation) go to ``LabOptions.reporter`` (:mod:`repx.lab.progress`),
+which says nothing unless the caller gives one.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from repx.errors import LabError
@@ -16,6 +18,7 @@ from repx.lab.blueprint import load_lab
 from repx.lab.expand import expand_lab
 from repx.lab.graph import JobGraph
 from repx.lab.nix import LabArgument, build_lab, find_lab_source, nixpkgs_path
+from repx.lab.progress import QUIET, LabReporter, Phase, reported
 from repx.lab.script_checks import check_dynamic_outputs, lab_script_checks, validate_scripts
 
 
@@ -25,7 +28,8 @@ class LabOptions:
 
     ``lab_file`` is a lab.nix, a flake.nix (optionally ``flake.nix#ATTR``) or a folder
     holding one; ``lab_args`` go to a lab file's function; ``impure`` lets a flake
-    evaluate impure things such as the host package set.
+    evaluate impure things such as the host package set; ``reporter`` hears which lab was
+    found and the phases of opening it (default: nobody).
     """
 
     lab_dir: str | None = None
@@ -36,6 +40,7 @@ class LabOptions:
     show_trace: bool = False
     lab_args: tuple[LabArgument, ...] = ()
     impure: bool = False
+    reporter: LabReporter = field(default=QUIET, compare=False, repr=False)
 
 
 def cache_dir() -> Path:
@@ -67,27 +72,41 @@ def locate_lab(options: LabOptions, cwd: Path | None = None) -> Path:
             )
         return path
     source = find_lab_source(options.lab_file, base)
+    options.reporter.lab_found(source, base.absolute())
     link = None
     if options.out_link:
         link = Path(options.out_link)
         if not link.is_absolute():
             link = source.folder / link
-    return build_lab(
-        source,
-        out_link=link,
-        nixpkgs=nixpkgs_path(options.nixpkgs),
-        run_slice=options.run_slice,
-        show_trace=options.show_trace,
-        lab_args=options.lab_args,
-        impure=options.impure,
-    )
+    with reported(options.reporter, Phase("nix build", "building the lab with Nix")):
+        return build_lab(
+            source,
+            out_link=link,
+            nixpkgs=nixpkgs_path(options.nixpkgs),
+            run_slice=options.run_slice,
+            show_trace=options.show_trace,
+            lab_args=options.lab_args,
+            impure=options.impure,
+        )
 
 
 def open_lab(options: LabOptions, *, validate: bool = True, cwd: Path | None = None) -> JobGraph:
     """Build (or open) the lab, validate its scripts, and expand it into the job graph."""
     lab_dir = locate_lab(options, cwd)
-    graph = expand_lab(load_lab(lab_dir))
+    reporter = options.reporter
+    lab = load_lab(lab_dir)
+    graph = JobGraph(lab)
+    expansion = Phase("expansion", "expanding the lab", unit="jobs",
+                      progress=lambda: len(graph.jobs))
+    with reported(reporter, expansion):
+        expand_lab(lab, into=graph)
+        expansion.done = len(graph.jobs)
     if validate:
-        check_dynamic_outputs(graph)
-        validate_scripts(lab_script_checks(graph), cache_dir=cache_dir() / "validated")
+        validation = Phase("script validation", "validating the stage scripts", unit="scripts")
+        with reported(reporter, validation):
+            check_dynamic_outputs(graph)
+            checks = lab_script_checks(graph)
+            validation.done = len(checks)
+            validation.doing = f"validating {validation.count_text(len(checks))}"
+            validate_scripts(checks, cache_dir=cache_dir() / "validated")
     return graph

@@ -76,6 +76,27 @@ def repx_flake_url() -> str:
     return "path:" + urllib.parse.quote(str(FLAKE_DIR), safe="/-_.~+")
 
 
+def _nix_string(text: str) -> str:
+    """``text`` as a double-quoted Nix string literal."""
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("${", "\\${")
+    return f'"{escaped}"'
+
+
+def repx_input_line(template_line: str) -> str:
+    """The line of a generated flake that names the repx input.
+
+    Nix 2.8 decodes no percent-escape in a ``path:`` URL, so a repx installed in a folder
+    whose path a URL cannot hold as is (a space, a quote, non-ASCII letters) is named with the
+    input's attribute-set form, which takes the path as a plain string.
+    """
+    url = repx_flake_url()
+    if url == f"path:{FLAKE_DIR}":
+        return template_line.replace(REPX_URL_PLACEHOLDER, url)
+    indent = template_line[: len(template_line) - len(template_line.lstrip())]
+    return (f'{indent}inputs.repx = {{ type = "path"; path = {_nix_string(str(FLAKE_DIR))}; }};'
+            + ("\n" if template_line.endswith("\n") else ""))
+
+
 def _template_text(name: str) -> str:
     path = TEMPLATE_DIR / name
     try:
@@ -98,8 +119,9 @@ def scaffold_files(name: str = TEMPLATE_NAME, *, flake: bool = False) -> dict[st
                             "replace with the repx flake's path")
         lines = [line for line in text.splitlines(keepends=True)
                  if not line.lstrip().startswith(TEMPLATE_COMMENT)]
-        files[FLAKE_FILE] = ("".join(lines).replace(TEMPLATE_NAME, name)
-                             .replace(REPX_URL_PLACEHOLDER, repx_flake_url()))
+        lines = [repx_input_line(line) if REPX_URL_PLACEHOLDER in line else line
+                 for line in lines]
+        files[FLAKE_FILE] = "".join(lines).replace(TEMPLATE_NAME, name)
     return files
 
 

@@ -613,7 +613,19 @@ def _stage_executables(stage: Stage) -> list[tuple[str, Executable]]:
 
 
 def lab_script_checks(graph: JobGraph) -> list[ScriptCheck]:
-    """One check per distinct script of the lab, its text as it is (value-independent)."""
+    """One check per distinct script of the lab, its text as it is (value-independent).
+
+    The PATH dirs are looked up where the lab's store paths are on this machine: /nix/store,
+    or the store of an unpacked export (``--lab lab.tar`` where Nix is not)."""
+    from repx.lab.export import unpacked_lab_of  # imports repx.lab.open, which imports us
+
+    unpacked = unpacked_lab_of(Path(graph.lab.path))
+
+    def local(path_dir: str) -> str:
+        if unpacked is not None and path_dir.startswith("/nix/store/"):
+            return str(unpacked.store_dir / path_dir[len("/nix/store/"):])
+        return path_dir
+
     checks: dict[str, ScriptCheck] = {}
     for run in graph.lab.runs:
         for pipeline in run.pipelines:
@@ -626,7 +638,7 @@ def lab_script_checks(graph: JobGraph) -> list[ScriptCheck]:
                         executable=exe_name,
                         file=stage.file,
                         body=exe.body,
-                        path_dirs=[d for d in exe.path.split(":") if d],
+                        path_dirs=[local(d) for d in exe.path.split(":") if d],
                     )
     return list(checks.values())
 

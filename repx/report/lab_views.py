@@ -128,6 +128,26 @@ def jobs_of_stage(graph: JobGraph, jobs: list[Job], stage: str) -> list[Job]:
                      f"{', '.join(names) or '(none)'}")
 
 
+def stage_label(job: Job) -> str:
+    """The job's stage as listings name it: its pipeline key, and its pname in parentheses
+    when the two differ (``gen (data-generator)``).
+
+    Both names select the stage (``-s``) and both appear elsewhere (the key in lab files and
+    ``-g`` headings, the pname in store folders and ``repx status``), so a listing that
+    showed only one would leave the other unexplained.
+    """
+    return job.stage if job.stage == job.pname else f"{job.stage} ({job.pname})"
+
+
+def stage_counts(jobs: Iterable[Job]) -> dict[str, int]:
+    """How many of ``jobs`` each stage has, by :func:`stage_label`, in order of first job."""
+    counts: dict[str, int] = {}
+    for job in jobs:
+        label = stage_label(job)
+        counts[label] = counts.get(label, 0) + 1
+    return counts
+
+
 def group_by_stage(jobs: Iterable[Job]) -> dict[str, list[Job]]:
     """``jobs`` by pipeline key, stages in order of their first job."""
     groups: dict[str, list[Job]] = {}

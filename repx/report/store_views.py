@@ -490,10 +490,12 @@ def record_row(record: JobRecord, slurm: SlurmLookup | None = None) -> dict[str,
 
 
 def cache_list(store: Store, *, statuses: Iterable[str] = (), run: str | None = None,
-               stage: str | None = None,
-               slurm: SlurmLookup | None = None) -> list[dict[str, Any]]:
+               stage: str | None = None, slurm: SlurmLookup | None = None,
+               with_params: bool = False) -> list[dict[str, Any]]:
     """The store's records, oldest first, filtered by status (as shown: a job ``slurm``
-    found still on SLURM has SLURM's state), run and stage."""
+    found still on SLURM has SLURM's state), run and stage. ``with_params`` adds each
+    job's ``params``: what it was run with (its ``params.json``; {} when it has none), so
+    the failures of a sweep can be told apart without the lab."""
     wanted = {Status(s).value for s in statuses}
     rows = [
         row for row in (
@@ -503,6 +505,10 @@ def cache_list(store: Store, *, statuses: Iterable[str] = (), run: str | None = 
         if not wanted or row["status"] in wanted
     ]
     rows.sort(key=lambda r: (r["finished"] or r["started"] or 0.0, r["id"]))
+    if with_params:
+        for row in rows:
+            params = _read_json(store.meta_dir(row["id"]) / layout.PARAMS_JSON)
+            row["params"] = params if isinstance(params, dict) else {}
     return rows
 
 

@@ -7,7 +7,8 @@ PNG calls ``dot``. Two levels of detail:
   with its job count and how many of them succeeded, failed, are running or have not run,
   and filled with the colour of the worst of those; edges are the pipeline's dependencies
   (labelled with the inputs they feed) and the inter-run dependencies (solid for hard,
-  dashed for soft).
+  dashed for soft). A scatter-gather stage is a box of its own holding what runs inside
+  it: the scatter, the steps of each branch with their dependencies, and the gather.
 * **jobs** (``--jobs``): one node per job with its short id and the params that vary
   within its stage, edges from each job's producers. A stage with more than ``max_jobs``
   jobs in a run is collapsed into one node with a count, so a 10 000-job sweep stays a
@@ -25,10 +26,15 @@ from pathlib import Path
 from typing import Any
 
 from repx.errors import RepxError, UsageError
+from repx.lab.blueprint import Pipeline, Stage
 from repx.lab.graph import Job, JobGraph
 from repx.report.store_views import select_runs
 
-FORMATS = ("dot", "svg", "png", "pdf")
+#: What ``--format`` takes; a file name ending in one of these (or ``.gv``, ``.jpeg``)
+#: picks it.
+FORMATS = ("dot", "svg", "png", "pdf", "jpg")
+#: Other file name endings and the format they mean.
+_SUFFIX_FORMATS = {"gv": "dot", "jpeg": "jpg"}
 
 #: Fill colours by status (ColorBrewer-like, readable in print and on screen).
 STATUS_COLOURS = {
@@ -173,10 +179,31 @@ def lab_dot(
     ``statuses`` maps job ids to ``succeeded``, ``failed``… (missing: not run).
     """
     chosen = selected_runs(graph, runs)
-    title = f"lab {graph.lab.path.name}"
+    title = lab_title(graph)
     if jobs:
         return _jobs_dot(graph, statuses, chosen, max_jobs, title)
     return _stages_dot(graph, statuses, chosen, title)
+
+
+def lab_name(graph: JobGraph) -> str:
+    """What people call the lab: the folder of its lab file (``repx init`` names the lab
+    after it; for ``nix/lab.nix`` the folder above), else the built lab's name without its
+    store hash. Never the hash: it says nothing to a reader and changes with every edit."""
+    lab_file = Path(graph.lab.lab_file) if graph.lab.lab_file else None
+    if lab_file is not None:
+        folder = lab_file.parent
+        if folder.name == "nix" and lab_file.name == "lab.nix" and folder.parent.name:
+            folder = folder.parent
+        if folder.name:
+            return folder.name
+    head, sep, rest = graph.lab.path.name.partition("-")
+    return rest if sep and len(head) == 32 else graph.lab.path.name
+
+
+def lab_title(graph: JobGraph) -> str:
+    """The graph's title: ``lab NAME, version V`` (no version when the lab declares none)."""
+    version = graph.lab.lab_version
+    return f"lab {lab_name(graph)}" + (f", version {version}" if version else "")
 
 
 def _run_label(graph: JobGraph, run: str, counts: Counter[str]) -> str:
@@ -199,6 +226,12 @@ def _stages_dot(graph: JobGraph, statuses: Mapping[str, str], chosen: list[str],
         _open_run_cluster(doc, graph, run, ri, statuses)
         for pi, pipeline in enumerate(rj.run.pipelines):
             keys = {s.key: f"stage:{run}:{pi}:{s.key}" for s in pipeline.stages}
+            # Where edges into and out of a stage attach: the stage's node, or for a
+            # scatter-gather stage its scatter and its gather.
+            heads = {k: _sg_node(v, "scatter") if _is_sg(pipeline, k) else v
+                     for k, v in keys.items()}
+            tails = {k: _sg_node(v, "gather") if _is_sg(pipeline, k) else v
+                     for k, v in keys.items()}
             for stage in pipeline.stages:
                 node = keys[stage.key]
                 members = by_stage.get((pipeline.file, stage.key), [])
@@ -207,19 +240,77 @@ def _stages_dot(graph: JobGraph, statuses: Mapping[str, str], chosen: list[str],
                 used.add(status)
                 pnames = sorted({j.pname for j in members}) or [stage.pname]
                 name = pnames[0] if len(pnames) == 1 else f"{stage.key} ({len(pnames)} pnames)"
-                kind = "\nscatter-gather" if stage.kind == "scatter-gather" else ""
-                doc.node(node, {"label": f"{name}{kind}\n{_count_line(counts)}",
-                                "fillcolor": STATUS_COLOURS[status]}, 2)
-                anchors.setdefault(run, node)
+                label = f"{name}\n{_count_line(counts)}"
+                if stage.kind == "scatter-gather":
+                    label = f"{name} (scatter-gather)\n{_count_line(counts)}"
+                    _scatter_gather_cluster(doc, stage, node, label, status)
+                else:
+                    doc.node(node, {"label": label, "fillcolor": STATUS_COLOURS[status]}, 2)
+                anchors.setdefault(run, heads[stage.key])
                 for dep in stage.deps:
                     inputs = ", ".join(m.target for m in dep.mappings)
-                    doc.edge(keys[dep.stage], node, **({"label": inputs} if inputs else {}))
+                    attrs = {"label": inputs} if inputs else {}
+                    if _is_sg(pipeline, dep.stage):
+                        attrs["ltail"] = _sg_cluster(keys[dep.stage])
+                    if stage.kind == "scatter-gather":
+                        attrs["lhead"] = _sg_cluster(node)
+                    doc.edge(tails[dep.stage], heads[stage.key], **attrs)
                 if stage.inter_run:
-                    readers.append((node, [(ir.run, ir.type) for ir in stage.inter_run]))
+                    readers.append((heads[stage.key],
+                                    [(ir.run, ir.type) for ir in stage.inter_run]))
         doc.add("}")
     _inter_run_edges(doc, chosen, anchors, readers)
     _legend(doc, used)
     return doc.text()
+
+
+def _is_sg(pipeline: Pipeline, key: str) -> bool:
+    return any(s.key == key and s.kind == "scatter-gather" for s in pipeline.stages)
+
+
+def _sg_node(stage_node: str, part: str) -> str:
+    """The node of ``part`` (``scatter``, ``gather``, ``step:NAME``) of a scatter-gather
+    stage drawn as ``stage_node``."""
+    return f"{stage_node}:{part}"
+
+
+def _sg_cluster(stage_node: str) -> str:
+    return f"cluster_{stage_node}"
+
+
+def _scatter_gather_cluster(doc: _Dot, stage: Stage, node: str, label: str,
+                            status: str) -> None:
+    """A scatter-gather stage as a box (its name, job counts and status colour) around
+    what runs inside each of its jobs: the scatter, which writes the work items; per work
+    item (branch) the steps, joined by their dependencies; the gather, which receives the
+    sink step's output of every branch."""
+    doc.add(f"subgraph {dot_quote(_sg_cluster(node))} {{", 2)
+    doc.add(f"label={dot_quote(label)}; style=\"rounded,filled\"; "
+            f"fillcolor={dot_quote(STATUS_COLOURS[status])}; color=\"#666666\";", 3)
+    inner = {"fillcolor": "white", "fontsize": "9"}
+    doc.node(_sg_node(node, "scatter"), {"label": "scatter", **inner}, 3)
+    doc.node(_sg_node(node, "gather"), {"label": "gather", **inner}, 3)
+    steps = stage.steps
+    layout = stage.scatter_gather
+    order = list(layout.step_order) if layout else sorted(steps)
+    sink = layout.sink if layout else (order[-1] if order else None)
+    for name in order:
+        step = steps.get(name)
+        doc.node(_sg_node(node, f"step:{name}"),
+                 {"label": f"step {name}", **inner, "shape": "box", "style": "filled"}, 3)
+        deps = step.deps if step is not None else ()
+        if not deps:  # a root step reads its branch's work item
+            doc.edge(_sg_node(node, "scatter"), _sg_node(node, f"step:{name}"),
+                     label="worker__item")
+        for dep in deps:
+            doc.edge(_sg_node(node, f"step:{dep.stage}"), _sg_node(node, f"step:{name}"))
+    if sink is not None:
+        output = layout.sink_output if layout else ""
+        doc.edge(_sg_node(node, f"step:{sink}"), _sg_node(node, "gather"),
+                 label=f"worker__outs ({output})" if output else "worker__outs")
+    else:
+        doc.edge(_sg_node(node, "scatter"), _sg_node(node, "gather"))
+    doc.add("}", 2)
 
 
 def _inter_run_edges(doc: _Dot, chosen: list[str], anchors: dict[str, str],
@@ -332,16 +423,26 @@ def _jobs_dot(graph: JobGraph, statuses: Mapping[str, str], chosen: list[str],
 
 
 def format_for(path: str | None, fmt: str | None) -> str:
-    """The output format: ``--format``, else the file's extension, else DOT."""
+    """The output format: ``--format``, else the file's extension (``.dot``/``.gv``: DOT,
+    ``.svg``, ``.png``, ``.pdf``, ``.jpg``/``.jpeg``), else DOT for a name without one.
+
+    An extension repx cannot render is an error, never DOT text in a file whose name says
+    it is a picture.
+    """
     if fmt:
         return fmt
-    if path:
-        suffix = Path(path).suffix.lower().lstrip(".")
-        if suffix in FORMATS:
-            return suffix
-        if suffix == "gv":
-            return "dot"
-    return "dot"
+    if not path or path == "-":
+        return "dot"
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if not suffix:
+        return "dot"
+    if suffix in FORMATS:
+        return suffix
+    if suffix in _SUFFIX_FORMATS:
+        return _SUFFIX_FORMATS[suffix]
+    known = ", ".join(f".{s}" for s in [*FORMATS, *_SUFFIX_FORMATS])
+    raise UsageError(f"-o {path}: repx viz cannot write .{suffix} files (it writes {known}); "
+                     "name the file with one of these or pass --format")
 
 
 def render(dot_text: str, output: Path, fmt: str) -> None:

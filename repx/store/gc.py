@@ -195,6 +195,14 @@ def unpin(store: Store, name_or_prefix: str) -> Unpinned:
     return Unpinned(root, automatic)
 
 
+def recorded_lab_jobs(store: Store, lab_path: str) -> set[str] | None:
+    """The job ids a build of the lab at ``lab_path`` recorded (:func:`lab_jobs_meta`);
+    None when no build of that lab used this store. Read without expanding the lab, so
+    ``repx cache show`` can tell a job of the current lab from one of an older lab."""
+    meta = store.get_meta(root_jobs_key(lab_path))
+    return None if meta is None else set(_split(meta.get("ids")))
+
+
 def _first_registered(store: Store, root: Root) -> float:
     """When the lab's jobs were first recorded (its first build or pin): the date the
     automatic root of an unpinned lab carries, so ``--keep-recent`` orders it by its build,

@@ -29,6 +29,7 @@ import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from repx.display import plural
 from repx.engine.slurm.cli import ACTIVE_STATES, FINAL_STATES, SlurmCli, SlurmError, task_states
 from repx.errors import RepxError
 from repx.identity import scatter_id
@@ -130,16 +131,17 @@ def _record_ended(store: Store, ended: list[JobRecord], states: dict[str, tuple[
         try:
             writable = Store(store.root)
         except StoreError as exc:
-            lookup.notes.append(f"{len(ended)} jobs ended on SLURM but cannot be recorded in "
-                                f"{store.root}: {exc.message}")
+            lookup.notes.append(f"{plural(len(ended), 'job')} ended on SLURM but cannot be "
+                                f"recorded in {store.root}: {exc.message}")
             return
         with writable:
             for lab, recs in by_lab.values():
                 try:
                     _record_lab(writable, lab, recs, states, cli)
                 except RepxError as exc:
-                    lookup.notes.append(f"{len(recs)} jobs of lab {lab.graph.lab.path} ended "
-                                        f"on SLURM but could not be recorded: {exc.message}")
+                    lookup.notes.append(f"{plural(len(recs), 'job')} of lab "
+                                        f"{lab.graph.lab.path} ended on SLURM but could "
+                                        f"not be recorded: {exc.message}")
             now = writable.get_many([r.job_id for r in ended])
         claimed = []
         for rec in ended:
@@ -151,8 +153,8 @@ def _record_ended(store: Store, ended: list[JobRecord], states: dict[str, tuple[
         if claimed:
             hosts = ", ".join(sorted({r.host or "?" for r in claimed}))
             lookup.notes.append(
-                f"{len(claimed)} jobs ended on SLURM but are claimed by repx on another host "
-                f"({hosts}); a build there records them, or ask from that host")
+                f"{plural(len(claimed), 'job')} ended on SLURM, claimed by repx on another "
+                f"host ({hosts}); a build there records them, or ask from that host")
     if left:
         lookup.notes.append(
             f"{len(left)} job{'s' if len(left) != 1 else ''} ended on SLURM but could not be "

@@ -22,6 +22,12 @@ How a build maps onto SLURM:
   (``sacct`` for the ones squeue forgot). Each task's wrapper writes its exit code beside its
   logs. The store (LMDB) is only ever written by this process, on the login node: compute
   nodes write outputs and logs to the shared store directory, never the database.
+* **Runtimes.** Under an isolating runtime each task's sandboxed command line is made here,
+  at submit time, by the runtime the local scheduler uses (the same binds,
+  :func:`repx.engine.runtimes.common.visible_inputs`), and written to the table; the node
+  runs it with bash alone (podman/docker: loading the run's image there first when the
+  engine lacks it). ``--artifact-store node-local`` has each node unpack the lab's export
+  on its own disk and use that as /nix/store (:mod:`.node_local`).
 * **Never twice.** A unit is claimed in the store before its sbatch and recorded QUEUED with
   its SLURM id after; a later build that finds it QUEUED or RUNNING asks SLURM and adopts
   (watches) a job that is still pending or running instead of submitting it again, and
@@ -36,16 +42,20 @@ import functools
 import math
 import os
 import select
+import shlex
 import shutil
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from repx.engine.contract import JOB_ID_ENV, job_argv, prepare_job_folder
 from repx.engine.plan import Plan
+from repx.engine.runtimes import JobSandbox, Runtime
+from repx.engine.runtimes.common import NIX_STORE, sandbox_env, visible_inputs
+from repx.engine.runtimes.containers import ContainerRuntime
 from repx.engine.scheduler import Failure, Reporter, SchedulerOptions, UnitScheduler
 from repx.engine.slurm.arrays import array_ranges, collapse_to_arrays, corresponding_array
 from repx.engine.slurm.cli import (
@@ -55,6 +65,12 @@ from repx.engine.slurm.cli import (
     SlurmError,
     read_exit_code,
     task_states,
+)
+from repx.engine.slurm.node_local import (
+    NODE_ENV_PLACEHOLDER,
+    NODE_STORE_PLACEHOLDER,
+    NodeLab,
+    unpack_script,
 )
 from repx.engine.slurm.resources import ResourceRules, sbatch_directives
 from repx.engine.units import Outcome, Unit, UnitState
@@ -71,25 +87,91 @@ class SlurmOptions(SchedulerOptions):
     wait: bool = True
     poll: float = 1.0
     resources: ResourceRules = field(default_factory=ResourceRules)
+    #: How each job's process runs on its node (repx.engine.runtimes).
+    runtime: Runtime = field(default_factory=Runtime)
+    #: ``--artifact-store node-local``: the export each node unpacks (None: shared).
+    node_lab: NodeLab | None = None
 
 
-def wrapper_script(directives: str, table: str, outputs_root: str) -> str:
+def wrapper_script(directives: str, table: str, outputs_root: str, *,
+                   job_env: Mapping[str, str] | None = None,
+                   node_lab: NodeLab | None = None,
+                   engine: Sequence[str] | None = None) -> str:
     """The sbatch script of one submission: task ``$SLURM_ARRAY_TASK_ID`` runs the unit on
-    line (index + 1) of ``table`` (id, script, inputs JSON, params JSON) under the execution
+    line (index + 1) of ``table`` (id, script, inputs JSON, params JSON; under an isolating
+    runtime also the job's whole command line, shell-quoted, and for podman/docker its
+    image ID and docker-archive directory) under the execution
     contract, in the job folder of :mod:`repx.store.layout`. The store's database is never
-    touched here; the watcher records the outcome."""
+    touched here; the watcher records the outcome.
+
+    The script needs bash, coreutils and sed on the node, never repx or Nix: the runtime's
+    command line is made on the login node (``job_env`` is what it sets in the job's
+    environment), and a node-local lab is unpacked by bash (:mod:`.node_local`). With a
+    container ``engine`` (its command line) the row's image is loaded on the node unless
+    the engine has it (once per node: a lock), and checked to have the lab's image ID.
+    """
     meta = f"$job/{layout.META}"
     inputs, params = f"{meta}/{layout.INPUTS_JSON}", f"{meta}/{layout.PARAMS_JSON}"
     exit_code = f"{meta}/{layout.EXIT_CODE}"
     argv = " ".join(f'"{arg}"' for arg in job_argv("$script", f"$job/{layout.OUT}", inputs,
                                                      params))
+    stdout_log, stderr_log = f"{meta}/{layout.STDOUT_LOG}", f"{meta}/{layout.STDERR_LOG}"
+    setup = ""
+    if node_lab is not None:
+        setup += unpack_script(node_lab)
+    if job_env is not None:
+        # The row's command line (the runtime's, made at submit time); the node's unpacked
+        # store replaces its placeholder.
+        setup += f"""eval "command_line=($wrapped)" || fail "bad command line in $table"
+expanded=()
+container=
+previous=
+for arg in "${{command_line[@]}}"; do
+  if [[ $previous == --name && -z $container ]]; then container=$arg; fi
+  previous=$arg
+  if [[ $arg == {NODE_STORE_PLACEHOLDER} ]]; then
+    expanded+=("${{node_store:?}}")
+  elif [[ $arg == {NODE_ENV_PLACEHOLDER} ]]; then
+    while read -r name; do
+      [[ $name == HOME || $name == TMPDIR ]] || expanded+=(-e "$name")
+    done < <(compgen -e)
+  else
+    expanded+=("$arg")
+  fi
+done
+command_line=("${{expanded[@]}}")
+"""
+        setup += "".join(f"export {key}={_sh(value)}\n"
+                         for key, value in sorted(job_env.items()))
+    if engine is not None:
+        setup += f"""engine=({shlex.join(engine)})
+if [[ $image_dir == {NODE_STORE_PLACEHOLDER}/* ]]; then
+  image_dir=${{node_store:?}}${{image_dir#{NODE_STORE_PLACEHOLDER}}}
+fi
+has_image() {{ "${{engine[@]}}" image inspect "$image_id" > /dev/null 2>&1; }}
+if ! has_image; then
+  image_lock=${{TMPDIR:-/tmp}}/repx-image-$image_id.lock
+  exec 8> "$image_lock" || fail "cannot open $image_lock"
+  flock -w 1800 8 || fail "waited too long for another load of image $image_id"
+  if ! has_image; then
+    tar -ch -C "$image_dir" . | "${{engine[@]}}" load >> "{stderr_log}" 2>&1 \\
+      || fail "cannot load the image in $image_dir"
+    has_image || fail "$image_dir did not load as image $image_id (a damaged lab?)"
+  fi
+  exec 8>&-
+fi
+# A container a killed attempt of this job left behind.
+if [[ -n $container ]]; then "${{engine[@]}}" rm -f "$container" > /dev/null 2>&1; fi
+"""
+        argv = '"${command_line[@]}"'
     return f"""#!/bin/bash
 {directives}
 # Generated by repx: runs one unit of the table under the execution contract.
 set -uo pipefail
 table={_sh(table)}
 index=${{SLURM_ARRAY_TASK_ID:-0}}
-IFS=$'\\t' read -r id script inputs params < <(sed -n "$((index + 1))p" "$table")
+IFS=$'\\t' read -r id script inputs params wrapped image_id image_dir \\
+  < <(sed -n "$((index + 1))p" "$table")
 job={_sh(outputs_root)}/$id
 export {JOB_ID_ENV}=$id
 # Real directories: a symlink or file a previous run left in their place is removed
@@ -101,8 +183,12 @@ done
 printf '%s\\n' "$inputs" > "{inputs}"
 printf '%s\\n' "$params" > "{params}"
 rm -f "{exit_code}"
-{argv} \\
-  > "{meta}/{layout.STDOUT_LOG}" 2> "{meta}/{layout.STDERR_LOG}"
+# A setup step that fails says why in the job's stderr log, and the job fails.
+fail() {{ printf 'repx (SLURM wrapper on %s): %s\\n' "${{HOSTNAME:-node}}" "$1" >> "{stderr_log}"
+        echo 1 > "{exit_code}"; exit 1; }}
+: > "{stderr_log}"
+{setup}{argv} \\
+  > "{stdout_log}" 2>> "{stderr_log}"
 code=$?
 echo "$code" > "{exit_code}"
 exit "$code"
@@ -128,6 +214,11 @@ class SlurmScheduler(UnitScheduler):
         self._expanded: set[str] = set()
         self._missing_since: dict[str, float] = {}
         self._blocked_queued: list[Unit] = []
+        from repx.lab.export import unpacked_lab_of
+
+        unpacked = unpacked_lab_of(Path(graph.lab.path))
+        #: Where the lab's store is on this machine (an unpack's, or /nix/store).
+        self._login_store = str(unpacked.store_dir) if unpacked is not None else NIX_STORE
 
     @functools.cached_property
     def max_array(self) -> int:
@@ -352,10 +443,15 @@ class SlurmScheduler(UnitScheduler):
             except RepxError as exc:
                 self._fail(unit, exc.message)
                 continue
-            rows[index] = "\t".join([
-                unit.id, unit.script,
-                canonical_json(inputs), canonical_json(unit.job.params),
-            ])
+            row = [unit.id, unit.script, canonical_json(inputs),
+                   canonical_json(unit.job.params)]
+            if self.options.runtime.isolating:
+                try:
+                    row += self._command_line(unit, inputs)
+                except RepxError as exc:
+                    self._fail(unit, exc.message)
+                    continue
+            rows[index] = "\t".join(row)
         tasks = [(i, u) for i, u in tasks if u.state is not UnitState.DONE]
         if not tasks:
             return
@@ -370,8 +466,19 @@ class SlurmScheduler(UnitScheduler):
                  f"#SBATCH --chdir={self.store.root}"]
         lines += [f"#SBATCH {d}" for d in directives]
         table.write_text("\n".join(rows) + "\n")
-        script.write_text(wrapper_script("\n".join(lines), str(table),
-                                         self.folders.outputs_root))
+        runtime = self.options.runtime
+        engine = runtime if isinstance(runtime, ContainerRuntime) else None
+        job_env = None
+        if engine is not None:
+            # The engine client's own settings (podman's containers.conf); the container
+            # gets HOME and TMPDIR at its /tmp through -e.
+            job_env = {k: v for k, v in engine.engine_env.items() if k == "CONTAINERS_CONF"}
+        elif runtime.isolating:
+            job_env = sandbox_env({})
+        script.write_text(wrapper_script(
+            "\n".join(lines), str(table), self.folders.outputs_root, job_env=job_env,
+            node_lab=self.options.node_lab,
+            engine=engine.command if engine is not None else None))
         args = []
         dependency = ",".join(afterok + afterany)
         if dependency:
@@ -396,6 +503,54 @@ class SlurmScheduler(UnitScheduler):
             self.submitted.append(unit)
             self.reporter.queued(unit)
         self.store.mark_queued(self.owner, {u.id: u.slurm_id or "" for _i, u in tasks})
+
+    def _command_line(self, unit: Unit, inputs: dict[str, str]) -> list[str]:
+        """The table columns of the unit's command line under the runtime: the command
+        line, shell-quoted (the same sandbox as a local job's: :func:`visible_inputs`), and
+        for podman/docker the image ID and its docker-archive directory (loaded on the node
+        when missing there). With a node-local artifact store, the store that bwrap binds
+        at /nix/store and the image's directory are under a placeholder the node fills in;
+        a container's environment is the node's, passed by name (another placeholder)."""
+        folders = self.folders
+        runtime = self.options.runtime
+        out, meta = folders.out_dir(unit.id), folders.meta_dir(unit.id)
+        sandbox = JobSandbox(
+            unit_id=unit.id, run=unit.job.run,
+            argv=job_argv(unit.script, out, f"{meta}/{layout.INPUTS_JSON}",
+                          f"{meta}/{layout.PARAMS_JSON}"),
+            env={}, out_dir=out, writable=[out, meta],
+            read_only=visible_inputs(unit, inputs, folders, existing_only=False))
+        if isinstance(runtime, ContainerRuntime):
+            image = runtime.image_of(unit.job.run)
+            if image is None:
+                raise RepxError(f"run {unit.job.run} has no image (containerMode = \"none\")")
+            env_args = [arg for key, value in sandbox_env({}).items()
+                        for arg in ("-e", f"{key}={value}")]
+            argv = runtime.run_argv(sandbox, image.image_id, [*env_args, NODE_ENV_PLACEHOLDER])
+            archive = str(image.archive_dir)
+            if self.options.node_lab is not None:
+                if not archive.startswith(self._login_store + "/"):
+                    raise RepxError(f"image {image.name}: {archive} is not in the lab's "
+                                    f"store {self._login_store}")
+                archive = NODE_STORE_PLACEHOLDER + archive[len(self._login_store):]
+            columns = [image.image_id, archive]
+        else:
+            argv, _env = runtime.wrap(sandbox)
+            columns = []
+            if self.options.node_lab is not None:
+                # bwrap's ``--ro-bind STORE /nix/store``: STORE is the node's unpack.
+                for i in range(len(argv) - 2):
+                    if argv[i] == "--ro-bind" and argv[i + 2] == NIX_STORE:
+                        argv[i + 1] = NODE_STORE_PLACEHOLDER
+                        break
+                else:
+                    raise RepxError(f"--runtime {runtime.name} cannot use a node-local "
+                                    "artifact store (it binds no /nix/store)")
+        bad = [arg for arg in [*argv, *columns] if "\n" in arg or "\t" in arg]
+        if bad:
+            raise RepxError(f"{bad[0]!r}: a path with a tab or newline cannot be passed to "
+                            "a SLURM job; rename it")
+        return [shlex.join(argv), *columns]
 
     def _inputs_for(self, unit: Unit, meta: str, prepare: bool = False) -> dict[str, str]:
         """As the base class, making sure the folder for the files it writes exists."""
