@@ -46,6 +46,38 @@ repx-lib.mkLab {
 """
 
 
+#: A two-stage chain for the incremental tests: ``producer`` (param ``a``) writes
+#: ``WORD <a>``, ``consumer`` copies it; both append a line to the ``@LOG@`` file, so a test
+#: sees from outside the store which jobs ran.
+PRODUCER = """
+{ pkgs }:
+{
+  pname = "producer";
+  params = { a = 0; log = "@LOG@"; };
+  outputs = { data = "$out/data.txt"; };
+  run = { outputs, params, ... }: ''
+    echo "producer ${toString params.a}" >> "${params.log}"
+    echo "WORD ${toString params.a}" > "${outputs.data}"
+  '';
+}
+"""
+
+CONSUMER = """
+{ pkgs }:
+{
+  pname = "consumer";
+  params = { log = "@LOG@"; };
+  inputs = { data = ""; };
+  outputs = { result = "$out/result.txt"; };
+  run = { inputs, outputs, params, ... }: ''
+    read -r _ a < "${inputs.data}"
+    echo "consumer $a" >> "${params.log}"
+    cat "${inputs.data}" > "${outputs.result}"
+  '';
+}
+"""
+
+
 def repx_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment of a ``repx`` subprocess (jobs inherit it)."""
     return {**os.environ, "PYTHONPATH": str(REPO), **FAST_INPUTS, **(extra or {})}

@@ -14,7 +14,17 @@ from pathlib import Path
 import pytest
 
 from repx.store import Status
-from tests.buildutil import build, by_pname, list_jobs, log_lines, output_file, records, repx
+from tests.buildutil import (
+    CONSUMER,
+    PRODUCER,
+    build,
+    by_pname,
+    list_jobs,
+    log_lines,
+    output_file,
+    records,
+    repx,
+)
 from tests.buildutil import write_lab as write_files
 from tests.conftest import require_nix
 
@@ -34,34 +44,6 @@ repx.mkPipe rec {
   producer = repx.callStage ./producer.nix [ ];
   consumer = repx.callStage ./consumer.nix [ producer ];
   other = repx.callStage ./other.nix [ ];
-}
-"""
-
-PRODUCER = """
-{ pkgs }:
-{
-  pname = "producer";
-  params = { a = 0; log = "@LOG@"; };
-  outputs = { data = "$out/data.txt"; };
-  run = { outputs, params, ... }: ''
-    echo "producer ${toString params.a}" >> "${params.log}"
-    echo "WORD ${toString params.a}" > "${outputs.data}"
-  '';
-}
-"""
-
-CONSUMER = """
-{ pkgs }:
-{
-  pname = "consumer";
-  params = { log = "@LOG@"; };
-  inputs = { data = ""; };
-  outputs = { result = "$out/result.txt"; };
-  run = { inputs, outputs, params, ... }: ''
-    read -r _ a < "${inputs.data}"
-    echo "consumer $a" >> "${params.log}"
-    cat "${inputs.data}" > "${outputs.result}"
-  '';
 }
 """
 

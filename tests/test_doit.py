@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from repx.store import Status
-from tests.buildutil import list_jobs, log_lines, records, repx_env, write_lab
+from tests.buildutil import CONSUMER, PRODUCER, list_jobs, log_lines, records, repx_env, write_lab
 from tests.conftest import require_nix
 
 RUN = """
@@ -38,34 +38,6 @@ repx.mkPipe rec {
   producer = repx.callStage ./producer.nix [ ];
   consumer = repx.callStage ./consumer.nix [ producer ];
   other = repx.callStage ./other.nix [ ];
-}
-"""
-
-PRODUCER = """
-{ pkgs }:
-{
-  pname = "producer";
-  params = { a = 0; log = "@LOG@"; };
-  outputs = { data = "$out/data.txt"; };
-  run = { outputs, params, ... }: ''
-    echo "producer ${toString params.a}" >> "${params.log}"
-    echo "WORD ${toString params.a}" > "${outputs.data}"
-  '';
-}
-"""
-
-CONSUMER = """
-{ pkgs }:
-{
-  pname = "consumer";
-  params = { log = "@LOG@"; };
-  inputs = { data = ""; };
-  outputs = { result = "$out/result.txt"; };
-  run = { inputs, outputs, params, ... }: ''
-    read -r _ a < "${inputs.data}"
-    echo "consumer $a" >> "${params.log}"
-    cat "${inputs.data}" > "${outputs.result}"
-  '';
 }
 """
 

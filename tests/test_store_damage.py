@@ -30,7 +30,17 @@ from repx.store.health import check_data_file, read_meta
 from repx.store.lmdb_store import this_host
 from repx.store.records import record_to_json
 from repx.store.recover import recover
-from tests.buildutil import build, list_jobs, log_lines, records, repx, repx_env, write_lab
+from tests.buildutil import (
+    CONSUMER,
+    PRODUCER,
+    build,
+    list_jobs,
+    log_lines,
+    records,
+    repx,
+    repx_env,
+    write_lab,
+)
 from tests.conftest import require_nix
 
 RUN = """
@@ -47,34 +57,6 @@ PIPE = """
 repx.mkPipe rec {
   producer = repx.callStage ./producer.nix [ ];
   consumer = repx.callStage ./consumer.nix [ producer ];
-}
-"""
-
-PRODUCER = """
-{ pkgs }:
-{
-  pname = "producer";
-  params = { a = 0; log = "@LOG@"; };
-  outputs = { data = "$out/data.txt"; };
-  run = { outputs, params, ... }: ''
-    echo "producer ${toString params.a}" >> "${params.log}"
-    echo "WORD ${toString params.a}" > "${outputs.data}"
-  '';
-}
-"""
-
-CONSUMER = """
-{ pkgs }:
-{
-  pname = "consumer";
-  params = { log = "@LOG@"; };
-  inputs = { data = ""; };
-  outputs = { result = "$out/result.txt"; };
-  run = { inputs, outputs, params, ... }: ''
-    read -r _ a < "${inputs.data}"
-    echo "consumer $a" >> "${params.log}"
-    cat "${inputs.data}" > "${outputs.result}"
-  '';
 }
 """
 
