@@ -46,6 +46,17 @@ repx-lib.mkLab {
 """
 
 
+#: The incremental tests' pipeline: the chain below plus an independent ``other`` stage
+#: (each test file writes its own other.nix).
+PIPE = """
+{ repx, ... }:
+repx.mkPipe rec {
+  producer = repx.callStage ./producer.nix [ ];
+  consumer = repx.callStage ./consumer.nix [ producer ];
+  other = repx.callStage ./other.nix [ ];
+}
+"""
+
 #: A two-stage chain for the incremental tests: ``producer`` (param ``a``) writes
 #: ``WORD <a>``, ``consumer`` copies it; both append a line to the ``@LOG@`` file, so a test
 #: sees from outside the store which jobs ran.

@@ -16,6 +16,7 @@ import pytest
 from repx.store import Status
 from tests.buildutil import (
     CONSUMER,
+    PIPE,
     PRODUCER,
     build,
     by_pname,
@@ -35,15 +36,6 @@ RUN = """
   @HASHMODE@
   pipelines = [ ./pipe.nix ];
   params = { a = [ 1 2 ]; };
-}
-"""
-
-PIPE = """
-{ repx, ... }:
-repx.mkPipe rec {
-  producer = repx.callStage ./producer.nix [ ];
-  consumer = repx.callStage ./consumer.nix [ producer ];
-  other = repx.callStage ./other.nix [ ];
 }
 """
 

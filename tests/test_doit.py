@@ -20,7 +20,16 @@ from pathlib import Path
 import pytest
 
 from repx.store import Status
-from tests.buildutil import CONSUMER, PRODUCER, list_jobs, log_lines, records, repx_env, write_lab
+from tests.buildutil import (
+    CONSUMER,
+    PIPE,
+    PRODUCER,
+    list_jobs,
+    log_lines,
+    records,
+    repx_env,
+    write_lab,
+)
 from tests.conftest import require_nix
 
 RUN = """
@@ -29,15 +38,6 @@ RUN = """
   name = "main";
   pipelines = [ ./pipe.nix ];
   params = { a = @SWEEP@; };
-}
-"""
-
-PIPE = """
-{ repx, ... }:
-repx.mkPipe rec {
-  producer = repx.callStage ./producer.nix [ ];
-  consumer = repx.callStage ./consumer.nix [ producer ];
-  other = repx.callStage ./other.nix [ ];
 }
 """
 
