@@ -1,8 +1,9 @@
 # repx: one entry point from a fresh Debian machine to a running lab.
 #
 #   make demo    build the example lab and run it end to end
-#   make test    run the test suite (starts the one-node SLURM test cluster first)
+#   make test    run the test suite (starts the 3-node SLURM test cluster first)
 #   make slurm-up    start that cluster alone (root; docs/slurm-cluster.md)
+#   make ssh-up      start the test sshd alone (root; docs/remote.md)
 #   make lint    ruff
 #   make bench   the benchmarks
 #
@@ -21,7 +22,7 @@ PYTEST_ARGS ?=
 
 export DEBIAN_FRONTEND := noninteractive
 
-.PHONY: setup system-deps nix-conf slurm-up test lint demo bench
+.PHONY: setup system-deps nix-conf slurm-up ssh-up test lint demo bench
 
 setup: system-deps nix-conf $(STAMP)
 
@@ -37,6 +38,7 @@ system-deps:
 	command -v runc >/dev/null 2>&1 || need+=(runc); \
 	command -v tmux >/dev/null 2>&1 || need+=(tmux); \
 	command -v chromium >/dev/null 2>&1 || need+=(chromium); \
+	command -v dockerd >/dev/null 2>&1 || need+=(docker.io); \
 	if (( $${#need[@]} )); then \
 	  if [[ $$(id -u) -ne 0 ]]; then \
 	    echo "make setup: missing $${need[*]}; run as root (or install them) first" >&2; exit 1; \
@@ -65,12 +67,17 @@ $(STAMP): pyproject.toml | $(VPY)
 	$(VPY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-# The SLURM tests submit real jobs: install and start the test cluster (idempotent, ~0.5 s
-# when it is already up, ~8 s on a fresh machine).
+# The SLURM tests submit real jobs: install and start the 3-node test cluster (idempotent,
+# ~0.5-2 s when it is already up, ~8 s on a fresh machine).
 slurm-up:
 	bash tests/slurm/cluster.sh start
 
-test: setup slurm-up
+# The remote-target tests ship labs over ssh to a real sshd (a local account, no Nix in its
+# view; idempotent, ~0.5 s when it is already up): tests/ssh/sshd.sh, docs/remote.md.
+ssh-up:
+	bash tests/ssh/sshd.sh start
+
+test: setup slurm-up ssh-up
 	$(VPY) -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)

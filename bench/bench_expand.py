@@ -1,16 +1,35 @@
-"""How long a 10 000-combination sweep takes to evaluate, build and expand.
+"""How long labs take to evaluate, build, expand, plan and check, from 200 jobs to a million.
 
-Three phases are timed separately, each the median of a few repetitions:
+Two tables:
 
-* Nix evaluation: ``nix-instantiate`` of the lab (no build);
-* lab build: ``nix-build`` of the already evaluated lab (scripts cached by Nix);
-* expansion + hashing: Python loading the blueprint and computing every job id.
+* **Phases** of a 2-stage ``a × b`` sweep (median of 3): Nix evaluation (``nix-instantiate``),
+  the lab build (``nix-build``, scripts already built) and Python's expansion + hashing
+  (blueprint to job ids), at 200, 2 048 and 20 000 jobs, and with a ``{ params }:`` outputs
+  function;
+* **Scale**: 20 000, 200 000 and 1 000 000 jobs (100 × 100, 1 000 × 100, 1 000 × 500
+  combinations over 2 stages), each phase a whole ``repx`` process with its peak RSS:
+  ``repx lab build``; ``repx build --dry-run --json`` against a fresh store; and the no-op
+  ``repx build --json`` against a store that holds every job. Running a million jobs is out
+  of reach, so that store is written directly: a succeeded record per job (the store's own
+  ``put``) and each declared output file, then one untimed dry run writes the lab's no-op
+  index (as the first build of a lab does). Both are timed from the lab folder (the way
+  people run them: the Nix build of ``lab.nix`` included) and with ``--lab DIR`` (the built
+  lab: repx's own share). The table gives µs per job, the growth of each phase from 20 000
+  to 1 000 000 jobs against the 50× growth of the jobs (linear = 1.0×), and the ratio of
+  each phase at 1 000 000 jobs to the issue's targets (lab build ≤ 10 s, dry run ≤ 10 s,
+  no-op ≤ 5 s, peak RSS ≤ 600 MB; ≤ 1 meets it).
 
-Run: ``python bench/bench_expand.py`` (``make bench`` runs every bench).
+Run: ``python bench/bench_expand.py`` (``make bench`` runs every bench; ~10 minutes, most of
+it Nix evaluating the million-job lab), ``--quick`` (20 000 and 200 000 jobs only, about a
+minute). Results also go to ``bench/results/expand.json``.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -21,14 +40,29 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from bench_peers import Sample, checked, measure  # noqa: E402
 
 from repx.lab.blueprint import load_lab  # noqa: E402
 from repx.lab.expand import expand_lab  # noqa: E402
 from repx.lab.nix import NIX_DIR, NIX_OPTIONS  # noqa: E402
 
+#: (a values, b values) of the scale table's sweeps: 2 jobs per combination.
+SCALE_SIDES = ((100, 100), (1000, 100), (1000, 500))
+QUICK_SCALE_SIDES = SCALE_SIDES[:2]
 
-def write_lab(folder: Path, side: int, dynamic: bool = False) -> None:
-    """A lab with one run sweeping a × b (side × side combinations) over two stages.
+#: The issue's targets at 1 000 000 jobs: seconds, and MiB of peak RSS.
+TARGETS = {"lab build": 10.0, "dry run": 10.0, "no-op": 5.0}
+RSS_TARGET_MIB = 600.0
+
+RESULTS = REPO / "bench" / "results" / "expand.json"
+
+
+def write_lab(folder: Path, side: int, dynamic: bool = False, b_side: int | None = None
+              ) -> None:
+    """A lab with one run sweeping a × b (side × side, or side × b_side, combinations) over
+    two stages.
 
     With ``dynamic`` the first stage's outputs are a ``{ params }:`` function, which
     Nix evaluates once per combination.
@@ -49,7 +83,10 @@ def write_lab(folder: Path, side: int, dynamic: bool = False) -> None:
             {{
               name = "sweep";
               pipelines = [ ./pipe.nix ];
-              params = {{ a = repx-lib.utils.range 1 {side}; b = repx-lib.utils.range 1 {side}; }};
+              params = {{
+                a = repx-lib.utils.range 1 {side};
+                b = repx-lib.utils.range 1 {b_side or side};
+              }};
             }}
         """,
         "pipe.nix": """
@@ -104,9 +141,12 @@ def nix(command: str, lab_file: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def main() -> None:
+def phases_table(quick: bool) -> list[str]:
+    """The phase split (Nix evaluation, lab build, expansion) at small sizes."""
     rows = []
-    for side, dynamic in ((10, False), (32, False), (100, False), (100, True)):
+    cases = ((10, False), (100, False)) if quick else \
+        ((10, False), (32, False), (100, False), (100, True))
+    for side, dynamic in cases:
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
             write_lab(folder, side, dynamic)
@@ -117,14 +157,150 @@ def main() -> None:
             graph = expand_lab(load_lab(lab_dir))
             expansion = timed(lambda lab_dir=lab_dir: expand_lab(load_lab(lab_dir)))
             rows.append((side * side, dynamic, len(graph.jobs), evaluation, build, expansion))
-    print("expansion of an a × b sweep over 2 stages (median of 3)")
-    print(f"{'combinations':>12} {'dynamic':>7} {'jobs':>7} {'nix eval s':>11} {'lab build s':>12} "
-          f"{'expand+hash s':>14} {'µs/job':>7}")
+    lines = ["expansion of an a × b sweep over 2 stages (median of 3)",
+             f"{'combinations':>12} {'dynamic':>7} {'jobs':>7} {'nix eval s':>11} "
+             f"{'lab build s':>12} {'expand+hash s':>14} {'µs/job':>7}"]
     for combos, dynamic, jobs, evaluation, build, expansion in rows:
         flag = "yes" if dynamic else "no"
-        print(f"{combos:>12} {flag:>7} {jobs:>7} {evaluation:>11.3f} {build:>12.3f} "
-              f"{expansion:>14.3f} "
-              f"{expansion / jobs * 1e6:>7.1f}")
+        lines.append(f"{combos:>12} {flag:>7} {jobs:>7} {evaluation:>11.3f} {build:>12.3f} "
+                     f"{expansion:>14.3f} {expansion / jobs * 1e6:>7.1f}")
+    return lines
+
+
+def repx_tool() -> str:
+    """The ``repx`` beside this Python (the venv's), else the one on PATH."""
+    beside = Path(sys.executable).with_name("repx")
+    return str(beside) if beside.exists() else (shutil.which("repx") or "repx")
+
+
+def fill_store(store: Path, lab_dir: Path) -> int:
+    """Record every job of the lab as succeeded, with its declared outputs on disk, and
+    the lab as a gc root: what the store holds after building the lab (see the doc)."""
+    from repx.engine.contract import declared_outputs
+    from repx.store import JobRecord, Status, Store
+
+    graph = expand_lab(load_lab(lab_dir))
+    now = time.time()
+    with Store(store) as opened:
+        with opened.batch():
+            for job in graph.jobs.values():
+                opened.put(JobRecord(job.id, Status.SUCCEEDED, exit_code=0, started=now,
+                                     finished=now, lab=str(lab_dir), run=job.run,
+                                     stage=job.stage))
+        folders = opened.folders
+        for job in graph.jobs.values():
+            out_dir = folders.out_dir(job.id)
+            os.makedirs(out_dir)
+            for path in declared_outputs(job.outputs, out_dir, job.id).values():
+                with open(path, "w") as handle:
+                    handle.write("1\n")
+        opened.add_root(str(lab_dir))
+    return len(graph.jobs)
+
+
+def scale_row(root: Path, a_side: int, b_side: int) -> dict[str, object]:
+    """Every phase of the scale table for one a × b sweep (fresh folder and stores)."""
+    repx = repx_tool()
+    folder = root / f"lab-{a_side}x{b_side}"
+    folder.mkdir()
+    write_lab(folder, a_side, b_side=b_side)
+    jobs = 2 * a_side * b_side
+    checked(measure([repx, "lab", "build", "--json"], folder), "untimed first lab build")
+    samples: dict[str, Sample] = {}
+    samples["lab build"] = checked(measure([repx, "lab", "build", "--json"], folder),
+                                   "repx lab build")
+    built = json.loads(samples["lab build"].stdout)
+    if built.get("jobs") != jobs:
+        raise SystemExit(f"repx lab build: {built.get('jobs')} jobs, expected {jobs}")
+    lab_dir = Path(built["lab"])
+    fresh = root / f"fresh-{a_side}x{b_side}"
+    samples["dry run"] = checked(
+        measure([repx, "build", "--dry-run", "--json", "--store", str(fresh)], folder),
+        "repx build --dry-run")
+    samples["dry run --lab"] = checked(
+        measure([repx, "build", "--dry-run", "--json", "--store", str(fresh), "--lab",
+                 str(lab_dir)], folder), "repx build --dry-run --lab")
+    would = json.loads(samples["dry run --lab"].stdout)
+    if len(would["would_run"]) != jobs:
+        raise SystemExit(f"dry run: {len(would['would_run'])} jobs would run, expected {jobs}")
+    store = root / f"store-{a_side}x{b_side}"
+    filled = fill_store(store, lab_dir)
+    checked(measure([repx, "build", "--dry-run", "--json", "--store", str(store), "--lab",
+                     str(lab_dir)], folder), "untimed dry run (writes the no-op index)")
+    for name, extra in (("no-op", []), ("no-op --lab", ["--lab", str(lab_dir)])):
+        runs = [checked(measure([repx, "build", "--json", "--store", str(store), *extra],
+                                folder), f"repx build ({name})") for _ in range(3)]
+        for sample in runs:
+            summary = json.loads(sample.stdout)
+            if summary["executed"] or len(summary["up_to_date"]) != filled:
+                raise SystemExit(f"{name}: not a no-op ({len(summary['executed'])} executed)")
+        samples[name] = sorted(runs, key=lambda s: s.seconds)[1]  # the median of 3
+    shutil.rmtree(store, ignore_errors=True)
+    shutil.rmtree(fresh, ignore_errors=True)
+    return {"jobs": jobs, "seconds": {k: v.seconds for k, v in samples.items()},
+            "rss_mib": {k: v.rss_kib / 1024 for k, v in samples.items()}}
+
+
+def scale_table(rows: list[dict[str, object]]) -> list[str]:
+    """The scale table, the growth from the smallest to the largest row, and the targets."""
+    phases = ["lab build", "dry run", "dry run --lab", "no-op", "no-op --lab"]
+    header = f"{'jobs':>9} " + " ".join(f"{p + ' s':>15}" for p in phases) + \
+        f" {'peak RSS MiB':>13}"
+    lines = ["scale: an a × b sweep over 2 stages, whole repx processes (no-op: median of 3)",
+             header]
+    for row in rows:
+        seconds, rss = row["seconds"], row["rss_mib"]
+        lines.append(f"{row['jobs']:>9} " + " ".join(f"{seconds[p]:>15.2f}" for p in phases)
+                     + f" {max(rss.values()):>13.0f}")
+    lines.append(f"{'µs/job':>9} " + " ".join(
+        f"{rows[-1]['seconds'][p] / rows[-1]['jobs'] * 1e6:>15.1f}" for p in phases))
+    if len(rows) > 1:
+        first, last = rows[0], rows[-1]
+        growth = last["jobs"] / first["jobs"]
+        lines.append(f"growth {first['jobs']} -> {last['jobs']} jobs ({growth:.0f}x the jobs); "
+                     "time growth / job growth (1.0 = linear):")
+        rss_growth = max(last["rss_mib"].values()) / max(first["rss_mib"].values())
+        lines.append("  " + ", ".join(
+            f"{p} {last['seconds'][p] / first['seconds'][p] / growth:.2f}" for p in phases)
+            + f", peak RSS {rss_growth / growth:.2f}")
+    last = rows[-1]
+    target_line = ", ".join(f"{p} {last['seconds'][p]:.2f} s / {t:g} s = "
+                            f"{last['seconds'][p] / t:.2f}" for p, t in TARGETS.items())
+    peak = max(last["rss_mib"].values())
+    lines.append(f"targets at {last['jobs']} jobs (ratio ≤ 1 meets it): {target_line}, "
+                 f"peak RSS {peak:.0f} MiB / {RSS_TARGET_MIB:g} MiB = "
+                 f"{peak / RSS_TARGET_MIB:.2f}")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="20 000 and 200 000 jobs only (no million-job lab)")
+    parser.add_argument("--scale-only", action="store_true", help="skip the phase table")
+    parser.add_argument("--sides", metavar="AxB,...", default=None,
+                        help="the scale table's sweeps instead of the default ones, e.g. "
+                             "1000x500 (2 jobs per combination)")
+    args = parser.parse_args()
+    sides = QUICK_SCALE_SIDES if args.quick else SCALE_SIDES
+    if args.sides:
+        try:
+            sides = tuple((int(a), int(b)) for a, b in
+                          (part.split("x") for part in args.sides.split(",")))
+        except ValueError:
+            parser.error(f"--sides {args.sides}: expected AxB[,AxB...], e.g. 1000x500")
+    if not args.scale_only:
+        print("\n".join(phases_table(args.quick)), flush=True)
+        print()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="repx-bench-expand-") as tmp:
+        for a_side, b_side in sides:
+            rows.append(scale_row(Path(tmp), a_side, b_side))
+            print(f"  ({rows[-1]['jobs']} jobs measured)", flush=True)
+    lines = scale_table(rows)
+    print("\n".join(lines))
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({"quick": args.quick, "rows": rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,10 @@ process in the tree (``/usr/bin/time -v``, else ``RUSAGE_CHILDREN`` in a fresh c
 * baselines, no engine, 2 threads: (a) ``bash -c '<command>'`` per job; (b) the very
   invocations repx makes (``<script> <out> <inputs.json> <params.json>`` from its store).
 
+After the rows: the targets, each with repx's ratio (cold against doit + LMDB and against
+1.5x baseline (a), wall and CPU), then the job-cost breakdown (:func:`job_cost`: one job of
+the repx run started alone, piece by piece; ``--no-breakdown`` skips it).
+
 Run: ``python bench/bench_peers.py`` (N=10 000, Snakemake N=1 000), ``--quick`` (N=200 for
 everything), ``--n 1000``, ``--tools repx,doit``. Results: a table on stdout and
 ``bench/results/peers.json``.
@@ -51,6 +55,12 @@ TOOLS = ("repx", "doit", "doit-lmdb", "snakemake", "baseline-a", "baseline-b")
 # Targets from the issue (repx at 20 000 jobs on this 2-core machine).
 TARGET_NOOP_S = 0.5
 TARGET_COLD_VS_BASELINE_B = 1.3
+#: Cold at most doit + LMDB's cold, and at most this many times baseline (a)'s.
+TARGET_COLD_VS_DOIT_LMDB = 1.0
+TARGET_COLD_VS_BASELINE_A = 1.5
+#: Runs of each variant in the job-cost breakdown (interleaved in rounds).
+BREAKDOWN_RUNS = 150
+BREAKDOWN_ROUNDS = 3
 TARGET_RSS_MB = 150.0
 
 # Measures the largest process of a tree when GNU time is missing: a fresh interpreter has
@@ -543,6 +553,108 @@ def bench_baseline_b(root: Path, state: RepxState) -> Result:
     return result
 
 
+# ---------------------------------------------------------------------- job-cost breakdown
+
+
+@dataclass
+class CostRow:
+    """One variant of the breakdown: median CPU (user + system) and wall ms per run."""
+
+    what: str
+    cpu_ms: float
+    wall_ms: float
+
+
+def _run_once(argv: list[str], env: dict[str, str], logs: Path) -> tuple[float, float]:
+    """Start ``argv`` as repx starts a job (posix_spawn, own session, logs to files) and wait
+    for it; (CPU s of the child, wall s)."""
+    actions = [(os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+               (os.POSIX_SPAWN_OPEN, 1, str(logs / "stdout.log"),
+                os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644),
+               (os.POSIX_SPAWN_OPEN, 2, str(logs / "stderr.log"),
+                os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)]
+    start = time.perf_counter()
+    pid = os.posix_spawn(argv[0], argv, env, file_actions=actions, setsid=True)
+    _pid, status, usage = os.wait4(pid, 0)
+    wall = time.perf_counter() - start
+    if status:
+        raise BenchError(f"breakdown: {argv[0]} exited with status {status}: "
+                         f"{(logs / 'stderr.log').read_text()[-500:]}")
+    return usage.ru_utime + usage.ru_stime, wall
+
+
+def job_cost(state: RepxState, root: Path) -> list[CostRow]:
+    """Where one job's milliseconds go: a B job of the repx run started alone, piece by piece.
+
+    Each variant runs BREAKDOWN_RUNS times per round, the variants interleaved over
+    BREAKDOWN_ROUNDS rounds (so a burst of load hits them alike); the median round counts.
+    CPU is the child's own (``wait4``), the steadier figure on a shared machine.
+    """
+    job = next(j for j in state.jobs if j["pname"] == "b")
+    meta = state.store / "outputs" / job["id"] / "repx"
+    script = Path(job["scripts"]["main"])
+    text = script.read_text()
+    bash = text.splitlines()[0][2:].strip()
+    cut = text.rindex("\nset -x\n") + 1
+    work = root / "breakdown"
+    out, logs = work / "out", work / "logs"
+    for folder in (out, logs):
+        folder.mkdir(parents=True, exist_ok=True)
+    header_only = work / "header-only"
+    header_only.write_text(text[:cut] + ":\n")
+    header_only.chmod(0o755)
+    inputs = json.loads((meta / "inputs.json").read_text())
+    source = next(iter(inputs.values()))
+    args = [str(out), str(meta / "inputs.json"), str(meta / "params.json")]
+    env = dict(os.environ)
+    c_env = {**env, "LC_ALL": "C"}
+    variants: list[tuple[str, list[str], dict[str, str]]] = [
+        ("bash start: `bash -c :`", [bash, "-c", ":"], env),
+        ("baseline (a)'s job: `bash -c 'cat IN IN > OUT'`",
+         [bash, "-c", f"cat {source} {source} > {out}/out2.txt"], env),
+        ("repx script, header only (body `:`)", [str(header_only), *args], env),
+        ("repx script, whole job (header, `set -x`, body)", [str(script), *args], env),
+        ("the same with LC_ALL=C (not done: the user's locale)", [str(script), *args], c_env),
+    ]
+    samples: dict[str, list[tuple[float, float]]] = {name: [] for name, _, _ in variants}
+    for _ in range(BREAKDOWN_ROUNDS):
+        for name, argv, variant_env in variants:
+            cpu = wall = 0.0
+            for _ in range(BREAKDOWN_RUNS):
+                for left in out.iterdir():  # a cold job's out/ is empty (no `rm` to run)
+                    left.unlink()
+                c, w = _run_once(argv, variant_env, logs)
+                cpu, wall = cpu + c, wall + w
+            samples[name].append((cpu / BREAKDOWN_RUNS * 1e3, wall / BREAKDOWN_RUNS * 1e3))
+    return [CostRow(name, statistics.median(c for c, _ in rounds),
+                    statistics.median(w for _, w in rounds))
+            for name, rounds in samples.items()]
+
+
+def job_cost_lines(rows: list[CostRow], results: list[Result]) -> list[str]:
+    """The breakdown table, and the engine's own cost per job from the cold rows."""
+    lines = ["job cost (one B job started alone, median of "
+             f"{BREAKDOWN_ROUNDS} rounds x {BREAKDOWN_RUNS} runs):",
+             f"  {'what':<56} {'CPU ms':>7} {'wall ms':>8}"]
+    lines += [f"  {r.what:<56} {r.cpu_ms:>7.2f} {r.wall_ms:>8.2f}" for r in rows]
+    by = {r.what.split(":")[0]: r for r in rows}
+    start, header = by.get("bash start"), by.get("repx script, header only (body `")
+    if start and header:
+        lines.append(f"  {'=> the header over a bare bash start':<56} "
+                     f"{header.cpu_ms - start.cpu_ms:>7.2f} {header.wall_ms - start.wall_ms:>8.2f}")
+    rows_by_tool = {r.tool: r for r in results if not r.error}
+    repx, base_b = rows_by_tool.get("repx"), rows_by_tool.get("baseline-b")
+    if repx and repx.cold_s and repx.cold_cpu_s:
+        lines.append(f"  {'repx cold, per job (whole build / jobs)':<56} "
+                     f"{repx.cold_cpu_s / repx.jobs * 1e3:>7.2f} "
+                     f"{repx.cold_s / repx.jobs * 1e3:>8.2f}")
+        if base_b and base_b.cold_cpu_s and base_b.cold_s:
+            lines.append(f"  {'baseline (b) cold, per job':<56} "
+                         f"{base_b.cold_cpu_s / base_b.jobs * 1e3:>7.2f} "
+                         f"{base_b.cold_s / base_b.jobs * 1e3:>8.2f}")
+    return lines
+
+
 # ------------------------------------------------------------------------------- report
 
 
@@ -610,6 +722,18 @@ def targets(results: list[Result]) -> list[str]:
              f"(<= {TARGET_COLD_VS_BASELINE_B}x)")
     else:
         line(None, "cold vs baseline (b): not measured")
+    for tool, limit in (("doit-lmdb", TARGET_COLD_VS_DOIT_LMDB),
+                        ("baseline-a", TARGET_COLD_VS_BASELINE_A)):
+        peer = next((r for r in results if r.tool == tool and r.n == ref.n and not r.error),
+                    None)
+        if peer and ref.cold_s and peer.cold_s:
+            r = ref.cold_s / peer.cold_s
+            cpu = (f", CPU {ref.cold_cpu_s / peer.cold_cpu_s:.2f}x"
+                   if ref.cold_cpu_s and peer.cold_cpu_s else "")
+            line(r <= limit, f"cold {ref.cold_s:.2f} s = {r:.2f}x {tool} {peer.cold_s:.2f} s "
+                             f"(<= {limit}x{cpu})")
+        else:
+            line(None, f"cold vs {tool}: not measured")
     line(rss_mb < TARGET_RSS_MB, f"peak RSS {rss_mb:.0f} MB < {TARGET_RSS_MB:.0f} MB")
     return lines
 
@@ -659,6 +783,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="seconds before a Snakemake run is abandoned")
     parser.add_argument("--out", type=Path, default=RESULTS / "peers.json")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--no-breakdown", action="store_true",
+                        help="skip the job-cost breakdown (one job's pieces, ~10 s)")
     args = parser.parse_args(argv)
     n, snake_n = (200, 200) if args.quick else (args.n, min(args.snake_n, args.n))
     tools = [t.strip() for t in args.tools.split(",") if t.strip()]
@@ -679,6 +805,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 result, state = bench_repx(root, n)
                 return result
             run_row(results, "repx", n, repx_main)
+        breakdown: list[CostRow] = []
+        if state is not None and not args.no_breakdown:
+            try:
+                breakdown = job_cost(state, root)
+            except BenchError as exc:
+                print(f"  job-cost breakdown FAILED: {exc}", flush=True)
         if "baseline-b" in tools:
             if state is None:
                 results.append(Result("baseline-b", n, 2 * n,
@@ -706,6 +838,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     lines = report(results)
     print("\n".join(lines))
+    if breakdown:
+        print("\n" + "\n".join(job_cost_lines(breakdown, results)))
     print(f"\ntotal wall time of this benchmark: {total:.0f} s")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
@@ -714,6 +848,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "versions": versions(), "total_s": round(total, 1),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "results": [r.to_dict() for r in results],
+        "job_cost": [{"what": r.what, "cpu_ms": round(r.cpu_ms, 3),
+                      "wall_ms": round(r.wall_ms, 3)} for r in breakdown],
     }, indent=2) + "\n")
     print(f"results: {args.out}")
     return 1 if any(r.error for r in results) else 0

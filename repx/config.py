@@ -9,6 +9,12 @@ set what ``repx build`` would otherwise be told each time::
     network = false
     artifact_store = "node-local"     # SLURM: shared | node-local
     artifact_dir = "/local/scratch"   # SLURM node-local: where each node unpacks
+    scratch = "node-local"            # SLURM: where jobs write $out (shared | node-local)
+    scratch_dir = "/local/scratch"    # SLURM node-local scratch: the folder on each node
+
+    [targets.cluster]                 # machines reached over ssh (repx.remote.targets)
+    host = "cluster"
+    base_path = "~/repx"
 
 Precedence, per setting: the command line, then the environment (``REPX_RUNTIME``,
 ``REPX_ARTIFACT_STORE``, ``REPX_ARTIFACT_DIR``), then the lab's ``repx.toml``, then the
@@ -37,7 +43,7 @@ CONFIG_ENV = "REPX_CONFIG"
 #: Keys a configuration file may set, and the type each must have.
 _KEYS: dict[str, type | tuple[type, ...]] = {
     "runtime": str, "mounts": list, "network": bool, "artifact_store": str,
-    "artifact_dir": str,
+    "artifact_dir": str, "targets": dict, "scratch": str, "scratch_dir": str,
 }
 
 
@@ -51,6 +57,11 @@ class RepxConfig:
     network: bool | None = None
     artifact_store: str | None = None
     artifact_dir: str | None = None
+    scratch: str | None = None
+    scratch_dir: str | None = None
+    #: ``[targets.NAME]`` tables (checked by :mod:`repx.remote.targets`), each with the file
+    #: it comes from; the lab's table of a name replaces the user's one as a whole.
+    targets: dict[str, tuple[Path, Any]] = field(default_factory=dict)
     #: The files read, lowest precedence first (for messages).
     files: list[Path] = field(default_factory=list)
 
@@ -115,6 +126,12 @@ def load_config(lab_folder: Path) -> RepxConfig:
             config.artifact_store = data["artifact_store"]
         if "artifact_dir" in data:
             config.artifact_dir = data["artifact_dir"]
+        if "scratch" in data:
+            config.scratch = data["scratch"]
+        if "scratch_dir" in data:
+            config.scratch_dir = data["scratch_dir"]
+        for name, table in data.get("targets", {}).items():
+            config.targets[name] = (path, table)
     return config
 
 

@@ -22,6 +22,7 @@ plain order makes a hex-to-id cross-check trivial.
 from __future__ import annotations
 
 import json
+from json.encoder import encode_basestring
 from typing import TYPE_CHECKING, Any
 
 from blake3 import blake3
@@ -37,10 +38,22 @@ HASH_CHARS = 32
 
 _DIGEST_BYTES = HASH_CHARS * 5 // 8  # 20
 
-# Two base-32 characters per 10 bits: 16 table lookups render the 160-bit prefix in ~1 µs
-# (base64.b32encode is pure Python in 3.11 and twice as slow).
-_PAIRS = [NIX32_ALPHABET[i >> 5] + NIX32_ALPHABET[i & 31] for i in range(1024)]
-_SHIFTS = tuple(range(150, -1, -10))
+
+
+def _lane_mask(lane: int, width: int) -> int:
+    """The low ``width`` bits of every ``lane``-bit lane of a 256-bit integer."""
+    return sum(((1 << width) - 1) << shift for shift in range(0, 256, lane))
+
+
+# Rendering spreads the 32 five-bit groups of the 160-bit prefix one per byte with five
+# shift-and-mask steps on one integer (halves to 128-bit lanes, quarters to 64-bit lanes, ...
+# down to 5 bits per 8-bit lane), then maps the 32 bytes to the alphabet with
+# bytes.translate: ~1 µs per id against ~3 µs for 16 lookups of 10-bit pairs (and
+# base64.b32encode is pure Python in 3.11). Expansion renders one per job.
+_LOW_HALF = (1 << 80) - 1
+_SPREAD_STEPS = tuple((_lane_mask(lane, lane * 5 // 16), lane * 5 // 16, lane // 2)
+                      for lane in (128, 64, 32, 16))
+_TO_ALPHABET = bytes.maketrans(bytes(range(32)), NIX32_ALPHABET.encode())
 
 _ENCODER = json.JSONEncoder(
     sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
@@ -52,10 +65,30 @@ def canonical_json(obj: object) -> str:
     return _ENCODER.encode(obj)
 
 
+def scalar_json(value: object) -> str:
+    """:func:`canonical_json` of one value, without the encoder's per-call set-up for the
+    common scalars (expansion encodes every sweep value once; a 10 000-value axis then costs
+    milliseconds). Anything else goes through the encoder itself."""
+    if value.__class__ is str:
+        return encode_basestring(value)  # type: ignore[arg-type]
+    if value.__class__ is int:
+        return int.__repr__(value)  # type: ignore[arg-type]
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    return canonical_json(value)
+
+
 def nix32_of_digest(digest: bytes) -> str:
     """Render the first 20 bytes of ``digest`` as 32 base-32 characters (big-endian)."""
     n = int.from_bytes(digest[:_DIGEST_BYTES], "big")
-    return "".join([_PAIRS[(n >> s) & 1023] for s in _SHIFTS])
+    n = (n & _LOW_HALF) | ((n >> 80) << 128)
+    for mask, width, move in _SPREAD_STEPS:
+        n = (n & mask) | (((n >> width) & mask) << move)
+    return n.to_bytes(HASH_CHARS, "big").translate(_TO_ALPHABET).decode()
 
 
 def hash_part(canonical: str | bytes) -> str:

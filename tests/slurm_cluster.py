@@ -1,14 +1,19 @@
-"""The test suite's real one-node SLURM cluster, as seen from pytest.
+"""The test suite's real multi-node SLURM cluster, as seen from pytest.
 
 ``tests/slurm/cluster.sh`` installs and starts the cluster (``make test`` runs it through
-``make slurm-up``). This module is the test side:
+``make slurm-up``): compute nodes ``node1``..``nodeN`` (3 by default) on this one machine,
+each slurmd in a mount namespace of its own where ``/scratch/repx`` (the jobs' ``$TMPDIR``)
+is that node's private scratch. This module is the test side:
 
 * :func:`require_slurm` fails, never skips, when the cluster cannot run jobs: a suite that
   turned green by skipping its SLURM tests would hide exactly the breakage it exists to find;
 * :func:`slurm_cluster_fixture` makes a session fixture that first (re)starts the cluster
   through the script if it is down, so ``pytest tests/test_x.py`` works on its own too;
 * :class:`Slurm` holds the few CLI helpers every SLURM test needs, written once with the
-  cluster's quirks in mind (finished jobs vanish from plain ``squeue``; ``sacct`` lags).
+  cluster's quirks in mind (finished jobs vanish from plain ``squeue``; ``sacct`` lags);
+* :func:`node_names`, :func:`node_scratch`, :func:`node_down`, :func:`node_up`,
+  :func:`restart_slurmctld`, :func:`wait_nodes_usable` and :func:`nodes_restored` let a test
+  crash a node or restart slurmctld and put the shared cluster back afterwards.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Literal
@@ -27,6 +33,10 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 CLUSTER_SCRIPT = REPO / "tests" / "slurm" / "cluster.sh"
 LOG_DIR = Path("/var/log/repx-slurm")
+#: ``<NODES_DIR>/<node>/scratch`` is a node's scratch as the host (and a test) sees it.
+NODES_DIR = Path("/var/lib/repx-slurm/nodes")
+#: Where a job sees its own node's scratch (also its ``$TMPDIR``); on the host it is empty.
+SCRATCH_MOUNT = "/scratch/repx"
 
 #: States after which a job never changes again (``CANCELLED by 0`` is matched by its prefix).
 FINAL_STATES = frozenset({
@@ -35,7 +45,9 @@ FINAL_STATES = frozenset({
 })
 #: Node states in which the node accepts and runs jobs.
 USABLE_NODE_STATES = frozenset({"idle", "mixed", "allocated", "completing"})
-SACCT_FIELDS = ("jobid", "jobname", "state", "exitcode", "start", "end")
+#: sbatch options that put a test's job ahead of the queue (root only; see Slurm.sbatch).
+QUEUE_AHEAD = ("--nice=-10000",) if os.geteuid() == 0 else ()
+SACCT_FIELDS = ("jobid", "jobname", "state", "exitcode", "start", "end", "nodelist")
 
 Proc = subprocess.CompletedProcess[str]
 
@@ -107,12 +119,97 @@ def start_cluster() -> None:
         pytest.fail(f"{CLUSTER_SCRIPT} start failed:\n{tail}", pytrace=False)
 
 
+def _cluster_script(*args: str, timeout: float = 120) -> None:
+    """Run ``cluster.sh ARGS`` as root; a failure raises with the script's own last lines."""
+    if os.geteuid() != 0:
+        raise AssertionError(f"`{CLUSTER_SCRIPT.name} {' '.join(args)}` needs root")
+    proc = cli("bash", str(CLUSTER_SCRIPT), *args, timeout=timeout)
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-20:])
+        raise AssertionError(f"{CLUSTER_SCRIPT.name} {' '.join(args)} failed:\n{tail}")
+
+
+def node_names() -> list[str]:
+    """The compute nodes, as slurmctld knows them (``node1``, ``node2``, ...)."""
+    proc = cli("sinfo", "-h", "-N", "-o", "%N")
+    if proc.returncode != 0:
+        raise AssertionError(f"sinfo failed: {_said(proc)}")
+    return sorted(set(proc.stdout.split()), key=lambda name: (len(name), name))
+
+
+def node_scratch(node: str) -> Path:
+    """Where the host sees ``node``'s scratch, which that node's jobs see at SCRATCH_MOUNT."""
+    return NODES_DIR / node / "scratch"
+
+
+def node_state(node: str) -> str:
+    """``node``'s state without sinfo's flag suffixes (``idle*`` = not responding -> idle)."""
+    state = cli("sinfo", "-h", "-N", "-n", node, "-o", "%T").stdout.strip()
+    return state.rstrip("*~#!%$@^-+")
+
+
+def wait_nodes_usable(nodes: list[str] | None = None, timeout: float = 60) -> None:
+    """Wait until every node (default: all) accepts jobs; raise naming those that do not."""
+    wanted = nodes or node_names()
+    end = time.monotonic() + timeout
+    while True:
+        states = {node: node_state(node) for node in wanted}
+        if all(state in USABLE_NODE_STATES for state in states.values()):
+            return
+        if time.monotonic() > end:
+            raise AssertionError(f"nodes not usable after {timeout:.0f}s: {states}")
+        time.sleep(0.2)
+
+
+def node_down(node: str, *, mark: bool = True) -> None:
+    """Crash ``node``: SIGKILL its slurmd and every process of its jobs.
+
+    With ``mark`` the node is then set DOWN at once, so its jobs end NODE_FAIL (or are
+    requeued, unless submitted with ``--no-requeue``) within about a second; without it
+    slurmctld notices by itself after ``SlurmdTimeout`` (about 45 s). The cluster is shared:
+    every job on the node dies, not only the test's. Undo with :func:`node_up`.
+    """
+    _cluster_script("node-down", node, *(() if mark else ("--no-mark",)))
+
+
+def node_up(node: str) -> None:
+    """Start ``node``'s slurmd again and wait until the node accepts jobs (about 1 s)."""
+    _cluster_script("node-up", node)
+
+
+def restart_slurmctld() -> None:
+    """Restart slurmctld and wait until every node is usable; running jobs go on meanwhile."""
+    _cluster_script("restart-ctld")
+
+
+@contextmanager
+def nodes_restored() -> Iterator[None]:
+    """Bring back every node that is not usable when the block ends, however it ends.
+
+    A test that crashes a node or restarts slurmctld wraps that in this, so that the shared
+    cluster is whole again for the next test (and for the other engineers' runs).
+    """
+    try:
+        yield
+    finally:
+        if slurm_problem() is not None:
+            start_cluster()
+        for node in node_names():
+            if node_state(node) not in USABLE_NODE_STATES:
+                node_up(node)
+
+
 class Slurm:
     """Thin wrappers over the SLURM CLI with the cluster's timing quirks built in."""
 
     def sbatch(self, *args: str, cwd: Path) -> str:
-        """Submit and return the job id. ``cwd`` is where relative ``-o`` paths land."""
-        proc = cli("sbatch", "--parsable", *args, cwd=cwd)
+        """Submit and return the job id. ``cwd`` is where relative ``-o`` paths land.
+
+        The job goes ahead of every job already queued (``--nice`` below 0, which only root
+        may give): a test of SLURM's behaviour must not wait behind another run's 10 000-job
+        sweep on the shared cluster. (-10000 keeps the priority below 2^32, where it wraps.)
+        """
+        proc = cli("sbatch", "--parsable", *QUEUE_AHEAD, *args, cwd=cwd)
         if proc.returncode != 0:
             raise AssertionError(f"sbatch {' '.join(args)} failed: {proc.stderr.strip()}")
         # --parsable prints "ID" or, on a federated cluster, "ID;CLUSTER".

@@ -73,8 +73,9 @@ def test_dataframe_of_a_stage_has_one_row_per_job_with_params_status_and_timings
     df = exp.jobs(stage="train-model").to_dataframe()
 
     assert list(df.columns) == ["id", "run", "stage", "pname", "status", "started",
-                                "finished", "duration", "samples", "seed", "batch_size",
-                                "learning_rate", "optimizer"]
+                                "finished", "duration", "failure", "attempts", "node",
+                                "req_mem", "req_time", "max_rss", "elapsed", "cpu_time",
+                                "samples", "seed", "batch_size", "learning_rate", "optimizer"]
     assert len(df) == 6
     assert sorted(df["id"]) == sorted(j["id"] for j in listed)
     assert set(df["run"]) == {"hyperparam-sweep"}
@@ -95,7 +96,7 @@ def test_dataframe_of_a_stage_has_one_row_per_job_with_params_status_and_timings
                                  "optimizer": row.optimizer}
 
     own = exp.jobs(stage="train-model").to_dataframe(params="own")
-    assert list(own.columns)[8:] == ["batch_size", "learning_rate", "optimizer"]
+    assert list(own.columns)[16:] == ["batch_size", "learning_rate", "optimizer"]
 
     everything = exp.jobs().to_dataframe()
     assert len(everything) == 13

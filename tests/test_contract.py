@@ -243,12 +243,17 @@ def test_wrapper_runs_script_with_job_argv_order() -> None:
 
 
 def test_wrapper_reads_table_line_of_task_and_exits_with_code() -> None:
-    """Task i reads line i + 1 of the table and exits with the script's exit code."""
+    """Task i reads rows i·pack + 1 … (i + 1)·pack of the table (one row unpacked), runs
+    each row in its own subshell that exits with the script's exit code, and an unpacked
+    task exits with that code (a packed task's jobs each have their own)."""
     text = _wrapper()
     assert "index=${SLURM_ARRAY_TASK_ID:-0}" in text
-    assert 'sed -n "$((index + 1))p" "$table"' in text
-    assert "read -r id script inputs params" in text
-    assert text.rstrip().endswith('exit "$code"')
+    assert "pack=1\n" in text and "first_row=$((index * pack + 1))" in text
+    assert 'sed -n "${first_row},$((first_row + pack - 1))p" "$table"' in text
+    assert "read -r -u 3 id script inputs params" in text
+    row = text.split("# -- one row", 1)[1].split("# -- end of one row", 1)[0]
+    assert row.rstrip().endswith('exit "$code"')
+    assert text.rstrip().endswith('exit "$task_code"')
 
 
 # ------------------------------------------------------------------------ JobFolders

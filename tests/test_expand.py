@@ -524,7 +524,7 @@ def test_resource_validation(tmp_path: Path) -> None:
         graph_of(tmp_path, run("r", [s]))
     assert str(err.value) == (
         "stage 's' (file /src/stages/s.nix): unknown resource hint keys: ['gpu', 'memory']; "
-        "valid keys are mem, cpus, time, partition, sbatch_opts"
+        "valid keys are mem, cpus, time, partition, sbatch_opts, retries"
     )
     for key, value in [("mem", "8 GB"), ("time", "1:75:00"), ("cpus", "4"), ("cpus", 0)]:
         s = stage("s", resources={key: value})

@@ -457,6 +457,31 @@ def test_the_current_lab_is_kept_without_any_root(simple: BuiltLab, store: Store
     assert gc.current_lab(LabOptions(), cwd=tmp_path) is None
 
 
+@pytest.mark.nix
+def test_gc_in_a_subfolder_of_the_lab_takes_the_labs_result_as_current(
+        tmp_path: Path) -> None:
+    """gc run in ``stages/`` finds the lab upward, as the store's default does: the lab's
+    ``result`` is the current lab, as in the lab's folder. The lab file no longer builds,
+    so gc could not have found those jobs by building it anew."""
+    lab = build_example("simple", tmp_path)
+    # A fresh store where the lab's folder keeps it (the checkout's example may hold one).
+    shutil.rmtree(lab.folder / ".repx", ignore_errors=True)
+    with Store(lab.folder / ".repx") as store:
+        old = fill_store(store, lab)
+    (lab.folder / "lab.nix").write_text("{ pkgs, ... }: { this is not nix")
+    subfolder = lab.folder / "stages"
+    assert gc.current_lab(LabOptions(), cwd=subfolder) == Path(lab.path)
+    in_subfolder, _ = run_repx("gc", "--dry-run", cwd=subfolder)
+    in_lab_folder, _ = run_repx("gc", "--dry-run", cwd=lab.folder)
+    assert in_subfolder == in_lab_folder
+    assert "would remove 2 jobs" in in_subfolder and "the current lab" in in_subfolder, \
+        in_subfolder
+    run_repx("gc", "--yes", cwd=subfolder)
+    with Store(lab.folder / ".repx", readonly=True) as store:
+        assert {r.job_id for r in store.records()} == set(lab.graph.jobs)
+        assert not set(old) & files_of(store)
+
+
 def test_a_lab_file_that_does_not_build_stops_gc(store: Store, tmp_path: Path) -> None:
     require_nix()
     record_job(store, "c" * 32 + "-old-1.0", files={"f": b"x"})

@@ -145,11 +145,12 @@ def test_verbose_cli_prints_the_phase_times_and_a_pipe_gets_nothing_else(make_la
     assert quiet.stderr == "" and quiet.stdout == verbose.stdout
 
 
-def run_on_terminal(args: list[str], cwd: Path, timeout: float = 120) -> tuple[int, str]:
+def run_on_terminal(args: list[str], cwd: Path, timeout: float = 120,
+                    env: dict[str, str] | None = None) -> tuple[int, str]:
     """``repx ARGS`` with stdout and stderr on a pseudo-terminal: its exit code and all it
     wrote there."""
     primary, secondary = pty.openpty()
-    process = subprocess.Popen([*REPX, *args], cwd=cwd, env=repx_env(),
+    process = subprocess.Popen([*REPX, *args], cwd=cwd, env=repx_env(env),
                                stdin=subprocess.DEVNULL, stdout=secondary, stderr=secondary)
     os.close(secondary)
     chunks: list[bytes] = []
@@ -175,7 +176,9 @@ def run_on_terminal(args: list[str], cwd: Path, timeout: float = 120) -> tuple[i
 def test_a_terminal_sees_the_expansion_count_of_a_big_lab(make_lab) -> None:
     require_nix()
     folder = sweep_lab(make_lab, 500, 400)  # 200 000 jobs
-    code, coloured = run_on_terminal(["list", "runs"], folder)
+    # Expanding 200 000 jobs takes well under the default second before a line is drawn.
+    code, coloured = run_on_terminal(["list", "runs"], folder,
+                                     env={"REPX_PROGRESS_AFTER": "0.05"})
     assert code == 0, coloured
     text = re.sub(r"\x1b\[[0-9;]*m", "", coloured)  # without its colours
     counts = [int(n) for n in re.findall(r"expanding the lab… \d+s · (\d+) jobs", text)]
@@ -183,3 +186,15 @@ def test_a_terminal_sees_the_expansion_count_of_a_big_lab(make_lab) -> None:
     assert counts == sorted(counts) and 0 < counts[-1] <= 200_000  # a count that grows
     table = text.rsplit(ERASE_LINE, 1)[1]  # the line is erased before the output
     assert re.search(r"^main\s+200000\s+pure", table, re.M), table
+
+
+def test_progress_after_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``REPX_PROGRESS_AFTER`` sets the delay before a live line; a bad value keeps the
+    default instead of failing the command."""
+    from repx.lab.progress import SHOW_AFTER, show_after_setting
+    monkeypatch.setenv("REPX_PROGRESS_AFTER", "0.25")
+    assert show_after_setting() == 0.25
+    assert ConsoleLabReporter(io.StringIO()).show_after == 0.25
+    for bad in ("soon", "-1", ""):
+        monkeypatch.setenv("REPX_PROGRESS_AFTER", bad)
+        assert show_after_setting() == SHOW_AFTER

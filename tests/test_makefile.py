@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -67,6 +69,9 @@ def test_make_gives_what_repx_build_gives_and_a_second_make_does_nothing(
     repx("makefile", "--lab", "result", "--store", str(made), "-o", "lab.mk", cwd=folder)
     text = (folder / "lab.mk").read_text()
     assert text.count("\n# job: ") == len(graph.jobs)  # one target per job
+    # Recipes run this interpreter's repx through the package's __main__ (`python -m repx`,
+    # whose Ctrl-C is quiet from the start), which the make below then exercises.
+    assert f"\nREPX ?= {shlex.quote(sys.executable)} -m repx\n" in text
 
     first = make(folder, "-j2")
     ran = re.findall(r"^repx: (\S+) \((\d+) jobs?\)$", first.stdout, re.M)

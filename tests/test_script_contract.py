@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from repx.engine.contract import json_lines_text
+from repx.identity import canonical_json
 from repx.lab.script_checks import param_expansion, render_body
 
 STAGE = """
@@ -87,6 +89,46 @@ def test_params_render_as_validation_renders_them(script, tmp_path: Path, compac
     assert {Path(d).parent.name.split("-", 1)[1] for d in path_dirs} == {
         "host-bash", "host-coreutils", "host-findutils", "host-gnused", "host-gnugrep",
         "host-jq"}
+
+
+def _layouts(params: dict) -> dict[str, str]:
+    """The same params JSON in the layout repx writes and in layouts written by hand."""
+    repx_layout = json_lines_text(params)
+    return {
+        "repx": repx_layout,
+        "slurm-wrapper": canonical_json(params) + "\n",
+        "indent-2": json.dumps(params, indent=2),
+        "one-line": json.dumps(params),
+        "crlf": repx_layout.replace("\n", "\r\n"),
+        "spaces-after-values": repx_layout.replace(",\n", " ,\n").replace("\n}", "  \n}"),
+    }
+
+
+@pytest.mark.nix
+@pytest.mark.parametrize("layout", list(_layouts({})))
+def test_every_json_layout_gives_the_same_values(script, tmp_path: Path, layout: str) -> None:
+    """bash reads repx's own layout and the SLURM wrapper's compact line without jq; any
+    other valid JSON goes to jq. All must give the very values, also for strings holding
+    the separators the bash readers cut at (a backslash escape sends any layout to jq)."""
+    params = {"text": "a: b, c", "number": -1.5e-07, "flag": True, "empty": None,
+              "quote": "it's, {x}:,"}
+    text = _layouts(params)[layout]
+    assert json.loads(text) == params
+    (tmp_path / "params.json").write_text(text)
+    out = tmp_path / "out"
+    out.mkdir()
+    data = tmp_path / "data.txt"
+    data.write_text("payload")
+    (tmp_path / "inputs.json").write_text(json_lines_text({"data": str(data)}))
+    result = subprocess.run([script.executables["main"].script, str(out),
+                             str(tmp_path / "inputs.json"), str(tmp_path / "params.json")],
+                            capture_output=True, text=True, env={"HOME": str(tmp_path)},
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    written = (out / "result.txt").read_text().split("|")
+    names = ["text", "number", "flag", "empty", "quote"]
+    assert written[:5] == render_body("|".join(map(param_expansion, names)), params).split("|")
+    assert written[6] == "payload"
 
 
 @pytest.mark.nix

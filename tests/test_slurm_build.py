@@ -1,10 +1,15 @@
-"""`repx build --scheduler slurm` on the real one-node cluster (tests/slurm/cluster.sh).
+"""`repx build --scheduler slurm` on the real shared cluster (tests/slurm/cluster.sh).
 
 What is pinned: the examples give the same job ids and outputs as the local scheduler; a
 second build submits nothing; a job over its time limit is recorded as TIMEOUT and its
 downstream never runs; a second build while the first's jobs are queued submits nothing
 new and adopts them; `repx cancel` leaves nothing queued; a wide sweep is submitted as one
 array per stage.
+
+The cluster is shared and the machine loaded, so nothing here relies on a job still being
+queued or running after some delay: a job that must be seen so either waits for a gate file
+the test creates (:func:`slow_lab`) or is submitted held, and every wait is on a condition
+with a generous deadline.
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -111,6 +118,7 @@ SLOW_LAB = {
           resources = { time = "00:05:00"; };
           runDependencies = [ pkgs.coreutils ];
           run = { outputs, params, ... }: ''
+            GATE
             sleep "${toString params.seconds}"
             echo "${toString params.n}" > "${outputs.out}"
           '';
@@ -131,9 +139,28 @@ SLOW_LAB = {
 }
 
 
-def slow_lab(make_lab, seconds: int) -> Path:
-    files = {k: v.replace("SECONDS", str(seconds)) for k, v in SLOW_LAB.items()}
+def slow_lab(make_lab, seconds: int, gate: Path | None = None) -> Path:
+    """SLOW_LAB whose ``slow`` jobs sleep ``seconds``; with a ``gate``, each first waits
+    until that file exists, so it stays queued or running until the test releases it (a
+    fixed sleep may end before a loaded machine gets to look)."""
+    wait = f'while [ ! -e "{gate}" ]; do sleep 0.5; done' if gate else ""
+    files = {k: v.replace("SECONDS", str(seconds)).replace("GATE", wait)
+             for k, v in SLOW_LAB.items()}
     return make_lab(files)
+
+
+def wait_for(condition: Callable[[], Any], what: str, timeout: float = 180,
+             every: float = 0.3) -> Any:
+    """Poll ``condition()`` until it returns something truthy (returned), else fail
+    naming ``what`` after ``timeout`` seconds (generous: the machine is shared and loaded)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} (waited {timeout:.0f} s; last saw {value!r})")
+        time.sleep(every)
 
 
 def active_tasks(store: Path) -> list[str]:
@@ -149,17 +176,32 @@ def active_tasks(store: Path) -> list[str]:
             if line.split()[1] in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING")]
 
 
-def test_second_build_while_queued_submits_nothing_and_adopts(slurm, make_lab) -> None:
+def cancel_leftovers(store: Path) -> None:
+    """scancel whatever of the store's jobs a failing test left on the shared cluster (a
+    gated job would otherwise hold its CPU until its time limit)."""
+    if (store / "db").exists():
+        left = active_tasks(store)
+        if left:
+            subprocess.run(["scancel", *left], capture_output=True, check=False)
+
+
+def test_second_build_while_queued_submits_nothing_and_adopts(slurm, make_lab,
+                                                            tmp_path: Path) -> None:
     require_nix()
-    folder = slow_lab(make_lab, 4)
+    gate = tmp_path / "release-slow-jobs"
+    folder = slow_lab(make_lab, 0, gate=gate)
     store = folder / ".repx"
     first = build_json(folder, "--scheduler", "slurm", "--no-wait")
-    assert len(first["submitted"]) == 6 and first["executed"] == []
-    scripts = sbatch_scripts(store)
-    assert scripts == 2  # one array per stage
-    second = build_json(folder, "--scheduler", "slurm", "--no-wait")
-    assert second["executed"] == [] and sorted(second["submitted"]) == sorted(first["submitted"])
-    assert sbatch_scripts(store) == scripts, "the second build submitted again"
+    try:
+        assert len(first["submitted"]) == 6 and first["executed"] == []
+        scripts = sbatch_scripts(store)
+        assert scripts == 2  # one array per stage
+        second = build_json(folder, "--scheduler", "slurm", "--no-wait")
+        assert second["executed"] == [] and \
+            sorted(second["submitted"]) == sorted(first["submitted"])
+        assert sbatch_scripts(store) == scripts, "the second build submitted again"
+    finally:
+        gate.touch()  # only now may the slow jobs end: both builds above saw them on SLURM
     watched = build_json(folder, "--scheduler", "slurm", "--poll", "0.3")
     assert sorted(watched["executed"]) == sorted(first["submitted"])
     assert sbatch_scripts(store) == scripts
@@ -261,18 +303,19 @@ def test_failed_branch_cancels_the_rest_of_its_stage(slurm, make_lab) -> None:
     assert active_tasks(store) == []
 
 
-def test_cancel_leaves_nothing_queued(slurm, make_lab) -> None:
+def test_cancel_leaves_nothing_queued(slurm, make_lab, tmp_path: Path) -> None:
     require_nix()
-    folder = slow_lab(make_lab, 120)
+    folder = slow_lab(make_lab, 0, gate=tmp_path / "never-created")  # ends by cancel only
     store = folder / ".repx"
-    build_json(folder, "--scheduler", "slurm", "--no-wait")
-    assert len(active_tasks(store)) == 6
-    out = repx("cancel", "--store", str(store), cwd=folder).stdout
-    assert "6 SLURM jobs cancelled" in out
-    deadline = time.monotonic() + 30
-    while active_tasks(store) and time.monotonic() < deadline:
-        time.sleep(0.3)
-    assert active_tasks(store) == []
+    try:
+        build_json(folder, "--scheduler", "slurm", "--no-wait")
+        assert len(active_tasks(store)) == 6
+        out = repx("cancel", "--store", str(store), cwd=folder).stdout
+        assert "6 SLURM jobs cancelled" in out
+        wait_for(lambda: active_tasks(store) == [], "cancelled jobs still on SLURM",
+                 timeout=120)
+    finally:
+        cancel_leftovers(store)
     records = Store(store, readonly=True).records()
     assert {r.status for r in records} == {Status.CANCELLED}
 
@@ -289,22 +332,22 @@ def test_timeout_is_recorded_and_downstream_never_runs(slurm, make_lab) -> None:
     try:
         # Once the slow tasks run, lower their limit so SLURM's next check (every 30 s)
         # kills them as TIMEOUT, instead of waiting out a real minute-long limit.
-        deadline = time.monotonic() + 60
-        running: list[str] = []
-        while time.monotonic() < deadline and len(running) < 3:
-            time.sleep(0.5)
+        def running_tasks() -> list[str]:
             if not store.joinpath("db", "data.mdb").exists():
-                continue
+                return []
             recs = Store(store, readonly=True).records()
-            running = [r.slurm_id for r in recs if r.status is Status.RUNNING and r.slurm_id]
-        assert len(running) == 3, "the slow jobs never started"
+            found = [r.slurm_id for r in recs if r.status is Status.RUNNING and r.slurm_id]
+            return found if len(found) == 3 else []
+
+        running = wait_for(running_tasks, "the 3 slow jobs never all ran", every=0.5)
         for task in running:
             subprocess.run(["scontrol", "update", f"JobId={task}", "TimeLimit=0"], check=True,
                            capture_output=True)
-        out, err = proc.communicate(timeout=120)
+        out, err = proc.communicate(timeout=240)
     finally:
         if proc.poll() is None:
             proc.kill()
+        cancel_leftovers(store)
     assert proc.returncode == 1, err
     result = json.loads(out)
     assert len(result["failed"]) == 3
@@ -312,13 +355,22 @@ def test_timeout_is_recorded_and_downstream_never_runs(slurm, make_lab) -> None:
     records = Store(store, readonly=True).get_many(result["failed"])
     assert all(r.status is Status.FAILED and r.reason == "TIMEOUT" for r in records.values())
     assert not list(store.glob("outputs/*-after-1/out/done.txt")), "downstream ran"
-    assert any("TIME LIMIT" in Path(r.stderr_log).read_text() for r in records.values())
+    # SLURM's own log of the task is the only trace of why it was killed: each failed
+    # job's record points its stderr log at its copy beside the job's logs.
+    for record in records.values():
+        log = Path(record.stderr_log)
+        assert log.name == f"slurm-{record.slurm_id}.out", (record.job_id, log)
+        assert "DUE TO TIME LIMIT" in log.read_text(), (log, log.read_text())
 
 
 def test_wide_sweep_is_one_array_per_stage(slurm, make_lab) -> None:
     require_nix()
-    files = {k: v.replace("SECONDS", "0") for k, v in SLOW_LAB.items()}
+    files = {k: v.replace("SECONDS", "0").replace("GATE", "") for k, v in SLOW_LAB.items()}
     files["run.nix"] = files["run.nix"].replace("[ 1 2 3 ]", "(builtins.genList (x: x) 500)")
+    # Submitted held (through resources.toml, as a site would add any sbatch option): all
+    # 1000 tasks stay PENDING for squeue to count, and none takes a CPU of the shared
+    # cluster (0-second tasks that ran would be gone before the count).
+    files["resources.toml"] = '[defaults]\nsbatch_opts = ["--hold"]\n'
     folder = make_lab(files)
     store = folder / ".repx"
     first = build_json(folder, "--scheduler", "slurm", "--no-wait")
@@ -357,9 +409,9 @@ def test_resources_toml_overrides_and_errors(tmp_path: Path) -> None:
         ResourceRules.load(tmp_path / "bad.toml")
 
 
-def test_ctrl_c_cancels_what_the_build_submitted(slurm, make_lab) -> None:
+def test_ctrl_c_cancels_what_the_build_submitted(slurm, make_lab, tmp_path: Path) -> None:
     require_nix()
-    folder = slow_lab(make_lab, 120)
+    folder = slow_lab(make_lab, 0, gate=tmp_path / "never-created")  # ends by cancel only
     store = folder / ".repx"
     proc = subprocess.Popen(
         [sys.executable, "-m", "repx.cli", "build", "--scheduler", "slurm", "--store",
@@ -367,22 +419,21 @@ def test_ctrl_c_cancels_what_the_build_submitted(slurm, make_lab) -> None:
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONPATH": str(REPO)})
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and len(active_tasks(store)
-                                                  if (store / "db").exists() else []) < 6:
-            time.sleep(0.3)
-        assert len(active_tasks(store)) == 6, "the jobs were never submitted"
+        wait_for(lambda: (store / "db").exists() and len(active_tasks(store)) == 6,
+                 "the 6 jobs were never all on SLURM")
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
+        out, err = proc.communicate(timeout=120)
     finally:
-        if proc.poll() is None:
+        if proc.poll() is None:  # it never stopped: this test failed, clean up the cluster
             proc.kill()
-    assert proc.returncode == 130, err
-    result = json.loads(out)
-    assert result["interrupted"] is True and len(result["cancelled"]) == 3
-    deadline = time.monotonic() + 30
-    while active_tasks(store) and time.monotonic() < deadline:
-        time.sleep(0.3)
-    assert active_tasks(store) == []
+            cancel_leftovers(store)
+    try:
+        assert proc.returncode == 130, err
+        result = json.loads(out)
+        assert result["interrupted"] is True and len(result["cancelled"]) == 3
+        wait_for(lambda: active_tasks(store) == [], "cancelled jobs still on SLURM",
+                 timeout=120)
+    finally:
+        cancel_leftovers(store)
     records = Store(store, readonly=True).records()
     assert {r.status for r in records} == {Status.CANCELLED}

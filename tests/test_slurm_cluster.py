@@ -1,20 +1,35 @@
 """The test cluster from tests/slurm/cluster.sh behaves like a production SLURM cluster.
 
 These tests pin down the behaviour the SLURM executor will rely on (sacct verdicts, arrays,
-dependency ordering, time limits, cancellation), so that a broken cluster shows up here, with
-a clear cause, rather than as a mysterious executor failure. Every job gets a unique name and
-writes into the test's tmp_path: the cluster and its accounting history are shared.
+dependency ordering, time limits, cancellation, several nodes with node-local scratch, a node
+that crashes and comes back), so that a broken cluster shows up here, with a clear cause,
+rather than as a mysterious executor failure. Every job gets a unique name and writes into
+the test's tmp_path: the cluster and its accounting history are shared.
 """
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.slurm_cluster import Slurm, cli, sacct_time, slurm_cluster_fixture
+from tests.slurm_cluster import (
+    SCRATCH_MOUNT,
+    USABLE_NODE_STATES,
+    Slurm,
+    cli,
+    node_down,
+    node_names,
+    node_scratch,
+    node_state,
+    node_up,
+    nodes_restored,
+    sacct_time,
+    slurm_cluster_fixture,
+)
 
 pytestmark = pytest.mark.slurm
 
@@ -39,7 +54,11 @@ def timed_out_job(slurm: Slurm, tmp_path_factory: pytest.TempPathFactory) -> Ite
     cwd = tmp_path_factory.mktemp("timeout")
     job = slurm.sbatch("-J", unique("timeout"), "--time=1", "-o", "out.txt",
                        "--wrap", "sleep 300", cwd=cwd)
-    slurm.wait_running(job)
+    try:
+        slurm.wait_running(job)
+    except AssertionError:
+        cli("scancel", job)
+        raise
     proc = cli("scontrol", "update", f"JobId={job}", "TimeLimit=0")
     assert proc.returncode == 0, proc.stderr
     yield job
@@ -51,13 +70,16 @@ def _start_timeout_early(timed_out_job: str) -> None:
     """Set up ``timed_out_job`` before the first test, so its 30-s sweep runs meanwhile."""
 
 
-def test_node_advertises_many_cpus(slurm: Slurm) -> None:
-    """Tiny jobs start about one per free slot and scheduler pass: the node needs many slots."""
-    out = cli("sinfo", "-h", "-N", "-o", "%c %T")
-    cpus, state = out.stdout.split()[:2]
-    assert int(cpus) >= 16, out.stdout
-    # sinfo marks transient flags with a suffix ("mixed-" while backfill plans ahead).
-    assert state.rstrip("*~#!%$@^-+") in {"idle", "mixed", "allocated", "completing"}
+def test_three_nodes_advertise_many_cpus_together(slurm: Slurm) -> None:
+    """Tiny jobs start about one per free slot and scheduler pass: the nodes need many slots."""
+    out = cli("sinfo", "-h", "-N", "-o", "%N %c %P")
+    rows = [line.split() for line in out.stdout.splitlines()]
+    assert len(rows) >= 3, out.stdout
+    assert sum(int(cpus) for _, cpus, _ in rows) >= 16, out.stdout
+    # One default partition holds every node.
+    assert {partition for _, _, partition in rows} == {"debug*"}, out.stdout
+    # Another test may have crashed a node for a moment; the others take jobs meanwhile.
+    assert {node_state(node) for node, _, _ in rows} & USABLE_NODE_STATES, out.stdout
 
 
 def test_job_completes_in_sacct(slurm: Slurm, tmp_path: Path) -> None:
@@ -144,6 +166,114 @@ def test_scancel_leaves_nothing_queued(slurm: Slurm, tmp_path: Path) -> None:
         # sacct adds the uid that cancelled: "CANCELLED by 0".
         assert all(r["state"].startswith("CANCELLED") for r in slurm.sacct(job))
     assert not (tmp_path / "ran").exists()
+
+
+def test_array_tasks_spread_over_nodes(slurm: Slurm, tmp_path: Path) -> None:
+    """LLN puts each job on the least loaded node: six tasks use more than one node."""
+    job = slurm.sbatch("-J", unique("spread"), "--array=0-5", "-o", "arr-%a.out",
+                       "--wrap", "echo $SLURMD_NODENAME; sleep 2", cwd=tmp_path)
+    records = slurm.sacct(job, rows=6)
+    assert {r["state"] for r in records} == {"COMPLETED"}, records
+    nodes = {r["nodelist"] for r in records}
+    assert len(nodes) >= 2, records
+    assert nodes <= set(node_names())
+    # Each task ran where accounting says it did.
+    for r in records:
+        task = r["jobid"].split("_")[1]
+        assert (tmp_path / f"arr-{task}.out").read_text() == f"{r['nodelist']}\n"
+
+
+def test_node_local_scratch_is_private_to_its_node(slurm: Slurm, tmp_path: Path) -> None:
+    """A file a job writes to its node's scratch ($TMPDIR) is there for that node's later
+    jobs and on the host under that node's directory, and absent on every other node."""
+    first, second = node_names()[:2]
+    marker = f"{unique('scratch')}.txt"
+    probe = (f'echo "$SLURMD_NODENAME $TMPDIR"; '
+             f'if [ -e {SCRATCH_MOUNT}/{marker} ]; then echo seen; else echo absent; fi')
+    try:
+        writer = slurm.sbatch("-J", unique("write"), "-w", first, "-o", "write.out", "--wrap",
+                              f'echo data > "$TMPDIR/{marker}"; {probe}', cwd=tmp_path)
+        slurm.wait_final(writer)
+        other = slurm.sbatch("-J", unique("other"), "-w", second, "-o", "other.out",
+                             "--wrap", probe, cwd=tmp_path)
+        same = slurm.sbatch("-J", unique("same"), "-w", first, "-o", "same.out",
+                            "--wrap", probe, cwd=tmp_path)
+        assert slurm.wait_final(other) == {other: "COMPLETED"}
+        assert slurm.wait_final(same) == {same: "COMPLETED"}
+        lines = {name: (tmp_path / f"{name}.out").read_text().splitlines()
+                 for name in ("write", "other", "same")}
+        assert lines == {"write": [f"{first} {SCRATCH_MOUNT}", "seen"],
+                         "other": [f"{second} {SCRATCH_MOUNT}", "absent"],
+                         "same": [f"{first} {SCRATCH_MOUNT}", "seen"]}
+        assert (node_scratch(first) / marker).read_text() == "data\n"
+        assert not (node_scratch(second) / marker).exists()
+        # The host's own /scratch/repx is none of the nodes' directories.
+        assert not (Path(SCRATCH_MOUNT) / marker).exists()
+    finally:
+        (node_scratch(first) / marker).unlink(missing_ok=True)
+
+
+def test_job_over_its_memory_ends_out_of_memory(slurm: Slurm, tmp_path: Path) -> None:
+    """cgroup mode on every node: --mem is a hard limit, the verdict is OUT_OF_MEMORY."""
+    job = slurm.sbatch("-J", unique("oom"), "--mem=64M", "-o", "out.txt", "--wrap",
+                       "python3 -c 'import time; a = bytearray(200 << 20); time.sleep(1)'",
+                       cwd=tmp_path)
+    assert slurm.wait_final(job) == {job: "OUT_OF_MEMORY"}
+    [record] = slurm.sacct(job)
+    assert (record["state"], record["exitcode"]) == ("OUT_OF_MEMORY", "0:125")
+
+
+def test_associations_are_enforced(slurm: Slurm, tmp_path: Path) -> None:
+    """AccountingStorageEnforce=associations: an account the user has no association in is
+    refused at submission, as a user without any is; root's `repx` association works."""
+    refused = cli("sbatch", "--account=nosuchaccount", "-o", "/dev/null", "--wrap", "true",
+                  cwd=tmp_path)
+    assert "nosuchaccount" not in cli("sacctmgr", "-n", "-P", "list", "account",
+                                      "format=account").stdout.split()
+    assert refused.returncode == 1
+    assert "Invalid account" in refused.stderr, refused.stderr
+    job = slurm.sbatch("-J", unique("acct"), "--account=repx", "-o", "/dev/null",
+                       "--wrap", "true", cwd=tmp_path)
+    assert slurm.wait_final(job) == {job: "COMPLETED"}
+
+
+def _drain(node: str, timeout: float) -> None:
+    """Take no new jobs on ``node`` and give the jobs of other tests on it ``timeout`` s to
+    end, so that crashing it kills as little of theirs as possible (the cluster is shared)."""
+    proc = cli("scontrol", "update", f"NodeName={node}", "State=DRAIN", "Reason=test-crash")
+    assert proc.returncode == 0, proc.stderr
+    end = time.monotonic() + timeout
+    while cli("squeue", "-h", "-w", node, "-o", "%i").stdout.strip():
+        if time.monotonic() > end:
+            return
+        time.sleep(0.5)
+
+
+def test_crashed_node_fails_its_job_and_comes_back(slurm: Slurm, tmp_path: Path) -> None:
+    """node-down kills a node's slurmd and jobs: its job ends NODE_FAIL, a job pinned to the
+    node waits; node-up brings the node back and the waiting job runs there."""
+    node = node_names()[-1]
+    with nodes_restored():
+        victim = slurm.sbatch("-J", unique("victim"), "-w", node, "--no-requeue",
+                              "-o", "victim.out", "--wrap", "sleep 300", cwd=tmp_path)
+        slurm.wait_running(victim)
+        _drain(node, timeout=10)
+        node_down(node)
+        assert slurm.wait_final(victim, timeout=30) == {victim: "NODE_FAIL"}
+        # "drained" when the drain above came first: both take no jobs.
+        assert node_state(node) in {"down", "drained"}
+        waiting = slurm.sbatch("-J", unique("waiting"), "-w", node, "-o", "waiting.out",
+                               "--wrap", "echo $SLURMD_NODENAME", cwd=tmp_path)
+        time.sleep(1)
+        assert slurm.squeue_reason(waiting).startswith("PENDING"), slurm.squeue_reason(waiting)
+        started = time.monotonic()
+        node_up(node)
+        assert time.monotonic() - started < 30
+        assert node_state(node) in USABLE_NODE_STATES
+        assert slurm.wait_final(waiting, timeout=30) == {waiting: "COMPLETED"}
+        assert (tmp_path / "waiting.out").read_text() == f"{node}\n"
+    [record] = slurm.sacct(victim)
+    assert record["state"] == "NODE_FAIL" and record["nodelist"] == node, record
 
 
 def test_time_limit_ends_in_timeout(slurm: Slurm, timed_out_job: str) -> None:

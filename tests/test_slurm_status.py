@@ -1,11 +1,15 @@
 """`repx status`, `show`, `cache ls` and `gc` on work that is on SLURM with no build watching
-it (`repx build --scheduler slurm --no-wait`), on the real one-node cluster.
+it (`repx build --scheduler slurm --no-wait`), on the real shared cluster.
 
 What is pinned: while the jobs are queued or running the commands say so (never "stale");
 once SLURM is done, `repx status` records each outcome (succeeded with its manifest, failed
 with its exit code) without another build, and `show` and `cache ls` agree with it; without
 SLURM's commands they say so once and show what the store records; gc keeps the folders of
 jobs SLURM still runs though no root reaches them.
+
+Each job waits for a gate file the test creates once it has looked at them queued or
+running (a fixed sleep may be over before a loaded machine gets there); then every wait on
+SLURM has a generous deadline.
 """
 
 from __future__ import annotations
@@ -26,9 +30,10 @@ slurm = slurm_cluster_fixture()
 
 pytestmark = [pytest.mark.slurm, pytest.mark.nix]
 
-#: Seconds each job sleeps: long enough to be seen queued or running, short for the suite.
-SLEEP = 5
+#: Seconds to wait for SLURM to end the jobs once released (the machine is shared, loaded).
+SLURM_DEADLINE = 240
 
+#: The lab; ``GATE`` in the scripts is replaced by the gate file's path (:func:`gated_lab`).
 LAB = {
     "run.nix": """
         { pkgs, repx-lib, ... }:
@@ -41,33 +46,38 @@ LAB = {
           bad = repx.callStage ./bad.nix [ ];
         }
     """,
-    "ok.nix": f"""
-        {{ pkgs }}:
-        {{
+    "ok.nix": """
+        { pkgs }:
+        {
           pname = "ok"; version = "1";
-          params = {{ n = 0; }};
-          outputs = {{ out = "$out/out.txt"; }};
+          params = { n = 0; };
+          outputs = { out = "$out/out.txt"; };
           runDependencies = [ pkgs.coreutils ];
-          run = {{ outputs, params, ... }}: ''
-            sleep {SLEEP}
-            echo "${{toString params.n}}" > "${{outputs.out}}"
+          run = { outputs, params, ... }: ''
+            while [ ! -e "GATE" ]; do sleep 0.5; done
+            echo "${toString params.n}" > "${outputs.out}"
           '';
-        }}
+        }
     """,
-    "bad.nix": f"""
-        {{ pkgs }}:
-        {{
+    "bad.nix": """
+        { pkgs }:
+        {
           pname = "bad"; version = "1";
-          outputs = {{ out = "$out/out.txt"; }};
+          outputs = { out = "$out/out.txt"; };
           runDependencies = [ pkgs.coreutils ];
-          run = {{ outputs, ... }}: ''
-            sleep {SLEEP}
+          run = { outputs, ... }: ''
+            while [ ! -e "GATE" ]; do sleep 0.5; done
             echo "bad fails on purpose" >&2
             exit 3
           '';
-        }}
+        }
     """,
 }
+
+
+def gated_lab(make_lab, gate: Path) -> Path:
+    """The lab, its jobs each waiting until ``gate`` exists (``gate.touch()`` releases them)."""
+    return make_lab({name: text.replace("GATE", str(gate)) for name, text in LAB.items()})
 
 
 def repx(*args: str, cwd: Path, code: int = 0,
@@ -82,9 +92,7 @@ def repx(*args: str, cwd: Path, code: int = 0,
 
 
 def submit(folder: Path) -> dict[str, str]:
-    """``repx build --scheduler slurm --no-wait``; ``{"ok1"|"ok2"|"bad": job id}``. The lab
-    is built (and listed) first, so that the jobs' few seconds on SLURM are left for the
-    commands under test."""
+    """``repx build --scheduler slurm --no-wait``; ``{"ok1"|"ok2"|"bad": job id}``."""
     jobs = json.loads(repx("list", "jobs", "--json", cwd=folder).stdout)
     ids = {j["pname"] + str(j["params"].get("n", "")): j["id"] for j in jobs}
     built = json.loads(repx("build", "--scheduler", "slurm", "--no-wait", "--json", "-q",
@@ -102,20 +110,17 @@ def wait_for_slurm(slurm: Slurm, folder: Path) -> None:
     """Until SLURM has ended every job the store recorded a SLURM id for."""
     tasks = [r.slurm_id for r in records(folder).values() if r.slurm_id]
     for parent in sorted({t.split("_")[0] for t in tasks}):
-        slurm.wait_final(parent, tasks=sum(t.split("_")[0] == parent for t in tasks))
+        slurm.wait_final(parent, tasks=sum(t.split("_")[0] == parent for t in tasks),
+                         timeout=SLURM_DEADLINE)
 
 
 def status(folder: Path, **env: str) -> subprocess.CompletedProcess[str]:
     return repx("status", "--lab", "result", "--json", cwd=folder, env=env)
 
 
-def test_status_show_and_cache_ls_follow_slurm_and_record_outcomes(
-        slurm: Slurm, make_lab, tmp_path: Path) -> None:
-    require_nix()
-    folder = make_lab(LAB)
-    ids = submit(folder)
-
-    # Queued or running, as SLURM says; never stale (the build that submitted is gone).
+def queued_or_running_on_slurm(folder: Path, ids: dict[str, str]) -> None:
+    """While the (gated) jobs wait on SLURM: status, show and cache ls say queued or
+    running, as SLURM says; never stale (the build that submitted them is gone)."""
     seen = status(folder)
     assert seen.stderr == ""
     total = json.loads(seen.stdout)["total"]
@@ -126,6 +131,18 @@ def test_status_show_and_cache_ls_follow_slurm_and_record_outcomes(
     listed = {r["id"]: r["status"] for r in json.loads(
         repx("cache", "ls", "--json", cwd=folder).stdout)}
     assert set(listed.values()) <= {"queued", "running"} and len(listed) == 3, listed
+
+
+def test_status_show_and_cache_ls_follow_slurm_and_record_outcomes(
+        slurm: Slurm, make_lab, tmp_path: Path) -> None:
+    require_nix()
+    gate = tmp_path / "release-jobs"
+    folder = gated_lab(make_lab, gate)
+    ids = submit(folder)
+    try:
+        queued_or_running_on_slurm(folder, ids)
+    finally:
+        gate.touch()
 
     # SLURM finishes them; no build watches, the store still says queued.
     wait_for_slurm(slurm, folder)
@@ -173,14 +190,18 @@ def test_status_show_and_cache_ls_follow_slurm_and_record_outcomes(
 def test_cache_show_records_a_finished_job_and_gc_keeps_jobs_slurm_runs(
         slurm: Slurm, make_lab, tmp_path: Path) -> None:
     require_nix()
-    folder = make_lab(LAB)
+    gate = tmp_path / "release-jobs"
+    folder = gated_lab(make_lab, gate)
     ids = submit(folder)
     store = ["--store", str(folder / ".repx")]
-    # No root reaches the jobs, and their build is gone; SLURM still runs them.
-    (root,) = json.loads(repx("gc", "roots", "--json", cwd=folder).stdout)
-    repx("gc", "unpin", root["name"], cwd=folder)
-    out = repx("gc", "--dry-run", *store, cwd=tmp_path).stdout
-    assert "would remove 0 jobs" in out and "and 3 running" in out, out
+    try:
+        # No root reaches the jobs, and their build is gone; SLURM still runs them.
+        (root,) = json.loads(repx("gc", "roots", "--json", cwd=folder).stdout)
+        repx("gc", "unpin", root["name"], cwd=folder)
+        out = repx("gc", "--dry-run", *store, cwd=tmp_path).stdout
+        assert "would remove 0 jobs" in out and "and 3 running" in out, out
+    finally:
+        gate.touch()
 
     wait_for_slurm(slurm, folder)
     # `repx cache show` looks the one job up and records it, and only it.

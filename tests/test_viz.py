@@ -83,10 +83,14 @@ def test_job_graph_shows_varying_params_and_collapses_large_stages(inter_run: Pa
     dot = repx("viz", "--jobs", "simulation", "--lab", "result", cwd=inter_run).stdout
     nodes = re.findall(r'"job:([^"]+)" \[label="([^"]+)"', dot)
     assert len(nodes) == 6
-    labels = sorted(label for _, label in nodes)
+    label_of = dict(nodes)
+    seeds = sorted(label.split("\\n")[2] for label in label_of.values()
+                   if label.startswith("summarize"))
+    assert seeds == ["seed=1", "seed=2", "seed=3"]
     # summarize declares no param: its seed is its upstream simulate job's.
-    assert [lb.split("\\n")[2] for lb in labels if lb.startswith("summarize")] == \
-        ["seed=1", "seed=2", "seed=3"]
+    for tail, head in re.findall(r'"job:([^"]+)" -> "job:([^"]+)"', dot):
+        assert label_of[tail].startswith("simulate") and label_of[head].startswith("summarize")
+        assert label_of[tail].split("\\n")[2] == label_of[head].split("\\n")[2]
     assert "run analysis" not in dot
     assert dot.count(" -> \"job:") == 3  # simulate -> summarize, per seed
 

@@ -20,14 +20,50 @@ from repx.console import install_quiet_interrupt
 if sys.argv[:1] == ["-m"]:
     install_quiet_interrupt()
 
+import importlib  # noqa: E402
+
 import click  # noqa: E402 - after the SIGINT handler, on purpose
 
 from repx import __version__  # noqa: E402
-from repx.cli import build, completion, lab, report, store, tools, tui  # noqa: E402
-from repx.cli.common import Context  # noqa: E402
+
+#: The command families (modules of this package with a ``register(main)``), in help order.
+FAMILIES = ("lab", "build", "store", "tools", "report", "completion", "tui", "pull")
+
+#: Commands whose family alone is loaded to run them: a no-op ``repx build`` is timed in
+#: milliseconds, and importing every family (reports, the TUI, SLURM views) costs more than
+#: the build's own work. Any other command, ``--help`` and completion load every family.
+QUICK_COMMANDS = {"build": "build", "run": "build"}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _FamilyGroup(click.Group):
+    """The ``repx`` group: command families are imported when a command needs them."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self._loaded: set[str] = set()
+
+    def _load(self, *families: str) -> None:
+        for family in families:
+            if family not in self._loaded:
+                self._loaded.add(family)
+                importlib.import_module(f"repx.cli.{family}").register(self)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        quick = QUICK_COMMANDS.get(cmd_name)
+        if quick is not None:
+            self._load(quick)
+            command = super().get_command(ctx, cmd_name)
+            if command is not None:
+                return command
+        self._load(*FAMILIES)
+        return super().get_command(ctx, cmd_name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._load(*FAMILIES)
+        return super().list_commands(ctx)
+
+
+@click.group(cls=_FamilyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="More detail (repeat for Nix traces).")
 @click.option("--store-map-size", metavar="SIZE",
               help="Address space to map the job store with, e.g. 2G (env "
@@ -36,6 +72,8 @@ from repx.cli.common import Context  # noqa: E402
 @click.pass_context
 def main(ctx: click.Context, verbose: int, store_map_size: str | None) -> None:
     """repx: reproducible, incremental experiments described in Nix."""
+    from repx.cli.common import Context
+
     ctx.obj = Context(verbose)
     if store_map_size is not None:
         _set_store_map_size(store_map_size)
@@ -54,7 +92,3 @@ def _set_store_map_size(text: str) -> None:
     except RepxError as error:
         raise click.BadParameter(error.message, param_hint="--store-map-size") from error
     os.environ[MAP_SIZE_ENV] = text
-
-
-for _family in (lab, build, store, tools, report, completion, tui):
-    _family.register(main)

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from repx.cli.common import Context, alias_of, handle_errors, lab_options, store_option
 from repx.cli.completion import complete_targets
+from repx.cli.remote import target_option
 from repx.config import RepxConfig, load_config
 from repx.display import plural
 from repx.engine.build import (
@@ -21,12 +25,14 @@ from repx.engine.build import (
     run_build,
 )
 from repx.engine.build import dry_run as dry_run_plan
-from repx.engine.progress import ConsoleReporter, QuietReporter, print_recap
 from repx.engine.runtimes import RUNTIME_ENV, RUNTIMES, Mount, parse_mount
 from repx.errors import UsageError
 from repx.lab import LabOptions, open_lab
-from repx.lab.resources import parse_mem
+from repx.lab.resources import parse_mem, parse_time
 from repx.store import Store
+
+if TYPE_CHECKING:
+    from repx.engine.scheduler import Reporter
 
 # ---------------------------------------------------------------------------- build
 
@@ -53,7 +59,9 @@ from repx.store import Store
               envvar="REPX_SCHEDULER", show_default=True,
               help="Run jobs here, or submit them to SLURM (env REPX_SCHEDULER).")
 @click.option("--no-wait", is_flag=True,
-              help="SLURM: return once the jobs are submitted (a later build adopts them).")
+              help="SLURM: return once every job is submitted, also those after a "
+                   "scatter-gather stage (its scatter submits its branches on the node); "
+                   "a later status or build records and adopts them.")
 @click.option("--resources", "resources_file", metavar="FILE",
               type=click.Path(dir_okay=False, path_type=Path),
               help="SLURM: resources.toml with [defaults] and [[rules]] (default: "
@@ -76,6 +84,24 @@ from repx.store import Store
 @click.option("--artifact-dir", metavar="PATH", default=None,
               help="SLURM node-local: the folder on each node to unpack into (default: the "
                    "node's $TMPDIR; env REPX_ARTIFACT_DIR).")
+@click.option("--scratch", type=click.Choice(["shared", "node-local"]), default=None,
+              help="SLURM: jobs write $out in the store (shared, default), or on their "
+                   "node's disk, moved into the store only when the job succeeded and "
+                   "verified against the node's BLAKE3 manifest (node-local; native "
+                   "runtime).")
+@click.option("--scratch-dir", metavar="PATH", default=None,
+              help="SLURM node-local scratch: the folder on each node (default: the "
+                   "node's $REPX_SCRATCH_DIR, else $TMPDIR).")
+@click.option("--keep-failed-scratch", is_flag=True,
+              help="SLURM node-local scratch: keep a failed job's scratch as "
+                   "repx/failed-scratch.tar in its job folder.")
+@click.option("--pack", type=click.IntRange(min=1), default=1, show_default=True,
+              help="SLURM: jobs one array task runs one after another (each keeps its own "
+                   "record, logs and exit code), for stages of many short jobs.")
+@click.option("--min-task-time", metavar="DURATION", default=None,
+              help="SLURM: pack each stage so that one array task lasts at least this "
+                   "long (e.g. 10m, 90s, 00:10:00), from the Elapsed of the stage's "
+                   "earlier jobs in the store (--pack where none is known).")
 @click.option("--dry-run", is_flag=True, help="Show what would run; run nothing.")
 @click.option("--explain", is_flag=True,
               help="With --dry-run: a table per run and stage, and for every job what "
@@ -83,9 +109,20 @@ from repx.store import Store
 @click.option("--json", "as_json", is_flag=True,
               help="Print a JSON summary (executed, up_to_date, failed, blocked, ...).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress; only failures.")
+@click.option("--retries", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Try a failed job up to N more times: out of memory with twice the "
+                   "memory, a time-out with 1.5 times the time, a node failure elsewhere "
+                   "(a stage's `retries` resource hint wins).")
+@click.option("--retry-failed", is_flag=True,
+              help="Retry script failures (a non-zero exit) too; by default only failures "
+                   "the job's resources or node caused are retried.")
 @click.option("--make-stamps", is_flag=True,
               help="Touch outputs/<job>/repx/make.stamp of every job left done (for the "
                    "Makefiles of repx makefile).")
+@click.option("--target", metavar="NAME", default=None,
+              help="Build the lab here, ship what the target NAME lacks (a [targets.NAME] "
+                   "of repx.toml or ~/.config/repx/config.toml) and run the jobs there with "
+                   "its scheduler and runtime; Ctrl-C cancels them there.")
 @handle_errors
 def build(targets: tuple[str, ...], options: LabOptions, store_dir: str, jobs: int | None,
           keep_going: bool, force: tuple[str, ...], verify: bool, cpus: int | None,
@@ -94,7 +131,10 @@ def build(targets: tuple[str, ...], options: LabOptions, store_dir: str, jobs: i
           make_stamps: bool = False, runtime: str | None = None,
           mounts: tuple[str, ...] = (), network: bool = False,
           artifact_store: str | None = None, artifact_dir: str | None = None,
-          explain: bool = False) -> None:
+          explain: bool = False, scratch: str | None = None, scratch_dir: str | None = None,
+          keep_failed_scratch: bool = False, pack: int = 1,
+          min_task_time: str | None = None, target: str | None = None, retries: int = 0,
+          retry_failed: bool = False) -> None:
     """Build the lab and run the jobs of RUN, @GROUP or JOB that the store does not hold
     (default: every run).
 
@@ -103,6 +143,8 @@ def build(targets: tuple[str, ...], options: LabOptions, store_dir: str, jobs: i
 
     Example: repx build hyperparam-sweep -j 4 --keep-going
     """
+    if target is not None and target != "local":
+        _build_on_target(target, options, quiet=quiet)
     config = load_config(_lab_folder(options))
     if runtime is None and config.runtime is not None:
         if config.runtime not in RUNTIMES:
@@ -114,11 +156,19 @@ def build(targets: tuple[str, ...], options: LabOptions, store_dir: str, jobs: i
     isolating = (runtime or "native") != "native"
     config_mounts = config.mounts if isolating else []
     config_slurm = config if scheduler == "slurm" else RepxConfig()
+    if scratch is None and config_slurm.scratch not in (None, "shared", "node-local"):
+        raise UsageError(f"{config.origin()}: scratch = {config_slurm.scratch!r}; use "
+                         "shared or node-local")
+    if scratch_dir is None and config_slurm.scratch_dir is not None \
+            and not config_slurm.scratch_dir.startswith("/"):
+        raise UsageError(f"{config.origin()}: scratch_dir = {config_slurm.scratch_dir!r}; "
+                         "give an absolute path (a folder on each compute node)")
     build_options = BuildOptions(
         targets=targets, jobs=jobs or 0, keep_going=keep_going, force=force, verify=verify,
         cpus=cpus or 0, mem=_parse_mem_option(mem), scheduler=scheduler, wait=not no_wait,
         resources_file=resources_file or _default_resources(), poll=poll,
-        make_stamps=make_stamps, runtime=runtime,
+        make_stamps=make_stamps, runtime=runtime, retries=retries,
+        retry_failed=retry_failed,
         mounts=tuple(parse_mount(m) for m in mounts) if mounts else tuple(
             _config_mount(m, config) for m in config_mounts),
         network=network or bool(isolating and config.network),
@@ -126,7 +176,14 @@ def build(targets: tuple[str, ...], options: LabOptions, store_dir: str, jobs: i
             None if os.environ.get("REPX_ARTIFACT_STORE") else config_slurm.artifact_store),
         artifact_dir=artifact_dir or (
             None if os.environ.get("REPX_ARTIFACT_DIR") else config_slurm.artifact_dir),
+        scratch=scratch or config_slurm.scratch,
+        scratch_dir=scratch_dir or config_slurm.scratch_dir,
+        keep_failed_scratch=keep_failed_scratch,
+        pack=pack, min_task_time=_parse_duration_option("--min-task-time", min_task_time),
     )
+    if scheduler != "slurm" and (pack != 1 or min_task_time is not None):
+        raise UsageError("--pack and --min-task-time pack jobs into SLURM array tasks: "
+                         "they go with --scheduler slurm")
     if explain and not dry_run:
         raise UsageError("--explain goes with --dry-run (or use `repx explain JOB`)")
     if dry_run and explain:
@@ -145,25 +202,76 @@ def build(targets: tuple[str, ...], options: LabOptions, store_dir: str, jobs: i
     if dry_run:
         plan = dry_run_plan(options, store_dir, build_options)
         if as_json:
-            click.echo(json.dumps({"would_run": plan.to_run, "up_to_date": plan.up_to_date,
-                                   "reasons": plan.reasons}, indent=2, ensure_ascii=False))
+            _echo_json({"would_run": plan.to_run, "up_to_date": plan.up_to_date,
+                        "reasons": plan.reasons}, ensure_ascii=False)
             return
         for job_id in plan.to_run:
             click.echo(f"would run {job_id} ({plan.reasons.get(job_id, '')})")
         click.echo(f"{plural(len(plan.to_run), 'job')} would run, "
                    f"{len(plan.up_to_date)} up to date")
         return
-    reporter = QuietReporter() if quiet else ConsoleReporter()
-    result = run_build(options, store_dir, build_options, reporter)
+    result = run_build(options, store_dir, build_options, make_reporter=lambda: _reporter(quiet))
     _report(result, as_json=as_json, quiet=quiet)
+
+
+def _indented_json(obj: dict[str, Any], *, ensure_ascii: bool = True) -> Iterator[str]:
+    """The text of ``json.dumps(obj, indent=2, ensure_ascii=ensure_ascii)``, in pieces.
+
+    With an indent, json encodes in pure Python: seconds for the million ids a large
+    sweep's dry run or no-op lists, and one string of it (plus its bytes on the way out)
+    would double the command's peak memory. Lists of strings and dicts of strings (job
+    ids, reasons) are written here a few thousand entries at a time; any other value goes
+    through json itself, its lines indented one level deeper (JSON strings hold no raw
+    newline, so that is exact).
+    """
+    from json.encoder import encode_basestring, encode_basestring_ascii
+
+    quote = encode_basestring_ascii if ensure_ascii else encode_basestring
+    chunk = 4096
+    if not obj:
+        yield "{}"
+        return
+    for index, (key, value) in enumerate(obj.items()):
+        yield ("{" if index == 0 else ",") + "\n  " + quote(key) + ": "
+        if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+            for start in range(0, len(value), chunk):
+                yield ("[\n    " if start == 0 else ",\n    ") + ",\n    ".join(
+                    map(quote, value[start:start + chunk]))
+            yield "\n  ]"
+        elif isinstance(value, dict) and value and all(
+                isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+            items = list(value.items())
+            for start in range(0, len(items), chunk):
+                yield ("{\n    " if start == 0 else ",\n    ") + ",\n    ".join(
+                    f"{quote(k)}: {quote(v)}" for k, v in items[start:start + chunk])
+            yield "\n  }"
+        else:
+            yield json.dumps(value, indent=2, ensure_ascii=ensure_ascii).replace("\n", "\n  ")
+    yield "\n}"
+
+
+def _echo_json(obj: dict[str, Any], *, ensure_ascii: bool = True) -> None:
+    """Print ``obj`` as ``json.dumps(obj, indent=2)`` would, piece by piece."""
+    for piece in _indented_json(obj, ensure_ascii=ensure_ascii):
+        click.echo(piece, nl=False)
+    click.echo()
+
+
+def _reporter(quiet: bool) -> Reporter:
+    """The build's display, made once something is to run (a no-op never imports it)."""
+    from repx.engine.progress import ConsoleReporter, QuietReporter
+
+    return QuietReporter() if quiet else ConsoleReporter()
 
 
 def _report(result: BuildResult, *, as_json: bool, quiet: bool) -> None:
     """The last words of ``repx build``: the summary (or JSON), then the exit code."""
     if as_json:
-        click.echo(json.dumps(result.to_json(), indent=2))
+        _echo_json(result.to_json())
     else:
         # The recap is failures only, so -q ("only failures") keeps it.
+        from repx.engine.progress import print_recap
+
         print_recap(result.recap)  # a table fitted to a terminal, plain lines elsewhere
         if not quiet:
             click.echo(result.summary_line())
@@ -205,6 +313,7 @@ def explain(jobs: tuple[str, ...], options: LabOptions, store_dir: str,
 @click.argument("targets", nargs=-1, shell_complete=complete_targets)
 @lab_options
 @store_option
+@target_option(["cancel"], takes_lab=True)
 @handle_errors
 def cancel(targets: tuple[str, ...], options: LabOptions, store_dir: str) -> None:
     """Cancel the SLURM jobs repx submitted: all of them, or those of RUN, @GROUP or JOB.
@@ -230,6 +339,20 @@ def cancel(targets: tuple[str, ...], options: LabOptions, store_dir: str) -> Non
     click.echo(f"{plural(len(closed), 'SLURM job')} cancelled")
 
 
+def _build_on_target(name: str, options: LabOptions, *, quiet: bool) -> None:
+    """``build --target NAME``: the lab built here (where Nix is), the build run there;
+    exits with the remote build's code."""
+    from repx.lab.open import locate_lab
+    from repx.remote.commands import build_on_target
+    from repx.remote.targets import find_target
+
+    target = find_target(name, _lab_folder(options))
+    lab_dir = locate_lab(options)
+    code, _summary = build_on_target(click.get_current_context(), target, lab_dir,
+                                     quiet=quiet)
+    sys.exit(code)
+
+
 def _config_mount(text: str, config: RepxConfig) -> Mount:
     """A ``mounts`` entry of a configuration file; its errors name the file."""
     try:
@@ -250,6 +373,28 @@ def _lab_folder(options: LabOptions) -> Path:
 def _default_resources() -> Path | None:
     path = Path("resources.toml")
     return path if path.is_file() else None
+
+
+#: Units a --min-task-time may be written in, in seconds.
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _parse_duration_option(option: str, value: str | None) -> float | None:
+    """Seconds for a duration option: ``10m``, ``90s``, ``1.5h``, ``2d`` or a SLURM-style
+    ``[D-]HH:MM:SS`` / ``MM:SS`` / plain seconds; None when not given."""
+    if value is None:
+        return None
+    text = value.strip().lower()
+    seconds: float | None = None
+    if text[-1:] in _DURATION_UNITS:
+        with contextlib.suppress(ValueError):
+            seconds = float(text[:-1]) * _DURATION_UNITS[text[-1]]
+    else:
+        with contextlib.suppress(ValueError):
+            seconds = float(parse_time(text))
+    if seconds is None or not seconds > 0:
+        raise UsageError(f"{option} {value}: not a duration (e.g. 10m, 90s, 1h, 00:10:00)")
+    return seconds
 
 
 def _parse_mem_option(value: str | None) -> int:

@@ -31,8 +31,6 @@ from click.shell_completion import CompletionItem, get_completion_class
 
 from repx.cli.common import default_store_dir, handle_errors
 from repx.errors import LabError, UsageError
-from repx.lab.blueprint import load_lab
-from repx.lab.expand import expand_lab
 from repx.lab.nix import find_lab_source
 from repx.lab.open import is_lab_dir
 from repx.store import Store
@@ -187,7 +185,11 @@ def _jobs(ctx: click.Context, lab: Path | None) -> list[CompletionItem]:
     """
     helps: dict[str, str] = {}
     if lab is not None:
-        for job_id, job in expand_lab(load_lab(lab)).jobs.items():
+        # Imported here: every command that offers completion imports this module, and
+        # the expansion is most of a no-op build's import time.
+        from repx.lab.expand import load_job_graph
+
+        for job_id, job in load_job_graph(lab).jobs.items():
             helps[job_id] = f"{job.pname} (run {job.run})"
     store = _open_store(ctx)
     if store is not None:

@@ -30,6 +30,7 @@ from repx.cli.completion import (
     complete_run_names,
     complete_runs,
 )
+from repx.cli.remote import target_option
 from repx.display import plural
 from repx.errors import LabError, UsageError
 from repx.lab import LabOptions, open_lab
@@ -91,6 +92,9 @@ def status(runs: tuple[str, ...], options: LabOptions, store_dir: str, as_json: 
         notes.append(f"{total['stale']} stale claims (their process is gone)")
     if notes:
         click.echo("of which " + ", ".join(notes))
+    if data["failures"]:
+        click.echo("failures: " + ", ".join(f"{count} {kind}"
+                                            for kind, count in data["failures"].items()))
 
 
 # ------------------------------------------------------------------------------ show
@@ -196,6 +200,28 @@ def show_output(job: str, path: str | None, options: LabOptions, store_dir: str,
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
+def _attempt_lines(attempts: list[dict[str, Any]]) -> list[str]:
+    """One line per attempt: where it ran, how it ended, what it asked for and used."""
+    def mem(value: Any) -> str:
+        return ins.human_bytes(value) if isinstance(value, (int, float)) else "-"
+
+    def seconds(value: Any) -> str:
+        return ins.fmt_duration(value) if isinstance(value, (int, float)) else "-"
+
+    lines = []
+    for a in attempts:
+        code = a.get("exit_code")
+        ended = a.get("failure") or a.get("state") or "?"
+        where = f"SLURM job {a['slurm_id']} on {a.get('node') or '?'}" if a.get(
+            "slurm_id") else f"on {a.get('node') or '?'}"
+        lines.append(
+            f"#{a.get('attempt', '?')} {where}: {ended}"
+            f"{f', exit code {code}' if code else ''}; asked mem {mem(a.get('mem'))}, "
+            f"time {seconds(a.get('time'))}; used MaxRSS {mem(a.get('max_rss'))}, "
+            f"elapsed {seconds(a.get('elapsed'))}, CPU {seconds(a.get('cpu_time'))}")
+    return lines
+
+
 def _size(info: dict[str, Any]) -> str:
     return ins.human_bytes(info["size"]) if info.get("exists") else "missing"
 
@@ -234,6 +260,12 @@ def _print_detail(d: dict[str, Any]) -> None:
             where += f", SLURM job {rec['slurm_id']}"
         echo(f"ran on    {where}")
         echo(f"lab       {rec['lab'] or '-'}")
+        if rec.get("failure"):
+            echo(f"failure   {rec['failure']}")
+        if rec.get("attempts"):
+            echo(f"attempts  {len(rec['attempts'])}")
+            for line in _attempt_lines(rec["attempts"]):
+                echo(f"  {line}")
     if d.get("in_lab"):
         echo("params" + ("" if d["params"] else "    (none)"))
         for key, value in d["params"].items():
@@ -672,29 +704,31 @@ _JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
 def register(main: click.Group) -> None:
     """Add this module's commands to the ``repx`` group."""
-    main.command("status")(handle_errors(_JSON(store_option(lab_options(
-        click.argument("runs", nargs=-1, metavar="[RUN|@GROUP]...",
-                       shell_complete=complete_runs)(status))))))
+    main.command("status")(target_option(["status"], takes_lab=True)(handle_errors(_JSON(
+        store_option(lab_options(click.argument("runs", nargs=-1, metavar="[RUN|@GROUP]...",
+                                                shell_complete=complete_runs)(status)))))))
     show_group = DefaultCommandGroup(
         "show", default="job",
         help="Show one job (`repx show JOB` is `repx show job JOB`) or the files of its "
              "output folder (`repx show output JOB [PATH]`).\n\nExample: repx show 3f9a2",
         short_help="Everything about one job (show JOB), or its outputs (show output JOB).")
     main.add_command(show_group)
-    show_group.command("job")(handle_errors(_JSON(store_option(lab_options(
-        click.argument("job", shell_complete=complete_jobs)(show))))))
-    show_group.command("output")(handle_errors(store_option(lab_options(
+    show_group.command("job")(target_option(["show", "job"], takes_lab=True)(handle_errors(
+        _JSON(store_option(lab_options(click.argument("job", shell_complete=complete_jobs)(
+            show)))))))
+    show_group.command("output")(target_option(["show", "output"], takes_lab=True)(
+        handle_errors(store_option(lab_options(
         click.option("--path", "path_only", is_flag=True,
                      help="Print only the absolute path of $out (or of PATH in it).")(
             click.argument("job", shell_complete=complete_jobs)(
-                click.argument("path", required=False)(show_output)))))))
-    main.command("log")(handle_errors(
+                click.argument("path", required=False)(show_output))))))))
+    main.command("log")(target_option(["log"])(handle_errors(
         click.option("--stderr", is_flag=True, help="Print the stderr log instead.")(
             click.option("-f", "--follow", is_flag=True,
                          help="Keep printing until the job is no longer running.")(
                 click.option("-n", "--lines", type=click.IntRange(min=0), metavar="N",
                              help="Print only the last N lines (with -f: then follow).")(
-                    store_option(click.argument("job", shell_complete=complete_jobs)(log)))))))
+                    store_option(click.argument("job", shell_complete=complete_jobs)(log))))))))
 
     @main.group("cache")
     def cache() -> None:
@@ -706,24 +740,27 @@ def register(main: click.Group) -> None:
 
     status_opt = click.option("--status", "statuses", type=_STATUS_CHOICES, multiple=True,
                               help="Only jobs in this state (repeatable).")
-    cache.command("ls")(handle_errors(_JSON(status_opt(store_option(
+    cache.command("ls")(target_option(["cache", "ls"])(handle_errors(_JSON(status_opt(store_option(
         click.option("--run", help="Only jobs recorded for this run.",
                      shell_complete=complete_run_names)(
-            click.option("--stage", help="Only jobs of this stage (pname).")(cache_ls)))))))
-    cache.command("stats")(handle_errors(_JSON(store_option(cache_stats))))
+            click.option("--stage", help="Only jobs of this stage (pname).")(cache_ls))))))))
+    cache.command("stats")(target_option(["cache", "stats"])(handle_errors(_JSON(
+        store_option(cache_stats)))))
     job_arg = click.argument("job", shell_complete=complete_jobs)
     jobs_arg = click.argument("jobs", nargs=-1, metavar="[JOB]...", shell_complete=complete_jobs)
-    cache.command("show")(handle_errors(_JSON(store_option(job_arg(cache_show)))))
-    cache.command("verify")(handle_errors(_JSON(store_option(
+    cache.command("show")(target_option(["cache", "show"])(handle_errors(_JSON(
+        store_option(job_arg(cache_show))))))
+    cache.command("verify")(target_option(["cache", "verify"])(handle_errors(_JSON(store_option(
         click.option("--quick", is_flag=True, help="Compare sizes only, not BLAKE3 digests.")(
-            jobs_arg(cache_verify))))))
-    cache.command("rm")(handle_errors(_JSON(status_opt(store_option(
-        jobs_arg(cache_rm))))))
-    cache.command("recover")(handle_errors(_JSON(store_option(
+            jobs_arg(cache_verify)))))))
+    cache.command("rm")(target_option(["cache", "rm"])(handle_errors(_JSON(status_opt(
+        store_option(jobs_arg(cache_rm)))))))
+    cache.command("recover")(target_option(["cache", "recover"])(handle_errors(_JSON(
+        store_option(
         click.option("--quick", is_flag=True,
                      help="Check succeeded jobs' output sizes only, not BLAKE3 digests.")(
             click.option("--dry-run", is_flag=True, help="Only report what would be done.")(
-                cache_recover))))))
+                cache_recover)))))))
 
     @main.group("gc", invoke_without_command=True)
     @click.option("--dry-run", is_flag=True, help="Only report what would be removed.")
@@ -734,6 +771,7 @@ def register(main: click.Group) -> None:
     @_JSON
     @store_option
     @lab_options
+    @target_option(["gc"], takes_lab=True)
     @click.pass_context
     @handle_errors
     def gc_group(ctx: click.Context, store_dir: str, dry_run: bool, keep_recent: int | None,

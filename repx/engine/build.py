@@ -19,24 +19,20 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from repx.engine.jobserver import JobserverUnavailable, jobserver_from_env
-from repx.engine.local import LocalOptions, LocalScheduler
 from repx.engine.noop_index import index_path, up_to_date_ids, write_index
 from repx.engine.plan import Plan, plan_build
-from repx.engine.runtimes import Mount, make_runtime, runtime_from_env
-from repx.engine.scheduler import Failure, Reporter, UnitScheduler
-from repx.engine.units import Outcome, UnitState
 from repx.errors import UsageError
-from repx.lab import LabOptions, open_lab
 from repx.lab.graph import JobGraph, selection_closure
-from repx.lab.open import cache_dir, locate_lab
+from repx.lab.open import LabOptions, cache_dir, locate_lab, open_lab
 from repx.store import Store, layout
-from repx.store.gc import register_build_root
 
 if TYPE_CHECKING:
-    # Imported where used: a no-op build never needs them, and it is timed in ms.
+    # Imported where used: a no-op build (the lab's index, a status byte and a stat per
+    # job) never needs the schedulers, runtimes or explanations, and it is timed in ms.
     from repx.engine.explain import JobExplanation, PlanExplanation
     from repx.engine.recap import FailedJob
+    from repx.engine.runtimes import Mount
+    from repx.engine.scheduler import Failure, Reporter, UnitScheduler
 
 _T = TypeVar("_T")
 
@@ -80,10 +76,27 @@ class BuildOptions:
     #: SLURM node-local: the folder on each node to unpack into (None:
     #: ``$REPX_ARTIFACT_DIR``, else the node's ``$TMPDIR``).
     artifact_dir: str | None = None
+    #: SLURM: where jobs write ``$out`` while they run: "shared" (the store, default) or
+    #: "node-local" (the node's disk, committed to the store after success and verified).
+    scratch: str | None = None
+    #: SLURM node-local scratch: the folder on each node (None: ``$REPX_SCRATCH_DIR``,
+    #: else the node's ``$TMPDIR``).
+    scratch_dir: str | None = None
+    #: SLURM node-local scratch: archive a failed job's scratch into its job folder.
+    keep_failed_scratch: bool = False
+    #: SLURM: jobs one array task runs one after another (``--pack``).
+    pack: int = 1
+    #: SLURM: seconds one array task should last at least (``--min-task-time``; None: off).
+    min_task_time: float | None = None
     #: Touch ``<store>/outputs/<id>/repx/make.stamp`` of every selected job (not their
     #: upstream: each stamp is its own recipe's) that is done when the build ends (the
     #: targets of a ``repx makefile`` Makefile).
     make_stamps: bool = False
+    #: More attempts a failed job may get (``--retries``; a stage's ``retries`` hint wins)
+    #: and whether script failures are among them (``--retry-failed``):
+    #: :mod:`repx.engine.failures`.
+    retries: int = 0
+    retry_failed: bool = False
 
 
 @dataclass
@@ -148,6 +161,8 @@ def run_build(
     store: Store | str | os.PathLike[str],
     options: BuildOptions,
     reporter: Reporter | None = None,
+    *,
+    make_reporter: Callable[[], Reporter] | None = None,
 ) -> BuildResult:
     """Run every job of the selection that the store does not hold; record each outcome.
 
@@ -156,6 +171,8 @@ def run_build(
     lab has loaded, so a broken lab leaves no empty store behind). A build with nothing to
     do is answered from the lab's cached job index (:mod:`repx.engine.noop_index`) without
     expanding the lab; anything else expands it, plans, and runs what is missing.
+    ``make_reporter`` makes the reporter (when ``reporter`` is None) only once something is
+    to run: the no-op answer then never imports the display.
     """
     lab_dir, index = _lab_and_index(lab, options.targets)
     # Make stamps need the selection, which the no-op index does not keep (a recipe that
@@ -165,6 +182,8 @@ def run_build(
         if noop is not None:
             return noop
     graph = _expanded(lab, lab_dir, index, options.targets)
+    if reporter is None and make_reporter is not None:
+        reporter = make_reporter()
     if isinstance(store, Store):
         return _full_build(graph, store, options, reporter)
     with Store(store) as opened:
@@ -307,8 +326,11 @@ def _full_build(graph: JobGraph, store: Store, options: BuildOptions,
     plan = plan_build(graph, store, list(options.targets), force=options.force,
                       verify=options.verify)
     result = BuildResult(up_to_date=list(plan.up_to_date))
-    register_build_root(store, graph)
     from repx.engine.explain import record_build
+    from repx.engine.units import Outcome, UnitState
+    from repx.store.gc import register_build_root
+
+    register_build_root(store, graph)
 
     record_build(store, graph)
     if plan.to_run:
@@ -385,6 +407,10 @@ def _record_last_build(store: Store, lab: str, targets: tuple[str, ...], started
 
 def _scheduler(graph: JobGraph, store: Store, plan: Plan, options: BuildOptions,
                reporter: Reporter | None) -> UnitScheduler:
+    from repx.engine.jobserver import JobserverUnavailable, jobserver_from_env
+    from repx.engine.local import LocalOptions, LocalScheduler
+    from repx.engine.runtimes import make_runtime, runtime_from_env
+
     runtime = runtime_from_env(options.runtime)
     from repx.engine.slurm.node_local import artifact_dir_from, artifact_store_from
 
@@ -393,19 +419,27 @@ def _scheduler(graph: JobGraph, store: Store, plan: Plan, options: BuildOptions,
         from repx.engine.slurm.node_local import prepare_node_lab
         from repx.engine.slurm.resources import ResourceRules
         from repx.engine.slurm.scheduler import SlurmOptions, SlurmScheduler
+        from repx.engine.slurm.scratch import scratch_from
 
         if artifact_store == "node-local" and runtime == "native":
             raise UsageError("--artifact-store node-local needs an isolating runtime "
                              "(--runtime bwrap binds each node's unpacked lab at "
                              "/nix/store; podman and docker load its images from there)")
         slurm = SlurmOptions(keep_going=options.keep_going, wait=options.wait,
-                             poll=options.poll,
+                             retries=options.retries, retry_failed=options.retry_failed,
+                             poll=options.poll, pack=options.pack,
+                             min_task_time=options.min_task_time,
                              resources=ResourceRules.load(options.resources_file),
                              runtime=make_runtime(runtime, Path(graph.lab.path),
                                                   mounts=options.mounts,
                                                   network=options.network))
         if slurm.runtime.isolating:
             slurm.runtime.check_runs(sorted({graph.jobs[j].run for j in plan.to_run}))
+        slurm.scratch = scratch_from(options.scratch, options.scratch_dir,
+                                     options.keep_failed_scratch)
+        if slurm.scratch is not None and slurm.runtime.isolating:
+            raise UsageError(f"--scratch node-local runs jobs natively; --runtime "
+                             f"{runtime} binds the store's out/ into the sandbox")
         if artifact_store == "node-local":
             slurm.node_lab = prepare_node_lab(Path(graph.lab.path), store.root,
                                               artifact_dir_from(options.artifact_dir))
@@ -413,11 +447,16 @@ def _scheduler(graph: JobGraph, store: Store, plan: Plan, options: BuildOptions,
     if options.artifact_store not in (None, "shared") or options.artifact_dir is not None:
         raise UsageError("--artifact-store and --artifact-dir are for --scheduler slurm "
                          "(a local build uses this machine's store or unpack cache)")
+    if options.scratch not in (None, "shared") or options.scratch_dir is not None \
+            or options.keep_failed_scratch:
+        raise UsageError("--scratch, --scratch-dir and --keep-failed-scratch are for "
+                         "--scheduler slurm (a local job writes its outputs in place)")
     if options.scheduler != "local":
         raise UsageError(f"unknown scheduler '{options.scheduler}' (use local or slurm)")
     local = LocalOptions(
         jobs=options.jobs, keep_going=options.keep_going, cpus=options.cpus,
-        mem=options.mem, grace=options.grace,
+        mem=options.mem, grace=options.grace, retries=options.retries,
+        retry_failed=options.retry_failed,
         runtime=make_runtime(runtime, Path(graph.lab.path), mounts=options.mounts,
                              network=options.network),
     )

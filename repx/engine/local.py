@@ -29,6 +29,7 @@ import select
 import signal
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from repx.engine.contract import JOB_ID_ENV, job_argv, prepare_job_folder, write_json_lines
 from repx.engine.descendants import (
@@ -38,6 +39,7 @@ from repx.engine.descendants import (
     job_of,
     set_child_subreaper,
 )
+from repx.engine.failures import FailureKind, may_retry
 from repx.engine.jobserver import Jobserver
 from repx.engine.plan import Plan
 from repx.engine.runtimes import JobSandbox, Runtime
@@ -181,6 +183,8 @@ class _Running:
     kill_signal: int = 0
     #: Why the unit fails although its main process exited 0.
     problem: str = ""
+    #: The main process's resource use (``os.wait4``), for the attempt's record.
+    rusage: Any = None
 
 
 class LocalScheduler(UnitScheduler):
@@ -309,10 +313,11 @@ class LocalScheduler(UnitScheduler):
             self._watched.discard(pid)
             running.descendants.pop(fd, None)
             try:
-                _pid, status = os.waitpid(pid, 0)
+                _pid, status, rusage = os.wait4(pid, 0)
             except ChildProcessError:  # reaped by someone else: its status is lost
-                status = 0
+                status, rusage = 0, None
             if pid == running.pid:
+                running.rusage = rusage
                 self._main_exited(running, status)
             changed[running.unit.id] = running
         if not changed:
@@ -526,12 +531,51 @@ class LocalScheduler(UnitScheduler):
             self._cancel(unit, code)
             return
         failure = None
+        kind = None
         if code != 0:
             failure = f"exit code {code}" if code > 0 else \
                 f"killed by signal {signal.Signals(-code).name}"
+            kind = FailureKind.SCRIPT_FAILURE if code > 0 else FailureKind.SIGNAL
         elif running.problem:
             failure = running.problem
+        attempt = self._note_attempt(running, code, kind)
+        self.failure_kinds.pop(unit.id, None)  # an earlier attempt's is not this one's
+        if kind is not None:
+            self.failure_kinds[unit.id] = kind.value
+            if not self.stopping and may_retry(
+                    kind, attempt=attempt, retries=self._retries_allowed(unit),
+                    retry_failed=self.options.retry_failed):
+                self.reporter.message(f"{unit.label} {unit.id}: {failure} on attempt "
+                                      f"{attempt}; running it again")
+                self.unit_graph.push_ready(unit)
+                return
+            if attempt > 1:
+                failure += f" (attempt {attempt})"
         self._complete(unit, code, failure)
+
+    def _note_attempt(self, running: _Running, code: int,
+                      kind: FailureKind | None) -> int:
+        """Add the attempt that just ended to its unit's attempts; its number (1, 2…).
+        A local attempt has no time limit; its memory is the unit's ``mem`` hint (what
+        admission counted), MaxRSS and CPU time the main process's and the descendants it
+        waited for (``wait4``)."""
+        unit = running.unit
+        attempts = self.attempts.setdefault(unit.id, [])
+        usage = running.rusage
+        attempts.append({
+            "attempt": len(attempts) + 1,
+            "slurm_id": "",
+            "node": self.host,
+            "state": "COMPLETED" if code == 0 and not running.problem else "FAILED",
+            "exit_code": code,
+            "failure": kind.value if kind is not None else "",
+            "mem": unit.mem or None,
+            "time": None,
+            "max_rss": usage.ru_maxrss * 1024 if usage is not None else None,
+            "elapsed": self.unit_seconds.get(unit.id),
+            "cpu_time": usage.ru_utime + usage.ru_stime if usage is not None else None,
+        })
+        return len(attempts)
 
     def _kill_all(self, sig: int) -> None:
         """``sig`` to every running unit's processes (also from the signal handler)."""

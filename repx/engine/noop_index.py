@@ -16,6 +16,8 @@ lab passed validation before.
 from __future__ import annotations
 
 import os
+import sys
+from array import array
 from pathlib import Path
 
 import msgpack
@@ -27,31 +29,51 @@ from repx.store import Status, Store
 
 #: Bump when the file layout changes or when validation gets stricter (old files are then
 #: ignored, so a lab indexed under laxer rules is expanded and checked again). 3: output
-#: templates must name files under the job's ``out/``.
-INDEX_FORMAT = 3
+#: templates must name files under the job's ``out/``. 4: output paths once per distinct
+#: set, and one index into them per job.
+INDEX_FORMAT = 4
 
 #: Stands for the job's ``out/`` folder in the stored paths.
 OUT_MARK = "\0"
 
 
 def index_path(cache_root: Path, lab_dir: Path, targets: tuple[str, ...]) -> Path:
-    """Where the index of ``targets`` (all runs when empty) of ``lab_dir`` lives."""
-    key = blake3("\0".join([str(lab_dir), *targets]).encode()).hexdigest()[:32]
+    """Where the index of ``targets`` (all runs when empty) of ``lab_dir`` lives.
+
+    The format is part of the name: an index is only written where none exists, so a file
+    of an older format at the same place would never be replaced (and every build would
+    take the slow path)."""
+    key = blake3("\0".join([f"v{INDEX_FORMAT}", str(lab_dir), *targets]).encode()
+                 ).hexdigest()[:32]
     return cache_root / "graphs" / f"{key}.msgpack"
 
 
 def write_index(path: Path, graph: JobGraph, closure: list[str]) -> None:
     """Record the closure's ids and each job's declared output paths (relative to ``out``).
 
-    Written through a temporary file and a rename, so a reader never sees half of it; a
-    failure to write is ignored (the index is only an accelerator).
+    The file is the msgpack array ``[format, ids, output sets, column]``: the ids joined by
+    newlines, every distinct set of output paths (tab-joined), and per job the position of
+    its set in a byte column. The jobs of a stage share their outputs, so a million jobs
+    store a few sets and 4 bytes each, and the no-op splits each set once, not once per
+    job. Written through a temporary file and a rename, so a reader never sees half of it;
+    a failure to write is ignored (the index is only an accelerator).
     """
-    outs = []
+    # Resolved like every other output check, against a marker for the job's out/: the
+    # same for every job sharing an outputs dict (a stage's jobs), so once per dict.
+    by_outputs: dict[int, int] = {}
+    sets: dict[str, int] = {}
+    column = array("I")
+    jobs = graph.jobs
     for job_id in closure:
-        # Resolved like every other output check, against a marker for the job's out/.
-        paths = declared_outputs(graph.jobs[job_id].outputs, OUT_MARK, job_id).values()
-        outs.append("\t".join(paths))
-    data = msgpack.packb([INDEX_FORMAT, "\n".join(closure), "\n".join(outs)])
+        outputs = jobs[job_id].outputs
+        position = by_outputs.get(id(outputs))
+        if position is None:
+            paths = "\t".join(declared_outputs(outputs, OUT_MARK, job_id).values())
+            position = by_outputs[id(outputs)] = sets.setdefault(paths, len(sets))
+        column.append(position)
+    if sys.byteorder != "little":
+        column.byteswap()
+    data = msgpack.packb([INDEX_FORMAT, "\n".join(closure), list(sets), column.tobytes()])
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
@@ -67,22 +89,36 @@ def up_to_date_ids(path: Path, store: Store) -> list[str] | None:
         raw = msgpack.unpackb(path.read_bytes())
     except (OSError, ValueError, msgpack.ExtraData):
         return None
-    if not isinstance(raw, list) or len(raw) != 3 or raw[0] != INDEX_FORMAT:
+    if not isinstance(raw, list) or len(raw) != 4 or raw[0] != INDEX_FORMAT:
         return None
-    ids = raw[1].split("\n") if raw[1] else []
-    outs = raw[2].split("\n") if raw[2] else []
-    if len(ids) != len(outs):
+    _format, ids_text, sets, column_bytes = raw
+    if not (isinstance(ids_text, str) and isinstance(sets, list)
+            and isinstance(column_bytes, bytes) and all(isinstance(s, str) for s in sets)):
+        return None
+    ids = ids_text.split("\n") if ids_text else []
+    column = array("I")
+    column.frombytes(column_bytes)
+    if sys.byteorder != "little":
+        column.byteswap()
+    if len(column) != len(ids) or (column and max(column) >= len(sets)):
         return None
     statuses = store.statuses(ids)
     succeeded = Status.SUCCEEDED
     if len(statuses) != len(ids) or any(s is not succeeded for s in statuses.values()):
         return None
+    # Per set: the paths under the job's out/ (a suffix to add to it) and any other path.
+    relative = [[p[1:] for p in s.split("\t") if p[:1] == OUT_MARK] if s else [] for s in sets]
+    absolute = [[p for p in s.split("\t") if p[:1] != OUT_MARK] if s else [] for s in sets]
     out_dir = store.folders.out_dir
     exists = os.path.exists
-    for job_id, paths in zip(ids, outs, strict=True):
-        if paths:
+    for job_id, position in zip(ids, column, strict=True):
+        suffixes = relative[position]
+        if suffixes:
             base = out_dir(job_id)
-            for path in paths.split("\t"):
-                if not exists(base + path[1:] if path[:1] == OUT_MARK else path):
+            for suffix in suffixes:
+                if not exists(base + suffix):
                     return None
+        for other in absolute[position]:
+            if not exists(other):
+                return None
     return ids

@@ -134,6 +134,8 @@ class ConsoleReporter(Reporter):
         self._next_tenth = 1
         self._recent: deque[float] = deque(maxlen=200)
         self._printed_done = -1
+        #: What a site limit holds back (``submitted 1500 of 5000 (MaxSubmitJobs 500)``).
+        self.limit_note = ""
 
     # -- events
 
@@ -189,6 +191,11 @@ class ConsoleReporter(Reporter):
         else:
             self._print(text)
 
+    def limited(self, text: str) -> None:
+        if text and not self.limit_note and not self.live:
+            self._print(text)  # a log says once that the build goes in waves
+        self.limit_note = text
+
     def tick(self) -> None:
         now = time.monotonic()
         if self.live:
@@ -230,6 +237,8 @@ class ConsoleReporter(Reporter):
             parts.append(Part(f"{len(self.queued_ids)} queued", "", 2))
         if self.running:
             parts.append(Part(f"{len(self.running)} running", STYLE_RUNNING, 4))
+        if self.limit_note:
+            parts.append(Part(self.limit_note, "", 2))
         eta = self._eta(now)
         if eta is not None:
             parts.append(Part(f"ETA {format_seconds(eta)}", "", 1))

@@ -50,6 +50,7 @@ from repx.lab.resources import Resources, validate_resources
 from repx.store import (
     ACTIVE_STATUSES,
     JobRecord,
+    OutputFile,
     Status,
     Store,
     layout,
@@ -68,6 +69,11 @@ class SchedulerOptions:
 
     #: Keep running everything independent of a failure (``--keep-going``).
     keep_going: bool = False
+    #: More attempts a failed job may get (``--retries``; a stage's ``retries`` resource
+    #: hint wins): what is retried and how is :mod:`repx.engine.failures`'.
+    retries: int = 0
+    #: Retry script failures (a non-zero exit) too (``--retry-failed``).
+    retry_failed: bool = False
 
 
 @dataclass
@@ -105,6 +111,9 @@ class Reporter:
 
     def message(self, text: str) -> None:
         """A line worth showing (interrupts, waits on another build)."""
+
+    def limited(self, text: str) -> None:
+        """A site limit holds submissions back (``text`` says how far; empty: no more)."""
 
     def tick(self) -> None:
         """Periodic refresh (live displays redraw here)."""
@@ -159,6 +168,10 @@ class UnitScheduler:
         #: the reason recorded for the jobs it cancels.
         self.stop_reason: str | None = None
         self.unit_seconds: dict[str, float] = {}
+        #: Each unit's attempts in this build (dicts as ``JobRecord.attempts`` holds them)
+        #: and the failure kind of its last one, for the record of its outcome.
+        self.attempts: dict[str, list[dict[str, Any]]] = {}
+        self.failure_kinds: dict[str, str] = {}
         self._order = 0
         self._finishes: list[JobRecord] = []
         self._static_inputs: dict[str, dict[str, str]] = {}
@@ -418,10 +431,27 @@ class UnitScheduler:
         assert status is not None, f"{outcome} is never recorded"
         if logs:
             fields["stdout_log"], fields["stderr_log"] = self.folders.logs(unit.id)
+        fields.setdefault("attempts", self.attempts.get(unit.id, []))
+        if outcome is not Outcome.SUCCEEDED:
+            fields.setdefault("failure", self.failure_kinds.get(unit.id, ""))
         self._finishes.append(JobRecord(unit.id, status, owner=self.owner, **fields))
 
+    def _retries_allowed(self, unit: Unit, hints: dict[str, Any] | None = None) -> int:
+        """How many retries ``unit`` may have: its ``retries`` hint (``hints``: the merged
+        ones the executor uses, else the unit's own), else ``--retries``."""
+        value = (hints if hints is not None else unit.resources).get("retries")
+        return self.options.retries if value is None else int(value)
+
     def _finish_remaining(self) -> None:
-        """Units that never started: blocked by a failure, or left after a stop."""
+        """Units that never started: blocked by a failure, or left after a stop. A retry
+        that a stop kept from starting fails as its last attempt did (its claim ends)."""
+        for unit in list(self.units.values()):
+            attempts = self.attempts.get(unit.id)
+            if attempts and unit.state is UnitState.READY:
+                last = attempts[-1]
+                self._fail(unit, f"{last['failure'] or 'failed'} (attempt {len(attempts)}; "
+                                 "the build stopped before its retry)",
+                           exit_code=last["exit_code"], report=False)
         if self._finishes:
             self._commit([])
         why = ("interrupted" if self.interrupted
@@ -561,6 +591,10 @@ class UnitScheduler:
             return
         try:
             manifest = self.store.manifest(unit.id)
+            problem = self._verify_outputs(unit, manifest)
+            if problem is not None:
+                self._fail(unit, problem, exit_code=exit_code)
+                return
             if unit.role == "scatter":
                 self._expand(unit)
         except RepxError as exc:
@@ -569,6 +603,12 @@ class UnitScheduler:
         self._record(unit, Outcome.SUCCEEDED, exit_code=exit_code, outputs=manifest,
                      slurm_id=unit.slurm_id)
         self._resolve(unit, Outcome.SUCCEEDED, "")
+
+    def _verify_outputs(self, unit: Unit, manifest: list[OutputFile]) -> str | None:
+        """Hook: why the outputs just hashed (``manifest``) cannot be recorded as the
+        unit's, or None (an executor that moved them from elsewhere checks the move)."""
+        del unit, manifest
+        return None
 
 
 def _write_atomically(path: str, text: str) -> None:

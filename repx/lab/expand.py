@@ -24,10 +24,17 @@ variant): the constant head of the identity JSON is fed to a BLAKE3 hasher once 
 hasher is copied per job; a stage's jobs are memoised on the indices of the dimensions
 that can influence it (its own params and those of its upstream stages), so a stage that
 depends on one axis is hashed once per value of that axis, not once per combination.
+A job's params JSON is joined from its values' JSON, encoded once per sweep value. A lab
+of a million jobs must fit in a few hundred MB, so what a stage's jobs share is one
+:class:`~repx.lab.graph.StageShape` and one dict or list (read-only) where the values are
+the same, and the cyclic garbage collector pauses while the graph grows (it would walk it
+again and again, and it holds no cycles). tests/test_expand_reference.py checks every
+shortcut against the plain definitions.
 """
 
 from __future__ import annotations
 
+import gc
 import heapq
 from collections.abc import Callable, Iterable
 from itertools import product
@@ -45,6 +52,7 @@ from repx.identity import (
     identity_head,
     identity_tail,
     nix32_of_digest,
+    scalar_json,
 )
 from repx.lab.blueprint import (
     DEPENDENCY_TYPES,
@@ -56,7 +64,7 @@ from repx.lab.blueprint import (
     Stage,
     load_lab,
 )
-from repx.lab.graph import Job, JobGraph, RunJobs
+from repx.lab.graph import Job, JobGraph, RunJobs, StageShape
 from repx.lab.outputs import check_output_templates
 from repx.lab.resources import Resources, merge_resources, validate_resources
 
@@ -64,6 +72,9 @@ from repx.lab.resources import Resources, merge_resources, validate_resources
 RUNTIME_INPUTS = frozenset({"worker__item", "worker__outs", "store__base"})
 
 _SCALARS = (str, int, float, bool, type(None))
+
+#: ``upstream`` and ``depends_on`` of every job without producers (read-only, shared).
+_NO_IDS: list[str] = []
 
 
 
@@ -85,8 +96,17 @@ def expand_lab(lab: Lab, *, into: JobGraph | None = None) -> JobGraph:
         raise ValueError("expand_lab(into=...) takes a fresh JobGraph of the same lab")
     expanded: dict[str, RunJobs] = {}
     by_name = {r.name: r for r in lab.runs}
-    for name in _run_order(lab, by_name):
-        expanded[name] = _RunExpander(graph, by_name[name], expanded).expand()
+    # Expansion makes millions of objects that all stay alive, no cycles among them: the
+    # cyclic collector would walk the growing graph again and again for nothing (a third of
+    # the time at 200 000 jobs), so it pauses meanwhile.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        for name in _run_order(lab, by_name):
+            expanded[name] = _RunExpander(graph, by_name[name], expanded).expand()
+    finally:
+        if collecting:
+            gc.enable()
     graph.runs = {n: expanded[n] for n in lab.run_names}
     return graph
 
@@ -173,7 +193,7 @@ class _Variant:
     """What is constant for every job of a stage with one resolved set of dynamic attrs."""
 
     __slots__ = ("pname", "suffix", "outputs", "executables", "own_res", "head", "template",
-                 "mapped")
+                 "mapped", "shape")
 
     pname: str
     suffix: str
@@ -186,6 +206,8 @@ class _Variant:
     template: dict[str, dict[str, Any] | None]
     #: (target input, index into deps, source output) for mapped inputs.
     mapped: list[tuple[str, int, str]]
+    #: What the variant's jobs share (one object for all of them).
+    shape: StageShape
 
 
 class _StagePlan:
@@ -194,7 +216,7 @@ class _StagePlan:
     __slots__ = (
         "stage", "pipeline", "dep_index", "dep_map_json", "dedupe", "param_plan", "sig_dims",
         "sig", "memo", "rows", "variants", "static", "inter_run_json", "inter_run_inputs",
-        "inter_run_pairs",
+        "inter_run_pairs", "sources_memo", "no_params",
     )
 
     stage: Stage
@@ -202,11 +224,19 @@ class _StagePlan:
     dep_index: list[int]
     dep_map_json: list[str]
     dedupe: bool
-    #: (param, dimension or -1, position in the dimension's row, default, source label)
-    param_plan: list[tuple[str, int, int, Any, str]]
+    #: (param, dimension or -1, position in the dimension's row, default, source label,
+    #: ``"<param JSON>":``, canonical JSON of the default): the JSON fragments let a job's
+    #: params JSON be joined from pieces instead of encoded again per job.
+    param_plan: list[tuple[str, int, int, Any, str, str, str]]
+    #: The param-sources dicts already made, by their values (jobs share them read-only;
+    #: a stage usually has one).
+    sources_memo: dict[tuple[str, ...], dict[str, str]]
     sig_dims: frozenset[int]
     sig: Callable[[tuple[int, ...]], Any]
-    memo: dict[Any, Job]
+    #: Jobs by the indices of the dimensions that reach the stage; None when all do.
+    memo: dict[Any, Job] | None
+    #: The one (read-only) params dict of a stage that declares no params.
+    no_params: dict[str, Any] | None
     rows: dict[str, Any] | None
     variants: dict[str, _Variant]
     static: _Variant | None
@@ -256,8 +286,14 @@ class _RunExpander:
         # a job), so an id cannot be reused for another object while the memo exists.
         self.resource_memo: dict[tuple[int, ...], Resources] = {}
         self.plain: dict[str, _Member] = {}
+        #: ``Job.runs`` of the jobs this run makes first: one list for all of them (a job a
+        #: later run reaches too gets a list of its own then).
+        self.run_list = [run.name]
         self.where = f"run '{run.name}' (file {run.file})"
         self.dims: list[tuple[tuple[Any, ...], ...]] = []
+        #: ``dims`` with every value as its canonical JSON (encoded once per value, not
+        #: once per job that uses it).
+        self.dims_json: list[tuple[tuple[str, ...], ...]] = []
 
     # ---- setup
 
@@ -272,11 +308,15 @@ class _RunExpander:
             for plans in pipelines:
                 cur: list[Job] = []
                 for plan in plans:
-                    k = plan.sig(idx)
-                    job = plan.memo.get(k)
-                    if job is None:
-                        job = plan.memo[k] = make(plan, idx, cur)
+                    if plan.memo is None:
+                        job = make(plan, idx, cur)
                         run_ids[job.id] = None
+                    else:
+                        k = plan.sig(idx)
+                        job = plan.memo.get(k)
+                        if job is None:
+                            job = plan.memo[k] = make(plan, idx, cur)
+                            run_ids[job.id] = None
                     cur.append(job)
         return RunJobs(
             name=run.name,
@@ -291,15 +331,18 @@ class _RunExpander:
         for axis in self.run.axes:
             if not axis.values:
                 raise LabError(f'{self.where}: parameter "{axis.key}" has no values')
-            self._check_values(axis.key, axis.values)
+            texts = self._check_values(axis.key, axis.values)
             label = ("sweep:" if len(axis.values) > 1 else "override:") + axis.key
             members.append(_Member(axis.key, axis.stage, axis.param, len(self.dims), 0, label))
             self.dims.append(tuple((v,) for v in axis.values))
+            self.dims_json.append(tuple((t,) for t in texts))
         for z in self.run.zips:
             if not z.rows:
                 raise LabError(f"{self.where}: utils.zip group '{z.label}' has no rows")
+            columns = []
             for j, m in enumerate(z.members):
-                self._check_values(m.key, [row[j] for row in z.rows], duplicates=False)
+                columns.append(self._check_values(m.key, [row[j] for row in z.rows],
+                                                  duplicates=False))
                 members.append(_Member(m.key, m.stage, m.param, len(self.dims), j,
                                        f"zip:{z.label}.{m.key}"))
             seen: dict[str, int] = {}
@@ -314,10 +357,14 @@ class _RunExpander:
                     )
                 seen[text] = i
             self.dims.append(tuple(z.rows))
+            self.dims_json.append(tuple(zip(*columns, strict=True)))
         return members
 
-    def _check_values(self, key: str, values: Iterable[Any], duplicates: bool = True) -> None:
+    def _check_values(self, key: str, values: Iterable[Any],
+                      duplicates: bool = True) -> list[str]:
+        """Check one param's values; return their canonical JSON texts, in order."""
         seen: set[str] = set()
+        texts: list[str] = []
         for v in values:
             if not isinstance(v, _SCALARS):
                 raise LabError(
@@ -325,14 +372,16 @@ class _RunExpander:
                     f"{canonical_json(v)}; sweep values must be strings, numbers, booleans "
                     "or null (pass structured data as a JSON string or a file)"
                 )
+            text = scalar_json(v)
             if duplicates:
-                text = canonical_json(v)
                 if text in seen:
                     raise LabError(
                         f'{self.where}: parameter "{key}" has the value {text} more than '
                         "once. " + _FLOAT_HINT
                     )
                 seen.add(text)
+            texts.append(text)
+        return texts
 
     def _describe_stages(self) -> str:
         parts: dict[str, None] = {}
@@ -408,20 +457,27 @@ class _RunExpander:
             own = targets.get((pi, st.key), {})
             plan.param_plan = []
             dims: set[int] = set()
+            # Sorted by name: the order canonical JSON writes the params object's keys in.
             for p in sorted(st.params):
                 m = own.get(p) or self.plain.get(p)
+                default = st.params[p]
+                fragments = (encode_basestring(p) + ":", canonical_json(default))
                 if m is None:
-                    plan.param_plan.append((p, -1, 0, st.params[p], "default"))
+                    plan.param_plan.append((p, -1, 0, default, "default", *fragments))
                 else:
-                    plan.param_plan.append((p, m.dim, m.pos, st.params[p], m.label))
+                    plan.param_plan.append((p, m.dim, m.pos, default, m.label, *fragments))
                     dims.add(m.dim)
+            plan.sources_memo = {}
             for i in plan.dep_index:
                 dims |= plans[i].sig_dims
             plan.sig_dims = frozenset(dims)
             ordered = sorted(dims)
             plan.sig = itemgetter(*ordered) if ordered else _constant
-            plan.memo = {}
+            # A stage that every dimension reaches has a job per combination: nothing to
+            # memoise (and a million-entry memo to spare).
+            plan.memo = {} if len(dims) < len(self.dims) else None
             plan.variants = {}
+            plan.no_params = {} if not plan.param_plan else None
             self._inter_run(plan)
             what = f"stage '{st.pname}' (file {st.file})"
             _check_outputs(st, what)
@@ -509,6 +565,15 @@ class _RunExpander:
                 template[name] = {"file": path}
         v.template = template
         v.mapped = [(t, di, src) for t, (di, src) in mapped.items()]
+        run = self.run
+        v.shape = StageShape(
+            pname=pname, version=st.version, stage=st.key, stage_file=st.file,
+            pipeline_file=plan.pipeline.file, kind=st.kind, run=run.name,
+            hash_mode=run.hash_mode, outputs=outputs, executables=executables,
+            own_resources=v.own_res, inter_run=plan.inter_run_pairs, stage_def=st,
+            template=template,
+            mapped=tuple(v.mapped),
+        )
         code = code_part(self.run.hash_mode, executables, outputs, pname, st.version)
         v.head = blake3(identity_head(code, files, plan.inter_run_json).encode())
         return v
@@ -582,22 +647,29 @@ class _RunExpander:
     # ---- per job
 
     def _make(self, plan: _StagePlan, idx: tuple[int, ...], cur: list[Job]) -> Job:
-        dims = self.dims
-        params: dict[str, Any] = {}
-        sources: dict[str, str] = {}
-        for name, dim, pos, default, label in plan.param_plan:
-            if dim < 0:
-                params[name] = default
-                sources[name] = "default"
-            else:
+        dims, dims_json = self.dims, self.dims_json
+        params: dict[str, Any] = {} if plan.no_params is None else plan.no_params
+        labels: list[str] = []
+        pieces: list[str] = []
+        for name, dim, pos, default, label, key_json, default_json in plan.param_plan:
+            if dim >= 0:
                 value = dims[dim][idx[dim]][pos]
-                if value is None:
-                    params[name] = default
-                    sources[name] = "default"
-                else:
+                if value is not None:
                     params[name] = value
-                    sources[name] = label
-        params_json = canonical_json(params)
+                    labels.append(label)
+                    pieces.append(key_json + dims_json[dim][idx[dim]][pos])
+                    continue
+            params[name] = default
+            labels.append("default")
+            pieces.append(key_json + default_json)
+        # Byte for byte canonical_json(params): keys in sorted order, each value's canonical
+        # JSON (tests/test_expand_reference.py checks it against the encoder).
+        params_json = "{" + ",".join(pieces) + "}"
+        sources_key = tuple(labels)
+        sources = plan.sources_memo.get(sources_key)
+        if sources is None:
+            sources = dict(zip(params, labels, strict=True))
+            plan.sources_memo[sources_key] = sources
         v = plan.static or self._dynamic_variant(plan, params_json)
         producers = [cur[i] for i in plan.dep_index]
         if producers:
@@ -615,12 +687,10 @@ class _RunExpander:
         run = self.run
         if job is not None:
             if run.name not in job.runs:
-                job.runs.append(run.name)
+                # A new list: the first run's jobs share one (``self.run_list``).
+                job.runs = [*job.runs, run.name]
             return job
-        inputs = dict(v.template)
-        for target, di, src in v.mapped:
-            inputs[target] = {"job": producers[di].id, "output": src}
-        upstream = [p.id for p in producers]
+        upstream = [p.id for p in producers] if producers else _NO_IDS
         depends_on = list(dict.fromkeys(upstream)) if plan.dedupe else upstream
         if producers:
             key = (id(v.own_res), *[id(p.resources) for p in producers])
@@ -630,30 +700,7 @@ class _RunExpander:
                 self.resource_memo[key] = merged
         else:
             merged = v.own_res
-        st = plan.stage
-        job = Job(
-            id=jid,
-            pname=v.pname,
-            version=st.version,
-            stage=st.key,
-            stage_file=st.file,
-            pipeline_file=plan.pipeline.file,
-            kind=st.kind,
-            run=run.name,
-            runs=[run.name],
-            hash_mode=run.hash_mode,
-            params=params,
-            param_sources=sources,
-            resources=merged,
-            own_resources=v.own_res,
-            depends_on=depends_on,
-            upstream=upstream,
-            inputs=inputs,  # type: ignore[arg-type]
-            outputs=v.outputs,
-            executables=v.executables,
-            inter_run=plan.inter_run_pairs,
-            stage_def=st,
-        )
+        job = Job(jid, v.shape, self.run_list, params, sources, merged, depends_on, upstream)
         graph.jobs[jid] = job
         return job
 

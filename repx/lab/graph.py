@@ -18,7 +18,34 @@ from repx.lab.blueprint import Executable, Lab, Run, Stage
 from repx.lab.resources import Resources
 
 
-@dataclass(slots=True, eq=False)
+@dataclass(frozen=True, slots=True, eq=False)
+class StageShape:
+    """What every job of one stage variant of one run has in common.
+
+    A lab of a million jobs has a handful of these: a :class:`Job` keeps one reference to
+    its shape instead of a dozen fields of its own, so the graph stays small and quick to
+    make. ``template`` holds every input in name order, ``None`` where a producer's output
+    feeds it; ``mapped`` says which producer: (input, index into the job's ``upstream``,
+    the producer's output).
+    """
+
+    pname: str
+    version: str
+    stage: str
+    stage_file: str
+    pipeline_file: str
+    kind: str
+    run: str
+    hash_mode: str
+    outputs: dict[str, Any]
+    executables: dict[str, Executable]
+    own_resources: Resources
+    inter_run: list[tuple[str, str]]
+    stage_def: Stage
+    template: dict[str, dict[str, Any] | None]
+    mapped: tuple[tuple[str, int, str], ...]
+
+
 class Job:
     """One unit of work: a stage under one effective parameter combination.
 
@@ -26,38 +53,108 @@ class Job:
     runs) are one Job; ``runs`` lists every run that produced it. ``inputs`` maps each
     input name to its source: ``{"job": id, "output": name}``, ``{"file": path}``,
     ``{"runtime": "worker__item" | "worker__outs" | "store__base"}`` or
-    ``{"run_manifest": run, "jobs": [ids]}``. Dict members may be shared between jobs:
-    treat them as read-only.
+    ``{"run_manifest": run, "jobs": [ids]}``. Dict and list members may be shared between
+    jobs: treat them as read-only. What the jobs of a stage share lives in their
+    :class:`StageShape` (read through the properties below).
     """
 
+    __slots__ = ("id", "shape", "runs", "params", "param_sources", "resources", "depends_on",
+                 "upstream", "_inputs")
+
+    #: The job's identity (:mod:`repx.identity`).
     id: str
-    pname: str
-    version: str
-    #: The stage's pipeline key.
-    stage: str
-    stage_file: str
-    pipeline_file: str
-    kind: str
-    #: The first run that produced this job.
-    run: str
+    shape: StageShape
     runs: list[str]
-    hash_mode: str
     params: dict[str, Any]
     #: param -> "default" | "sweep:<key>" | "override:<key>" (a one-value run param)
     #: | "zip:<label>.<key>"
     param_sources: dict[str, str]
     resources: Resources
-    own_resources: Resources
     #: Upstream job ids in dependency order, without repeats.
     depends_on: list[str]
     #: The producer job id of each of ``stage_def.deps`` (repeats kept; for identity).
     upstream: list[str]
-    inputs: dict[str, dict[str, Any]]
-    outputs: dict[str, Any]
-    executables: dict[str, Executable]
-    #: (run, type) of every run whose manifest this job reads (its inter-run edges).
-    inter_run: list[tuple[str, str]]
-    stage_def: Stage
+
+    def __init__(self, id: str, shape: StageShape, runs: list[str], params: dict[str, Any],
+                 param_sources: dict[str, str], resources: Resources, depends_on: list[str],
+                 upstream: list[str]) -> None:
+        self.id, self.shape, self.runs = id, shape, runs
+        self.params, self.param_sources, self.resources = params, param_sources, resources
+        self.depends_on, self.upstream = depends_on, upstream
+        # Without mapped inputs the template is complete (no None left): shared as it is.
+        self._inputs: dict[str, Any] | None = None if shape.mapped else shape.template
+
+    @property
+    def inputs(self) -> dict[str, dict[str, Any]]:
+        """Each input's source (see the class doc), made on first use: most commands never
+        read the inputs of most jobs."""
+        inputs = self._inputs
+        if inputs is None:
+            inputs = dict(self.shape.template)  # the mapped inputs' places, in name order
+            upstream = self.upstream
+            for target, index, source in self.shape.mapped:
+                inputs[target] = {"job": upstream[index], "output": source}
+            self._inputs = inputs
+        return inputs
+
+    @property
+    def pname(self) -> str:
+        """The stage's pname (a dynamic pname: this job's)."""
+        return self.shape.pname
+
+    @property
+    def version(self) -> str:
+        return self.shape.version
+
+    @property
+    def stage(self) -> str:
+        """The stage's pipeline key."""
+        return self.shape.stage
+
+    @property
+    def stage_file(self) -> str:
+        return self.shape.stage_file
+
+    @property
+    def pipeline_file(self) -> str:
+        return self.shape.pipeline_file
+
+    @property
+    def kind(self) -> str:
+        """"simple" or "scatter-gather"."""
+        return self.shape.kind
+
+    @property
+    def run(self) -> str:
+        """The first run that produced this job."""
+        return self.shape.run
+
+    @property
+    def hash_mode(self) -> str:
+        return self.shape.hash_mode
+
+    @property
+    def outputs(self) -> dict[str, Any]:
+        return self.shape.outputs
+
+    @property
+    def executables(self) -> dict[str, Executable]:
+        return self.shape.executables
+
+    @property
+    def own_resources(self) -> Resources:
+        """The stage's own resource hints (before merging upstream's)."""
+        return self.shape.own_resources
+
+    @property
+    def inter_run(self) -> list[tuple[str, str]]:
+        """(run, type) of every run whose manifest this job reads (its inter-run edges)."""
+        return self.shape.inter_run
+
+    @property
+    def stage_def(self) -> Stage:
+        return self.shape.stage_def
+
 
     def __repr__(self) -> str:
         return f"Job({self.id!r})"
@@ -224,6 +321,12 @@ class JobGraph:
 def selection_closure(graph: JobGraph, targets: list[str]) -> list[str]:
     """The selected jobs plus everything they need: producers, manifest runs, and every job
     of each run that a selected run depends on (hard or soft), transitively."""
+    if not targets:
+        # Every job, in expansion order: expansion makes each job after all of its
+        # producers and after every run whose manifest it reads, so that order is
+        # topological and is exactly the post-order walk below from all the jobs in
+        # expansion order (each root's upstream jobs were earlier roots), minus the walk.
+        return list(graph.jobs)
     selected = graph.select(targets)
     roots = [job.id for job in selected]
     stack = [dep for run in dict.fromkeys(r for job in selected for r in job.runs)

@@ -12,14 +12,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from repx.errors import LabError
-from repx.lab.blueprint import load_lab
-from repx.lab.expand import expand_lab
-from repx.lab.graph import JobGraph
 from repx.lab.nix import LabArgument, build_lab, find_lab_source, nixpkgs_path
 from repx.lab.progress import QUIET, LabReporter, Phase, reported
-from repx.lab.script_checks import check_dynamic_outputs, lab_script_checks, validate_scripts
+
+if TYPE_CHECKING:
+    from repx.lab.graph import JobGraph
 
 
 @dataclass(frozen=True)
@@ -92,6 +92,14 @@ def locate_lab(options: LabOptions, cwd: Path | None = None) -> Path:
 
 def open_lab(options: LabOptions, *, validate: bool = True, cwd: Path | None = None) -> JobGraph:
     """Build (or open) the lab, validate its scripts, and expand it into the job graph."""
+    # Imported here: a no-op build only locates the lab (its answer is the lab's cached
+    # index), and the expansion and the script checks (tree-sitter) are most of the
+    # import time of a command.
+    from repx.lab.blueprint import load_lab
+    from repx.lab.expand import expand_lab
+    from repx.lab.graph import JobGraph
+    from repx.lab.script_checks import check_dynamic_outputs, lab_script_checks, validate_scripts
+
     lab_dir = locate_lab(options, cwd)
     reporter = options.reporter
     lab = load_lab(lab_dir)

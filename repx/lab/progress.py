@@ -17,6 +17,7 @@ redrawn line is noise in a file. With ``-v`` each phase's time is printed, termi
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -33,6 +34,7 @@ from repx.display import glyphs_for, is_terminal, make_console
 from repx.lab.nix import LabSource
 
 #: A phase shorter than this gets no live line: a line that flashes and vanishes is noise.
+#: ``REPX_PROGRESS_AFTER`` (seconds) sets it, for a recording or a slow terminal.
 SHOW_AFTER = 1.0
 #: How often the live line is redrawn.
 REDRAW_EVERY = 0.2
@@ -96,19 +98,31 @@ def reported(reporter: LabReporter, phase: Phase) -> Iterator[Phase]:
         reporter.phase_finished(phase, time.monotonic() - started, ok)
 
 
+def show_after_setting() -> float:
+    """Seconds a phase runs before its live line is drawn: ``REPX_PROGRESS_AFTER`` when it
+    is a number of seconds ≥ 0, else :data:`SHOW_AFTER` (a bad value is not worth failing
+    a command over; the default is what a user who set nothing sees)."""
+    text = os.environ.get("REPX_PROGRESS_AFTER", "").strip()
+    try:
+        value = float(text)
+    except ValueError:
+        return SHOW_AFTER
+    return value if value >= 0 else SHOW_AFTER
+
+
 class ConsoleLabReporter(LabReporter):
     """Phases on ``stream`` (stderr): a live line on a terminal, times with ``verbose``.
 
     ``live`` defaults to whether ``stream`` is a terminal; ``show_after`` is how long a phase
-    runs before its line is drawn (:data:`SHOW_AFTER`).
+    runs before its line is drawn (``REPX_PROGRESS_AFTER``, else :data:`SHOW_AFTER`).
     """
 
     def __init__(self, stream: TextIO | None = None, *, verbose: int = 0,
-                 live: bool | None = None, show_after: float = SHOW_AFTER) -> None:
+                 live: bool | None = None, show_after: float | None = None) -> None:
         self.stream = stream or sys.stderr
         self.verbose = verbose
         self.live = is_terminal(self.stream) if live is None else live
-        self.show_after = show_after
+        self.show_after = show_after_setting() if show_after is None else show_after
         self.glyphs = glyphs_for(self.stream)
         self.console = make_console(self.stream, terminal=self.live)
         self._stop = threading.Event()

@@ -1,8 +1,10 @@
-"""Resource hints: what a stage asks of the machine (mem, cpus, time, partition, sbatch_opts).
+"""Resource hints: what a stage asks of the machine (mem, cpus, time, partition, sbatch_opts),
+and how often a failed job of it is tried again (retries).
 
 Hints are checked and parsed once per stage (or dynamic variant) when the lab is expanded,
 and merged along the pipeline: mem, cpus and time take the maximum over the stage and its
-upstream jobs; partition and sbatch_opts are the stage's own, else its first dependency's.
+upstream jobs; partition and sbatch_opts are the stage's own, else its first dependency's;
+retries is the stage's own only (how robust a job must be is no property of its inputs).
 They never enter a job's identity: the same work on a bigger node is the same result.
 The local scheduler admits jobs by ``cpus``/``mem``; the SLURM scheduler turns them into
 sbatch options (:mod:`repx.engine.slurm.resources`).
@@ -18,7 +20,7 @@ from repx.errors import LabError
 from repx.identity import canonical_json
 
 #: Valid resource hint keys, in the order merged resources list them.
-RESOURCE_KEYS = ("mem", "cpus", "time", "partition", "sbatch_opts")
+RESOURCE_KEYS = ("mem", "cpus", "time", "partition", "sbatch_opts", "retries")
 
 
 _MEM_RE = re.compile(r"^\s*(\d+)\s*([KMGTkmgt]?)\s*$")
@@ -150,6 +152,9 @@ def validate_resources(raw: dict[str, Any] | None, where: str) -> Resources:
         elif key == "partition":
             if not isinstance(value, str) or not value:
                 raise bad(key, value, "a partition name (string)")
+        elif key == "retries":
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise bad(key, value, "a number of retries (an integer, 0 or more)")
         elif not isinstance(value, list) or not all(isinstance(o, str) for o in value):
             raise bad(key, value, 'a list of strings (e.g. ["--gres=gpu:1"])')
         elif not value:
@@ -180,5 +185,6 @@ def merge_resources(own: Resources, upstream: Sequence[Resources]) -> Resources:
         "time": time,
         "partition": own.get("partition", first.get("partition")),
         "sbatch_opts": own.get("sbatch_opts", first.get("sbatch_opts")),
+        "retries": own.get("retries"),
     }
     return Resources({k: v for k, v in merged.items() if v is not None}, mem_b, cpus, time_s)

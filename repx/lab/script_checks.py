@@ -652,10 +652,19 @@ def check_dynamic_outputs(graph: JobGraph) -> None:
     does not, nothing tells the script which branch a job is in, so the file would be
     written elsewhere than repx looks. Say so at build time.
     """
+    # A pair (outputs, templates) without param expansions renders the same for every job
+    # that shares it (a stage's jobs): checked once, by the dicts' ids (held by the graph).
+    checked: set[tuple[int, int]] = set()
     for job in graph.jobs.values():
         if job.kind != "simple" or "main" not in job.executables:
             continue
         template = job.executables["main"].outputs
+        shared = (id(job.outputs), id(template))
+        if shared in checked:
+            continue
+        if not any(isinstance(t, str) and "${params[" in t
+                   for t in (*template.values(), *job.outputs.values())):
+            checked.add(shared)
         for name, path in job.outputs.items():
             rendered = render_body(template.get(name, path), job.params)
             if rendered != path:

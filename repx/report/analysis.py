@@ -65,8 +65,14 @@ SUCCEEDED = "succeeded"
 #: outputs are read when their files exist.
 UNKNOWN = "unknown"
 
-#: Columns of :meth:`JobCollection.to_dataframe` before the params.
-JOB_COLUMNS = ("id", "run", "stage", "pname", "status", "started", "finished", "duration")
+#: Columns of :meth:`JobCollection.to_dataframe` before the params: what the job is, how
+#: it ended, and (from the record's last attempt) where it ran, what it asked for and used.
+JOB_COLUMNS = ("id", "run", "stage", "pname", "status", "started", "finished", "duration",
+               "failure", "attempts", "node", "req_mem", "req_time", "max_rss", "elapsed",
+               "cpu_time")
+#: The columns taken from the record's last attempt (``JobRecord.attempts``), by its keys.
+_ATTEMPT_COLUMNS = {"node": "node", "req_mem": "mem", "req_time": "time",
+                    "max_rss": "max_rss", "elapsed": "elapsed", "cpu_time": "cpu_time"}
 
 _OUTPUT_DIR_RE = re.compile(rf"/{layout.OUTPUTS}/([^/]+)/{layout.OUT}(?:/|$)")
 
@@ -420,12 +426,18 @@ class JobCollection(Sequence[JobView]):
         return self._exp._statuses(self._jobs)
 
     def to_dataframe(self, *, params: str = "effective") -> pd.DataFrame:
-        """One row per job: ``id, run, stage, pname, status, started, finished, duration``
-        and one column per param (``params="own"``: only the params each stage declares).
+        """One row per job: ``id, run, stage, pname, status, started, finished, duration``,
+        the resource report of its last attempt, and one column per param
+        (``params="own"``: only the params each stage declares).
 
         ``started``/``finished`` are UTC timestamps, ``duration`` seconds; a param a job does
         not have is missing (NaN). A param named like one of the fixed columns becomes
-        ``params.<name>``.
+        ``params.<name>``. The resource report: ``failure`` (the kind of failure that ended
+        it, such as ``OUT_OF_MEMORY``; empty for a success), ``attempts`` (how many it
+        took), ``node`` it ran on, requested ``req_mem`` (bytes) and ``req_time``
+        (seconds), and measured ``max_rss`` (bytes), ``elapsed`` and ``cpu_time``
+        (seconds); missing where the record does not say (SLURM without accounting, a
+        record of an older repx).
         """
         if params not in ("effective", "own"):
             raise AnalysisError(f"params={params!r}: use 'effective' or 'own'")
@@ -447,7 +459,12 @@ class JobCollection(Sequence[JobView]):
                 "status": status, "started": started, "finished": finished,
                 "duration": (finished - started
                              if started is not None and finished is not None else None),
+                "failure": record.failure if record is not None else "",
+                "attempts": len(record.attempts) if record is not None else 0,
             }
+            last = record.attempts[-1] if record is not None and record.attempts else {}
+            for column, key in _ATTEMPT_COLUMNS.items():
+                row[column] = last.get(key)
             for key, value in values.items():
                 column = f"params.{key}" if key in JOB_COLUMNS else key
                 param_columns[column] = None
@@ -457,6 +474,9 @@ class JobCollection(Sequence[JobView]):
         for column in ("started", "finished"):
             frame[column] = pd.to_datetime(frame[column], unit="s", utc=True)
         frame["duration"] = frame["duration"].astype(float)
+        for column in ("req_mem", "req_time", "max_rss", "elapsed", "cpu_time"):
+            frame[column] = frame[column].astype(float)
+        frame["attempts"] = frame["attempts"].astype(int)
         return frame
 
     def collect(

@@ -80,8 +80,10 @@ _RESERVED = {"all", "status", "list", "clean"}
 
 def default_repx_command() -> str:
     """How recipes call repx: this Python interpreter running this repx (so a Makefile made
-    from a virtualenv works without activating it)."""
-    return f"{shlex.quote(sys.executable)} -m repx.cli"
+    from a virtualenv works without activating it), through the package's ``__main__``
+    (``python -m repx``, the documented spelling, whose Ctrl-C is quiet from its first line
+    on: :mod:`repx.console`)."""
+    return f"{shlex.quote(sys.executable)} -m repx"
 
 
 def _make_escape(text: str) -> str:

@@ -230,8 +230,20 @@ def run_status(graph: JobGraph, store: Store, runs: Iterable[str] = ()) -> dict[
         "store": str(store.root),
         "runs": [{"run": name, **_count(graph.runs[name].job_ids, states)} for name in names],
         "total": _count(ids, states),
+        "failures": _failure_counts(store, [i for i in ids
+                                            if states.get(i) in ("failed", "cancelled")]),
         "notes": slurm.notes,
     }
+
+
+def _failure_counts(store: Store, failed: list[str]) -> dict[str, int]:
+    """How many of the ``failed`` jobs ended by each kind of failure (their records'
+    ``failure``; ``unclassified`` for records without one), most frequent first, ties by
+    name."""
+    if not failed:
+        return {}
+    kinds = Counter(r.failure or "unclassified" for r in store.get_many(failed).values())
+    return dict(sorted(kinds.items(), key=lambda item: (-item[1], item[0])))
 
 
 # ----------------------------------------------------------------------------------- show
@@ -258,6 +270,10 @@ def _record_dict(record: JobRecord, slurm: SlurmLookup | None = None) -> dict[st
         "lab": record.lab,
         "run": record.run,
         "stage": record.stage,
+        # What kind of failure ended its last attempt (repx.engine.failures), and every
+        # attempt of the build that recorded it.
+        "failure": record.failure,
+        "attempts": record.attempts,
     }
 
 

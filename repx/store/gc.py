@@ -50,7 +50,7 @@ from repx.errors import LabError, UsageError
 from repx.lab import LabOptions
 from repx.lab.expand import load_job_graph
 from repx.lab.graph import JobGraph
-from repx.lab.nix import find_lab_source
+from repx.lab.nix import find_lab_source, find_lab_upward
 from repx.lab.open import is_lab_dir, locate_lab
 from repx.store.errors import StoreError
 from repx.store.layout import OUTPUTS, read_units, unit_ids
@@ -226,17 +226,18 @@ def drop_root(store: Store, name_or_prefix: str) -> Root:
 
 def current_lab(options: LabOptions, cwd: Path | None = None) -> Path | None:
     """The lab ``repx gc`` must keep whatever the roots say: ``--lab DIR``; else ``-f FILE``
-    built now; else ``./result`` when it is a built lab; else the folder's lab file built
-    now. None when the folder has no lab at all (gc run from elsewhere with ``--store``).
+    built now; else the built lab ``result`` of this folder or of the lab it is in
+    (:func:`result_near`); else the folder's lab file (looked up upward) built now. None
+    when the folder has no lab at all (gc run from elsewhere with ``--store``).
 
     A lab that is named or found but cannot be built is an error, not a silent "no current
     lab": gc must not go ahead without knowing what the lab in front of it needs.
     """
     base = cwd or Path.cwd()
     if options.lab_dir is None and options.lab_file is None:
-        result = base / "result"
-        if is_lab_dir(result):
-            return result.resolve()
+        result = result_near(base)
+        if result is not None:
+            return result
         try:
             find_lab_source(None, base)
         except LabError:
@@ -248,6 +249,26 @@ def current_lab(options: LabOptions, cwd: Path | None = None) -> Path | None:
             f"repx gc keeps the current lab's jobs, and cannot tell which they are: "
             f"{exc.message} (name the lab with --lab DIR, or run gc from another folder "
             "with --store)", detail=exc.detail) from exc
+
+
+def result_near(base: Path) -> Path | None:
+    """The built lab (resolved) of the ``result`` link in ``base``, else beside the lab file
+    found upward from ``base`` (in its folder, or in the lab's root for a lab in ``nix/``);
+    None when none of them is a built lab.
+
+    The same lookup as the store's default and ``repx show``'s: gc run in a subfolder of a
+    lab (``stages/``) keeps that lab's jobs as it does in the lab's folder, where it would
+    otherwise build the lab file anew (or find no current lab when there is only
+    ``result``)."""
+    folders = [base]
+    found = find_lab_upward(base)
+    if found is not None:
+        folders += [found.folder, *([found.lab_root] if found.lab_root else [])]
+    for folder in folders:
+        result = folder / "result"
+        if is_lab_dir(result):
+            return result.resolve()
+    return None
 
 
 def forget_lab(store: Store, lab_path: str) -> None:

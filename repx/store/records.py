@@ -11,7 +11,8 @@ per job and never decodes the body (see :func:`status_of`).
 The body is a positional array (no key names: a store holds one record per job, tens of
 thousands of them, and key names would double their size). Fields are only ever *appended*;
 a reader takes the fields it knows and ignores the rest, and fills fields missing from an
-older record with their defaults. Field 9, the output files, is itself msgpack, stored as a
+older record with their defaults (fields 15 and 16, the failure kind and the attempts, came
+later: a record without them has none). Field 9, the output files, is itself msgpack, stored as a
 ``bin`` and decoded only when ``record.outputs`` is first read (see :class:`_LazyOutputs`);
 each file is ``[path, size, 32-byte BLAKE3 digest]``. The format byte is bumped only for an
 incompatible change, and :func:`JobRecord.from_msgpack` keeps a decoder for every format it
@@ -20,7 +21,7 @@ has ever written, so a store written by an older repx stays readable.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -135,6 +136,14 @@ class JobRecord:
     reason: str = ""
     slurm_id: str | None = None
     owner: str = ""
+    #: What kind of failure ended the job's last attempt (a :mod:`repx.engine.failures`
+    #: kind such as ``OUT_OF_MEMORY``); empty for a success or an unclassified failure.
+    failure: str = ""
+    #: Every attempt of the build that made this record, oldest first: plain dicts
+    #: (``attempt``, ``slurm_id``, ``node``, ``state``, ``exit_code``, ``failure``, requested
+    #: ``mem``/``time``, ``max_rss`` bytes, ``elapsed``/``cpu_time`` seconds). The record's
+    #: own status and reason are the last attempt's.
+    attempts: list[dict[str, Any]] = field(default_factory=list)
 
     def to_msgpack(self) -> bytes:
         """Encode as ``<format><status code><body array>`` (see the module docstring)."""
@@ -157,6 +166,8 @@ class JobRecord:
             self.reason,
             self.slurm_id,
             self.owner,
+            self.failure,
+            self.attempts,
         ]
         return bytes((RECORD_FORMAT, _STATUS_CODE[Status(self.status)])) + _pack(body)
 
@@ -180,6 +191,10 @@ class JobRecord:
         if len(body) > 9:
             body[9] = None
         record = cls(body[0], status, *body[1:15])
+        if len(body) > 15:
+            record.failure = body[15] if isinstance(body[15], str) else ""
+        if len(body) > 16 and isinstance(body[16], list):
+            record.attempts = [a for a in body[16] if isinstance(a, dict)]
         if raw:
             if not isinstance(raw, bytes):
                 raise StoreError(f"corrupt job record for {body[0]} (outputs)")
@@ -193,7 +208,8 @@ RECORD_JSON_FORMAT = 1
 
 #: The scalar fields of a record, in ``record.json`` under these names.
 _JSON_FIELDS = ("job_id", "status", "exit_code", "started", "finished", "host", "pid", "lab",
-                "run", "stage", "stdout_log", "stderr_log", "reason", "slurm_id", "owner")
+                "run", "stage", "stdout_log", "stderr_log", "reason", "slurm_id", "owner",
+                "failure")
 
 
 def record_to_json(record: JobRecord) -> dict[str, Any]:
@@ -208,6 +224,7 @@ def record_to_json(record: JobRecord) -> dict[str, Any]:
         data[name] = getattr(record, name)
     data["status"] = Status(record.status).value
     data["outputs"] = [[f.path, f.size, f.blake3] for f in record.outputs]
+    data["attempts"] = list(record.attempts)
     return data
 
 
@@ -223,14 +240,17 @@ def record_from_json(data: object, where: str) -> JobRecord:
         fields = {name: data.get(name) for name in _JSON_FIELDS}
         fields["status"] = Status(fields["status"])
         for name in ("host", "lab", "run", "stage", "stdout_log", "stderr_log", "reason",
-                     "owner"):
+                     "owner", "failure"):
             fields[name] = fields[name] or ""
         if not isinstance(fields["job_id"], str) or not fields["job_id"]:
             raise ValueError("no job_id")
         outputs = [OutputFile(str(p), int(s), str(d)) for p, s, d in data.get("outputs") or []]
     except (ValueError, TypeError) as exc:
         raise StoreError(f"{where} is not a job record: {exc}") from exc
-    record = JobRecord(**fields)
+    attempts = data.get("attempts") or []
+    if not isinstance(attempts, list) or not all(isinstance(a, dict) for a in attempts):
+        raise StoreError(f"{where} is not a job record: attempts is not a list of objects")
+    record = JobRecord(**fields, attempts=attempts)
     record.outputs = outputs
     return record
 

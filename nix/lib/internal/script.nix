@@ -30,28 +30,73 @@ let
     declare -A inputs=()
     declare -A params=()
     declare -n parameters=params
+    # Reads the layout repx writes (contract.py, write_json_lines): a line per
+    # member, ` "key": value` with a comma after all but the last. Matched with
+    # glob patterns and parameter expansions only: a regex (`=~`) is compiled
+    # anew on every test, which costs more than the rest of the header in a
+    # UTF-8 locale. A key has no `"` unless escaped, so its end is the first
+    # `": `. One line of compact JSON goes to __repx_load_compact; anything else
+    # (a backslash escape, other spacing: a file written by hand) is read by jq.
     __repx_load() {
       local file=$1 line key value
       local -n into=$2
-      local re='^[[:space:]]*"([^"\\]*)":[[:space:]]*(.*[^,[:space:]])[[:space:]]*,?[[:space:]]*$'
       [[ -s $file ]] || { echo "repx: $file is missing or empty" >&2; exit 2; }
       while IFS= read -r line || [[ -n $line ]]; do
         case $line in
           '{' | '}' | '{}' | "") continue ;;
+          *\\*) __repx_load_jq "$file" "$2"; return ;;
+          ' "'*'": '*) ;;
+          '{"'*'}') __repx_load_compact "$line" "$2" "$file" && continue
+            __repx_load_jq "$file" "$2"; return ;;
+          *) __repx_load_jq "$file" "$2"; return ;;
         esac
-        if [[ $line == *\\* || ! $line =~ $re ]]; then
-          __repx_load_jq "$file" "$2"
-          return
-        fi
-        key=''${BASH_REMATCH[1]}
-        value=''${BASH_REMATCH[2]}
+        line=''${line#' "'}
+        key=''${line%%'": '*}
+        value=''${line#*'": '}
+        value=''${value%,}
         case $value in
           \"*\") value=''${value:1:''${#value}-2} ;;
           null) value="" ;;
           '['* | '{'*) echo "repx: $file: '$key' is not a scalar: $value" >&2; exit 2 ;;
+          "" | *[[:space:]]*) __repx_load_jq "$file" "$2"; return ;;
         esac
         into[$key]=$value
       done < "$file"
+    }
+    # One line of compact JSON, as the SLURM wrapper writes it (canonical_json:
+    # `{"key":value,...}`, no spaces). Without a backslash no string holds a `"`,
+    # so a string ends at the next `"` and any other scalar at the next `,`.
+    # Returns 1 (jq reads the file) on anything else.
+    __repx_load_compact() {
+      local rest=$1 key value
+      local -n into=$2
+      rest=''${rest#\{}
+      rest=''${rest%\}}
+      while :; do
+        [[ $rest == \"*\":* ]] || return 1
+        rest=''${rest#\"}
+        key=''${rest%%\"*}
+        rest=''${rest#*\":}
+        case $rest in
+          \"*)
+            rest=''${rest#\"}
+            [[ $rest == *\"* ]] || return 1
+            value=''${rest%%\"*}
+            rest=''${rest#*\"} ;;
+          '['* | '{'*) echo "repx: $3: '$key' is not a scalar" >&2; exit 2 ;;
+          *)
+            value=''${rest%%,*}
+            rest=''${rest:''${#value}}
+            case $value in
+              null) value="" ;;
+              "" | *[[:space:]]*) return 1 ;;
+            esac ;;
+        esac
+        into[$key]=$value
+        [[ -n $rest ]] || return 0
+        [[ $rest == ,?* ]] || return 1
+        rest=''${rest#,}
+      done
     }
     __repx_load_jq() {
       local script
@@ -79,7 +124,11 @@ let
         sleep "$poll"
       done
     }
-    __repx_wait_inputs
+    # Every input readable (the usual case: repx starts a job once its producers
+    # succeeded) costs one test per input and no call of the polling function.
+    for __repx_f in "''${!inputs[@]}"; do
+      [[ -r ''${inputs[$__repx_f]} ]] || { __repx_wait_inputs; break; }
+    done
     # A job may have replaced its out dir with a link (or a file): remove that
     # entry itself, never what it points to, so cleaning up below stays inside
     # the job's folder. (A trailing slash would make -L look through the link.)
@@ -89,12 +138,15 @@ let
     fi
     [[ -d $out ]] || mkdir -p -- "$out"
     shopt -s nullglob dotglob
+    # What a previous run left goes in one `rm` (none when out/ is new or empty).
+    __repx_old=()
     for __repx_f in "$out"/*; do
       case ''${__repx_f##*/} in
         slurm-*.out) ;;
-        *) rm -rf -- "$__repx_f" ;;
+        *) __repx_old+=("$__repx_f") ;;
       esac
     done
+    (( ''${#__repx_old[@]} == 0 )) || rm -rf -- "''${__repx_old[@]}"
     shopt -u nullglob dotglob
     cd -- "$out"
   '';

@@ -18,8 +18,12 @@ store copied from the cluster), or SLURM does not answer, it says so once in
 :attr:`SlurmLookup.notes` and changes nothing.
 
 Which lab a job belongs to: the lab the command was given when it lists the job, else the
-lab its record names (expanded once per lab). A scatter-gather step, or a job whose lab is
-gone from disk, is shown with SLURM's state but recorded only by the next build.
+lab its record names (expanded once per lab). A scatter-gather step is found through its
+job's ``units.json``. A fully detached ``--no-wait`` build leaves no gather record until
+the scatter ran, so the graph's active scatter records are looked up too; recording one
+adopts the branches and gather its node submitted (:mod:`repx.engine.slurm.detached`). A
+job whose lab is gone from disk is shown with SLURM's state but recorded only by the next
+build.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from repx.identity import scatter_id
 from repx.lab.expand import load_job_graph
 from repx.lab.graph import JobGraph
 from repx.store import JobRecord, Status, Store, StoreError, layout, owner_alive, this_host
+from repx.store.layout import read_units, unit_ids
 
 #: SLURM states in which a job still waits for a node (shown as ``queued``); the other
 #: active states have started it (shown as ``running``).
@@ -83,6 +88,9 @@ def look_up(store: Store, records: Iterable[JobRecord], *, graph: JobGraph | Non
     may be read-only: a writable handle is opened only when there is an outcome to record.
     """
     lookup = SlurmLookup()
+    records = list(records)
+    if graph is not None:
+        records += _detached_scatters(store, graph, {r.job_id for r in records})
     wanted = [r for r in records if r.status.active and r.slurm_id and not watched_here(r)]
     if not wanted:
         return lookup
@@ -113,6 +121,19 @@ def look_up(store: Store, records: Iterable[JobRecord], *, graph: JobGraph | Non
     return lookup
 
 
+def _detached_scatters(store: Store, graph: JobGraph, known: set[str]) -> list[JobRecord]:
+    """The active scatter records of the graph's scatter-gather jobs, not among ``known``:
+    after a fully detached ``--no-wait`` build the gather has no record until its scatter's
+    is recorded (:mod:`repx.engine.slurm.detached`), so asking about the graph's jobs alone
+    would never reach it."""
+    ids = [scatter_id(job) for job in graph.jobs.values() if job.kind == "scatter-gather"]
+    ids = [i for i in ids if i not in known]
+    if not ids:
+        return []
+    active = [i for i, status in store.statuses(ids).items() if status.active]
+    return list(store.get_many(active).values()) if active else []
+
+
 def _record_ended(store: Store, ended: list[JobRecord], states: dict[str, tuple[str, str]],
                   graph: JobGraph | None, cli: SlurmCli, lookup: SlurmLookup) -> None:
     """Record the outcomes of ``ended`` through the SLURM scheduler's adoption, one
@@ -123,6 +144,8 @@ def _record_ended(store: Store, ended: list[JobRecord], states: dict[str, tuple[
     left: list[str] = []
     for rec in ended:
         lab = _lab_of(rec, given, loaded)
+        if lab is None and "/" in rec.stage:
+            lab = _lab_of_step(store, rec, given, loaded)
         if lab is None:
             left.append(rec.job_id)
             continue
@@ -142,7 +165,15 @@ def _record_ended(store: Store, ended: list[JobRecord], states: dict[str, tuple[
                     lookup.notes.append(f"{plural(len(recs), 'job')} of lab "
                                         f"{lab.graph.lab.path} ended on SLURM but could "
                                         f"not be recorded: {exc.message}")
-            now = writable.get_many([r.job_id for r in ended])
+            # A scatter's job (its gather) may have been recorded with it: a detached
+            # scatter-gather job's branches and gather are adopted when it is.
+            gathers = {lab.index[r.job_id] for lab, recs in by_lab.values() for r in recs
+                       if lab.index.get(r.job_id, r.job_id) != r.job_id}
+            now = writable.get_many([r.job_id for r in ended] + sorted(gathers))
+        for gather_id in gathers:
+            after = now.get(gather_id)
+            if after is not None and not after.status.active:
+                lookup.recorded[gather_id] = after.status
         claimed = []
         for rec in ended:
             after = now.get(rec.job_id)
@@ -162,13 +193,15 @@ def _record_ended(store: Store, ended: list[JobRecord], states: dict[str, tuple[
             f"`repx build` of its lab records {'them' if len(left) != 1 else 'it'}")
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Lab:
     """A lab graph and which graph job each record id of it belongs to."""
 
     graph: JobGraph
     #: Record id -> graph job id.
     index: dict[str, str]
+    #: Whether ``index`` holds the scatter-gather units of the job folders' ``units.json``.
+    steps_indexed: bool = False
 
 
 def _job_index(graph: JobGraph) -> dict[str, str]:
@@ -200,6 +233,30 @@ def _lab_of(rec: JobRecord, given: _Lab | None, loaded: dict[str, _Lab | None]) 
         loaded[rec.lab] = found
     lab = loaded[rec.lab]
     return lab if lab is not None and rec.job_id in lab.index else None
+
+
+def _lab_of_step(store: Store, rec: JobRecord, given: _Lab | None,
+                 loaded: dict[str, _Lab | None]) -> _Lab | None:
+    """The lab that lists ``rec`` as a unit of one of its scatter-gather jobs (the steps and
+    gather a detached scatter submitted: :mod:`repx.engine.slurm.detached`), once each
+    lab's ``units.json`` files were read into its index; None when none does."""
+    for lab in (given, loaded.get(rec.lab) if rec.lab else None):
+        if lab is None:
+            continue
+        if not lab.steps_indexed:
+            lab.steps_indexed = True
+            for job in lab.graph.jobs.values():
+                if job.kind != "scatter-gather":
+                    continue
+                try:
+                    units = read_units(store.meta_dir(job.id), job.id)
+                except StoreError:
+                    continue
+                for uid in unit_ids(units or {}):
+                    lab.index.setdefault(uid, job.id)
+        if rec.job_id in lab.index:
+            return lab
+    return None
 
 
 def _record_lab(store: Store, lab: _Lab, recs: list[JobRecord],

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Iterator
 
+from repx.engine.slurm.arrays import task_of
 from repx.engine.slurm.cli import SlurmCli
-from repx.store import JobRecord, Status, Store, StoreError, owner_alive, owner_token, this_host
+from repx.store import JobRecord, Store, StoreError, owner_alive, owner_token
 from repx.store.layout import read_units, unit_ids
 
 
@@ -27,21 +27,18 @@ def cancel_jobs(store: Store, job_ids: Iterable[str] | None = None,
     active = [r for r in records if r.status.active and r.slurm_id]
     if not active:
         return []
-    cli.scancel(r.slurm_id for r in active if r.slurm_id)
-    me = owner_token()
-    closed = []
-    with store.batch():
-        for record in active:
-            if owner_alive(record.host, record.pid, record.owner):
-                closed.append(record)  # its build records the cancellation
-                continue
-            if store.claim(record.job_id, me, host=this_host(), pid=os.getpid(),
-                           lab=record.lab, run=record.run, stage=record.stage):
-                store.finish(JobRecord(record.job_id, Status.CANCELLED, owner=me,
-                                       reason="cancelled with `repx cancel`",
-                                       slurm_id=record.slurm_id))
-                closed.append(record)
-    return closed
+    if job_ids is None:
+        # Everything the store has queued: whole arrays, one id each (their tasks that
+        # already ended are not touched), which slurmctld cancels at once.
+        cli.scancel(sorted({task_of(r.slurm_id or "").split("_")[0] for r in active}))
+    else:
+        cli.scancel(r.slurm_id for r in active if r.slurm_id)
+    watched = {r.job_id for r in active if owner_alive(r.host, r.pid, r.owner)}
+    cancelled = set(store.cancel_abandoned(
+        [r.job_id for r in active if r.job_id not in watched], owner_token(),
+        "cancelled with `repx cancel`"))
+    # A build still watching its jobs records their cancellation itself.
+    return [r for r in active if r.job_id in cancelled or r.job_id in watched]
 
 
 def _with_units(store: Store, job_ids: Iterable[str]) -> Iterator[str]:

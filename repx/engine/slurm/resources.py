@@ -68,6 +68,9 @@ class ResourceRules:
                     raise ValueError(value)
                 elif key == "partition" and not isinstance(value, str):
                     raise ValueError(value)
+                elif key == "retries" and (isinstance(value, bool) or not isinstance(value, int)
+                                           or value < 0):
+                    raise ValueError(value)
                 elif key == "sbatch_opts" and not (
                         isinstance(value, list) and all(isinstance(o, str) for o in value)):
                     raise ValueError(value)
@@ -85,7 +88,8 @@ class ResourceRules:
 
 
 def sbatch_directives(resources: dict[str, Any]) -> list[str]:
-    """``--mem``/``--cpus-per-task``/``--time``/``--partition`` and the extra options."""
+    """``--mem``/``--cpus-per-task``/``--time``/``--partition``, ``--exclude`` (the nodes
+    a retry avoids: :mod:`repx.engine.failures`) and the extra options."""
     args = []
     if resources.get("mem") is not None:
         args.append(f"--mem={max(1, math.ceil(parse_mem(resources['mem']) / 2**20))}M")
@@ -97,5 +101,15 @@ def sbatch_directives(resources: dict[str, Any]) -> list[str]:
         args.append(f"--time={minutes // 1440}-{minutes % 1440 // 60:02d}:{minutes % 60:02d}:00")
     if resources.get("partition"):
         args.append(f"--partition={resources['partition']}")
+    if resources.get("exclude"):
+        args.append(f"--exclude={','.join(sorted(resources['exclude']))}")
     args.extend(resources.get("sbatch_opts") or [])
     return args
+
+
+def packed_resources(resources: dict[str, Any], pack: int) -> dict[str, Any]:
+    """What one array task running ``pack`` jobs one after another asks for: the same
+    memory and cpus, ``pack`` times the time limit."""
+    if pack <= 1 or resources.get("time") is None:
+        return resources
+    return {**resources, "time": parse_time(resources["time"]) * pack}

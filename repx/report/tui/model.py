@@ -336,7 +336,7 @@ class Dashboard:
         if not ids:
             raise UsageError("no failed jobs to rerun")
         handle, name = tempfile.mkstemp(prefix="repx-tui-rerun-", suffix=".log")
-        command = [sys.executable, "-m", "repx.cli", "build", "--lab", str(self.graph.lab.path),
+        command = [sys.executable, "-m", "repx", "build", "--lab", str(self.graph.lab.path),
                    "--store", str(self.store_dir), "--keep-going", *ids]
         with os.fdopen(handle, "wb") as output:
             process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=output,
