@@ -5,7 +5,8 @@
 #   make slurm-up    start that cluster alone (root; docs/slurm-cluster.md)
 #   make ssh-up      start the test sshd alone (root; docs/remote.md)
 #   make lint    ruff
-#   make bench   the benchmarks
+#   make bench   the benchmarks, then the table of the issue's targets (QUICK=1: quick sizes)
+#   make bench-quick   the same as make bench QUICK=1 (a few minutes)
 #
 # `setup` is idempotent and cheap when everything is in place: system tools are installed only
 # when missing, and the venv is reinstalled only when pyproject.toml is newer than its stamp.
@@ -22,7 +23,7 @@ PYTEST_ARGS ?=
 
 export DEBIAN_FRONTEND := noninteractive
 
-.PHONY: setup system-deps nix-conf slurm-up ssh-up test lint demo bench
+.PHONY: setup system-deps nix-conf slurm-up ssh-up test lint demo bench bench-quick
 
 setup: system-deps nix-conf $(STAMP)
 
@@ -91,6 +92,10 @@ demo: setup
 	cd examples/simple && ../../$(VENV)/bin/repx status --lab result
 	cd examples/simple && cat .repx/outputs/*-consumer-*/out/sum.txt
 
+# QUICK=1 (or `make bench-quick`) runs each bench's --quick mode; ONLY=peers,expand a subset.
 bench: setup
 	$(VPY) -m pip install -q -e '.[bench]'
-	$(VPY) bench/run.py
+	$(VPY) bench/run.py $(if $(QUICK),--quick) $(if $(ONLY),--only $(ONLY))
+
+bench-quick:
+	$(MAKE) bench QUICK=1

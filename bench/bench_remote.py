@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -73,8 +74,9 @@ def main() -> None:
     table = rig.target_table("bench", base)
     root = Path(tempfile.mkdtemp(prefix="repx-bench-remote-"))
     repx = [sys.executable, "-m", "repx.cli"]
+    # The load average goes with the numbers: on a shared machine it explains their spread.
     results: dict[str, Any] = {"machine": platform.node(), "cpus": WORKERS, "n": args.n,
-                               "build_n": args.build_n}
+                               "build_n": args.build_n, "load_before": os.getloadavg()}
     try:
         big = lab_with_target(root / "big", args.n, table)
         lab_seconds, _ = run([*repx, "lab", "build"], big)
@@ -119,6 +121,7 @@ def main() -> None:
                                  "all_build_target": via_target, "all_direct": direct}
     finally:
         rig.wipe(base)
+    results["load_after"] = os.getloadavg()
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "remote.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"shipping the {2 * args.n}-job lab (lab build {lab_seconds:.1f} s):")
@@ -132,6 +135,8 @@ def main() -> None:
           f"{e['build_target_seconds']:.1f} s, on the remote directly "
           f"{e['remote_direct_seconds']:.1f} s "
           f"({e['build_target_seconds'] / e['remote_direct_seconds']:.2f}x)")
+    print("load average (1, 5, 15 min) before {:.2f} {:.2f} {:.2f}, after {:.2f} {:.2f} {:.2f}"
+          .format(*results["load_before"], *results["load_after"]))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
-"""repx on SLURM against raw sbatch, on the one-node test cluster (tests/slurm/cluster.sh).
+"""repx on SLURM against raw sbatch, on the test cluster (tests/slurm/cluster.sh).
 
-Two questions, answered on the same machine in the same run so the ratios mean something:
+Four questions, answered on the same machine in the same run so the ratios mean something:
 
 1. Submission throughput. (a) ``sbatch --hold --wrap true`` one job at a time, N times;
    (b) one raw ``sbatch --hold --array=0-9999`` (once: it takes milliseconds); (c) ``repx
@@ -21,6 +21,11 @@ Two questions, answered on the same machine in the same run so the ratios mean s
    --scheduler slurm`` unpacked (one array task per job, split by MaxArraySize) and with
    ``--pack 50`` (40 tasks), against plain sbatch arrays of the very scripts and tables
    repx generated for the unpacked run: seconds, ratio to plain, array tasks, sbatch calls.
+4. Retry overhead: one stage of 200 jobs of 0.2 s, ``repx build --scheduler slurm
+   --retries 1`` asking for 128M (every job succeeds the first time) against the same jobs
+   asking for 64M, where every 10th touches 80 MB, ends OUT_OF_MEMORY (a real cgroup kill)
+   and is retried with twice the memory; alternated, median of 3: seconds, ratio, sbatch
+   calls, attempts, and the extra seconds per retried job.
 
 The cluster advertises 32 CPUs on a 2-core VM and slurmctld starts jobs in scheduling passes
 (about one per second here, ~32 jobs each), so the end-to-end time is dominated by SLURM
@@ -38,9 +43,12 @@ root unless already up) and stops with a clear message if SLURM still does not a
 Whatever happens, every job it submitted is cancelled before it exits.
 
 Run: ``python bench/bench_slurm.py`` (``make bench`` runs every bench); ``--repeat 3``,
-``--chains 500``, ``--sweep 10000``, ``--singles 200``, ``--pack-jobs 2000``, ``--pack 50``;
-``--quick`` (about 2 minutes: one run of each, 200 chains, 500 packed jobs, the 10 000-job
-submission kept). Results: tables on stdout and ``bench/results/slurm.json``.
+``--chains 500``, ``--sweep 10000``, ``--singles 200``, ``--pack-jobs 2000``, ``--pack 50``,
+``--retry-jobs 200``, ``--retry-every 10``, ``--retry-repeat 3``; ``--only packing,retries``
+runs only those parts (of ``submit,e2e,packing,retries``); ``--quick`` (about 2 minutes: one
+run of each, 200 chains, 500 packed jobs, 100 retry jobs, the 10 000-job submission kept).
+Results: tables on stdout and ``bench/results/slurm.json`` (``slurm-<parts>.json`` for
+``--only``).
 
 repx runs with its bytecode cache allowed (``PYTHONDONTWRITEBYTECODE`` is dropped): an
 installed repx has its ``.pyc`` files, and compiling 120 modules at every command would
@@ -77,6 +85,8 @@ POLL = 0.5
 TARGET_SUBMIT_S = 1.0   # repx submits a 10 000-job stage in under 1 s
 TARGET_CANCEL_S = 1.0   # `repx cancel` of that stage in under 1 s
 TARGET_E2E_RATIO = 1.2  # repx end to end within 1.2x of plain sbatch arrays
+#: The parts of the bench, in the order they run (``--only`` picks some).
+PARTS = ("submit", "e2e", "packing", "retries")
 #: Job records left free for other users of the cluster (a test suite running meanwhile).
 RESERVE_JOBS = 10000
 
@@ -434,14 +444,35 @@ def bench_repx_e2e(lab: Path, store: Path, jobs: int, ledger: Ledger,
     start = time.perf_counter()
     proc = run([*repx_argv(), "build", "--lab", str(lab), "--scheduler", "slurm", "--poll",
                 str(POLL), "--store", str(store), "--json", "-q", *extra], cwd=lab.parent,
-               timeout=900)
+               timeout=900, check=False)
     seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        # The store is deleted when the bench ends: say now what the failed jobs said.
+        raise BenchError(f"repx build into {store} exited {proc.returncode}: "
+                         f"{failed_logs(store) or proc.stderr.strip()[-2000:]}")
     summary = json.loads(proc.stdout)
     if len(summary["executed"]) != jobs or summary["failed"] or summary["blocked"]:
         raise BenchError(f"repx e2e: {len(summary['executed'])} executed, "
                          f"failed {summary['failed'][:3]}, blocked {summary['blocked'][:3]}")
     return {"seconds": seconds, "in_process": float(summary["seconds"]),
             "sbatch_calls": len(sbatch_files(store))}
+
+
+def failed_logs(store: Path, most: int = 3) -> str:
+    """The failure and the last stderr lines of up to ``most`` failed jobs of ``store``."""
+    from repx.store import Status, Store
+
+    with Store(store, readonly=True) as opened:
+        failed = [r for r in opened.records() if r.status is Status.FAILED][:most]
+    said = []
+    for record in failed:
+        try:
+            tail = Path(record.stderr_log).read_text(errors="replace").splitlines()[-5:]
+        except (OSError, TypeError):
+            tail = ["(no stderr log)"]
+        said.append(f"{record.job_id} (SLURM {record.slurm_id}, {record.reason}): "
+                    + " | ".join(tail))
+    return "; ".join(said)
 
 
 def plain_copy(template: Path, target: Path) -> list[tuple[str, Path, str]]:
@@ -593,11 +624,137 @@ def bench_packing(root: Path, args: argparse.Namespace, ledger: Ledger) -> dict[
     return {"jobs": jobs, "pack": args.pack, **found}
 
 
+# ---------------------------------------------------------------- part 4: retry overhead
+
+
+#: Every job sleeps 0.2 s; every ``EVERY``-th one (``i % EVERY == 0``) also touches 80 MB,
+#: which a 64M cgroup limit kills (OUT_OF_MEMORY) and the retry's 128M does not.
+RETRIER = """
+    { pkgs }:
+    {
+      pname = "first"; version = "1";
+      params = { i = 0; };
+      outputs = { value = "$out/value.txt"; };
+      resources = { mem = "MEM"; };
+      runDependencies = [ pkgs.coreutils pkgs.python3 ];
+      run = { outputs, params, ... }: ''
+        sleep 0.2
+        if [ $(( ${toString params.i} % EVERY )) -eq 0 ]; then
+          python3 -c "b = b'x' * (80 * 1024 * 1024); print(len(b))"
+        fi
+        echo "${toString params.i}" > "${outputs.value}"
+      '';
+    }
+"""
+
+
+def write_retry_lab(folder: Path, n: int, every: int, mem: str) -> Path:
+    """One stage of ``n`` jobs of 0.2 s, every ``every``-th touching 80 MB, all asking for
+    ``mem``; then ``repx lab build`` (untimed)."""
+    stage = RETRIER.replace("MEM", mem).replace("EVERY", str(every))
+    files = {"lab.nix": LAB, "run.nix": RUN.replace("N", str(n)), "first.nix": stage,
+             "pipe.nix": "{ repx, ... }:\nrepx.mkPipe rec {\n  first = repx.callStage "
+                         "./first.nix [ ];\n}\n"}
+    folder.mkdir(parents=True)
+    for name, text in files.items():
+        (folder / name).write_text(textwrap.dedent(text).lstrip())
+    built = json.loads(run([*repx_argv(), "lab", "build", "--json"], cwd=folder,
+                           timeout=600).stdout)
+    if built.get("jobs") != n:
+        raise BenchError(f"repx lab build: {built.get('jobs')} jobs, expected {n}")
+    return folder / "result"
+
+
+def store_attempts(store: Path) -> dict[str, int]:
+    """Retried jobs and the failure kinds of their first attempts (must be OUT_OF_MEMORY:
+    anything else means the workload did not do what this part measures)."""
+    from repx.store import Store
+
+    with Store(store, readonly=True) as opened:
+        records = list(opened.records())
+    retried = [r for r in records if len(r.attempts) > 1]
+    kinds = {r.attempts[0].get("failure") for r in retried}
+    if kinds - {"OUT_OF_MEMORY"}:
+        raise BenchError(f"{store}: first attempts failed with {sorted(map(str, kinds))}, "
+                         "expected only OUT_OF_MEMORY")
+    return {"retried": len(retried), "attempts": sum(len(r.attempts) for r in records)}
+
+
+def bench_retries(root: Path, args: argparse.Namespace, ledger: Ledger) -> dict[str, Any]:
+    """Part 4: the same jobs with ``--retries 1``, once asking for 128M (all succeed the
+    first time) and once for 64M (every ``--retry-every``-th is OUT_OF_MEMORY, then
+    retried with 128M); alternated, ``--retry-repeat`` runs each."""
+    jobs, every = args.retry_jobs, args.retry_every
+    labs = {"clean": write_retry_lab(root / "retry-clean", jobs, every, "128M"),
+            "retried": write_retry_lab(root / "retry-oom", jobs, every, "64M")}
+    found: dict[str, list[dict[str, Any]]] = {"clean": [], "retried": []}
+    for rep in range(args.retry_repeat):
+        order = ("clean", "retried") if rep % 2 == 0 else ("retried", "clean")
+        for variant in order:
+            store = root / f"retry-{variant}-{rep}"
+            with Sampler(root) as sampler:
+                result = bench_repx_e2e(labs[variant], store, jobs, ledger,
+                                        ["--retries", "1"])
+            result.update(store_attempts(store), tasks=store_tasks(store))
+            want = len(range(0, jobs, every)) if variant == "retried" else 0
+            if result["retried"] != want:
+                raise BenchError(f"{variant}: {result['retried']} jobs retried, expected "
+                                 f"{want}")
+            found[variant].append({**result, **sampler.summary()})
+            print(f"  retries {variant} run {rep + 1}: {result['seconds']:.2f} s, "
+                  f"{result['retried']} retried, {result['sbatch_calls']} sbatch calls",
+                  flush=True)
+    return {"jobs": jobs, "every": every, **found}
+
+
+def retries_report(p: dict[str, Any]) -> list[str]:
+    """The retry table: seconds with and without OUT_OF_MEMORY first attempts, their ratio,
+    sbatch calls, and the extra seconds per retried job."""
+    names = {"clean": "mem 128M: every job succeeds first time",
+             "retried": "mem 64M: OUT_OF_MEMORY, retried at 128M"}
+    medians = {v: statistics.median(x["seconds"] for x in p[v]) for v in names}
+    retried = p["retried"][0]["retried"]
+    lines = [f"retries: one stage of {p['jobs']} jobs of 0.2 s, --retries 1, every "
+             f"{p['every']}th touches 80 MB (median of {len(p['clean'])} alternated runs)",
+             f"{'variant':<44} {'retried':>7} {'attempts':>8} {'sbatch calls':>12} "
+             f"{'median s':>9} {'runs s':>16} {'max load':>8}"]
+    for variant, name in names.items():
+        runs = p[variant]
+        listed = ", ".join(f"{x['seconds']:.2f}" for x in runs)
+        # The watcher resubmits the failures it sees in each round: calls vary by run.
+        calls = sorted({x["sbatch_calls"] for x in runs})
+        spread = f"{calls[0]}" if len(calls) == 1 else f"{calls[0]}-{calls[-1]}"
+        lines.append(f"{name:<44} {runs[0]['retried']:>7} {runs[0]['attempts']:>8} "
+                     f"{spread:>12} {medians[variant]:>9.2f} {listed:>16} "
+                     f"{max(x.get('load_max', 0.0) for x in runs):>8.1f}")
+    extra = medians["retried"] - medians["clean"]
+    lines.append(f"ratio retried / clean: {medians['retried'] / medians['clean']:.2f}; "
+                 f"extra {extra:.2f} s for {retried} retried jobs = "
+                 f"{extra / max(retried, 1):.3f} s per retry")
+    return lines
+
+
 # ------------------------------------------------------------------------------- report
 
 
 def report(info: dict[str, Any]) -> list[str]:
-    """The two tables and the goals, as printed (and pasted into docs/benchmarks.md)."""
+    """The tables of the parts that ran and the goals, as printed (and pasted into
+    docs/benchmarks.md)."""
+    lines: list[str] = []
+    if "repx_submit" in info:
+        lines += submit_report(info)
+    if "e2e" in info:
+        lines += e2e_report(info)
+    for part, table in (("packing", packing_report), ("retries", retries_report)):
+        if part in info:
+            lines += [*table(info[part]), ""]
+    lines.append(f"load 1/5/15 min before {fmt_load(info['load_start'])}, after "
+                 f"{fmt_load(info['load_end'])}; {info['machine']}")
+    return lines
+
+
+def submit_report(info: dict[str, Any]) -> list[str]:
+    """Part 1's table and its two goals."""
     s, a, r = info["singles"], info["raw_array"], info["repx_submit"]
     head = (f"{'submitter':<44} {'jobs':>6} {'sbatch calls':>12} {'seconds':>8} "
             f"{'jobs/s':>9} {'cancel s':>8}")
@@ -631,11 +788,16 @@ def report(info: dict[str, Any]) -> list[str]:
         "sbatch, `repx cancel --store` for repx",
         "",
     ]
+    return lines
+
+
+def e2e_report(info: dict[str, Any]) -> list[str]:
+    """Part 2's table and its goal."""
     e = info["e2e"]
     medians = {v: statistics.median(x["seconds"] for x in e[v]) for v in ("plain", "repx")}
     names = {"plain": "plain sbatch arrays + squeue every 0.5 s",
              "repx": "repx build --scheduler slurm --poll 0.5"}
-    lines += [
+    lines = [
         f"end to end: {e['chains']} chains x 2 stages (second reads first) = {e['jobs']} "
         f"jobs, median of {len(e['repx'])} alternated runs",
         f"{'variant':<44} {'sbatch calls':>12} {'median s':>9} {'jobs/s':>7} "
@@ -655,12 +817,10 @@ def report(info: dict[str, Any]) -> list[str]:
     lines += [
         f"repx in process (its `seconds`): {inproc:.2f} s. ratio repx / plain: {ratio:.3f} "
         f"(per run pair: {pairs}); goal <= {TARGET_E2E_RATIO}: "
-        f"{'met' if ratio <= TARGET_E2E_RATIO else 'NOT met'}",
-        f"load 1/5/15 min before {fmt_load(info['load_e2e'])}, after "
-        f"{fmt_load(info['load_end'])}; {info['machine']}",
+        f"{'met' if ratio <= TARGET_E2E_RATIO else 'NOT met'} (load before it "
+        f"{fmt_load(info['load_e2e'])})",
+        "",
     ]
-    if "packing" in info:
-        lines += ["", *packing_report(info["packing"])]
     return lines
 
 
@@ -686,10 +846,25 @@ def packing_report(p: dict[str, Any]) -> list[str]:
 
 def measure(root: Path, args: argparse.Namespace, ledger: Ledger,
             info: dict[str, Any]) -> None:
-    """Both parts, filling ``info``; everything submitted is recorded in ``ledger``."""
+    """The parts ``args.only`` names, filling ``info``; everything submitted is recorded
+    in ``ledger``."""
+    info["load_start"] = load()
+    if "submit" in args.only:
+        measure_submit(root, args, ledger, info)
+    if "e2e" in args.only:
+        measure_e2e(root, args, ledger, info)
+    if "packing" in args.only and args.pack_jobs:
+        info["packing"] = bench_packing(root, args, ledger)
+    if "retries" in args.only and args.retry_jobs:
+        info["retries"] = bench_retries(root, args, ledger)
+    info["load_end"] = load()
+
+
+def measure_submit(root: Path, args: argparse.Namespace, ledger: Ledger,
+                   info: dict[str, Any]) -> None:
+    """Part 1: single sbatch calls, one raw array, repx's 10 000-job submission."""
     (root / "raw").mkdir()
     wide = write_lab(root / "wide", args.sweep, chained=False)
-    chains = write_lab(root / "chains", args.chains, chained=True)
     info["foreign_submit"] = foreign_jobs(root)
     info["load_submit"] = load()
     info["singles"] = bench_singles(args.singles, root / "raw", ledger)
@@ -697,6 +872,12 @@ def measure(root: Path, args: argparse.Namespace, ledger: Ledger,
     info["max_array_size"] = slurm_config().get("MaxArraySize", "?")
     info["repx_submit"] = bench_repx_submit(wide, args.sweep, root, ledger,
                                             args.repeat_submit)
+
+
+def measure_e2e(root: Path, args: argparse.Namespace, ledger: Ledger,
+                info: dict[str, Any]) -> None:
+    """Part 2: repx and plain sbatch arrays of its scripts, alternated."""
+    chains = write_lab(root / "chains", args.chains, chained=True)
     jobs = 2 * args.chains
     e2e: dict[str, Any] = {"chains": args.chains, "jobs": jobs, "repx": [], "plain": []}
     info["e2e"] = e2e
@@ -718,9 +899,6 @@ def measure(root: Path, args: argparse.Namespace, ledger: Ledger,
             print(f"  e2e {variant} run {rep + 1}: {result['seconds']:.2f} s "
                   f"(max load {sampler.summary()['load_max']:.1f}, foreign jobs up to "
                   f"{sampler.summary()['foreign_max']})", flush=True)
-    if args.pack_jobs:
-        info["packing"] = bench_packing(root, args, ledger)
-    info["load_end"] = load()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -737,16 +915,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--pack", type=int, default=50, help="--pack of the packed run")
     parser.add_argument("--pack-repeat", type=int, default=1,
                         help="runs of each packing variant (median)")
+    parser.add_argument("--retry-jobs", type=int, default=200,
+                        help="jobs of 0.2 s of the retry part (0: skip it)")
+    parser.add_argument("--retry-every", type=int, default=10,
+                        help="every N-th job of the retry part runs out of memory once")
+    parser.add_argument("--retry-repeat", type=int, default=3,
+                        help="runs of each retry variant (median)")
+    parser.add_argument("--only", default=",".join(PARTS),
+                        help=f"comma-separated parts to run, of {','.join(PARTS)}")
     parser.add_argument("--quick", action="store_true",
-                        help="about 2 minutes: one run of each, 200 chains, 500 packed jobs")
+                        help="about 2 minutes: one run of each, 200 chains, 500 packed "
+                             "jobs, 100 retry jobs")
     args = parser.parse_args(argv)
+    args.only = [part.strip() for part in args.only.split(",") if part.strip()]
+    unknown = sorted(set(args.only) - set(PARTS))
+    if not args.only:
+        parser.error(f"--only: name at least one part of {', '.join(PARTS)}")
+    if unknown:
+        parser.error(f"--only: unknown part(s) {', '.join(unknown)}; choose from "
+                     f"{', '.join(PARTS)}")
+    for name in ("repeat", "repeat_submit", "pack", "pack_repeat", "retry_every",
+                 "retry_repeat"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.quick:
         args.repeat, args.repeat_submit, args.singles = 1, 1, 50
         args.chains, args.pack_jobs, args.pack_repeat = 200, 500, 1
+        args.retry_jobs, args.retry_repeat = 100, 1
     # An installed repx has its bytecode cache: measure that, not a recompile per command.
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
-    needed = (args.singles + args.sweep * (1 + args.repeat_submit)
-              + 2 * args.chains * 2 * args.repeat + 3 * args.pack_jobs * args.pack_repeat)
+    parts = set(args.only)
+    needed = ((args.singles + args.sweep * (1 + args.repeat_submit)) * ("submit" in parts)
+              + 2 * args.chains * 2 * args.repeat * ("e2e" in parts)
+              + 3 * args.pack_jobs * args.pack_repeat * ("packing" in parts)
+              + 3 * args.retry_jobs * args.retry_repeat * ("retries" in parts))
     try:
         ensure_cluster()
         wait_for_room(needed)
@@ -768,7 +970,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     lines = report(info)
     print("\n".join(lines))
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "slurm.json").write_text(json.dumps({**info, "table": lines}, indent=2,
+    # A run of some parts does not overwrite the results of a full run.
+    name = "slurm" if set(args.only) == set(PARTS) else "slurm-" + "-".join(args.only)
+    (RESULTS / f"{name}.json").write_text(json.dumps({**info, "table": lines}, indent=2,
                                                    default=str) + "\n")
     return 0
 

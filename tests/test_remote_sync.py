@@ -109,7 +109,7 @@ def test_a_changed_param_ships_and_runs_only_what_changed(ssh_rig: SshRig, share
     labs = Path(shared_base) / "labs"
     assert len([p for p in labs.iterdir() if p.is_dir()]) == 2
     collected = repx("gc", "--target", SHARED, "--keep-recent", "0", "-y", cwd=folder)
-    assert "removed 1 shipped labs" in collected.stderr, collected.stderr
+    assert "removed 1 shipped lab and" in collected.stderr, collected.stderr
     assert len([p for p in labs.iterdir() if p.is_dir()]) == 1
     assert len(list((Path(shared_base) / "paths").iterdir())) == total
     third = build(folder, tmp_path / "unused", "--target", SHARED)

@@ -91,6 +91,9 @@ def test_example_matches_local_and_second_build_submits_nothing(
     assert outputs_digest(on_slurm / ".repx") == outputs_digest(local / ".repx")
     records = Store(on_slurm / ".repx", readonly=True).get_many(done["executed"])
     assert all(r.status is Status.SUCCEEDED and r.slurm_id for r in records.values())
+    if example == "param-sweep":  # a stage's array tasks spread over the cluster's nodes
+        nodes = {a["node"] for r in records.values() for a in r.attempts}
+        assert len(nodes) >= 2, nodes
     scripts = sbatch_scripts(on_slurm / ".repx")
     again = build_json(on_slurm, "--scheduler", "slurm")
     assert again["executed"] == [] and sorted(again["up_to_date"]) == sorted(done["executed"])

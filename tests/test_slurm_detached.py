@@ -217,3 +217,35 @@ def test_failed_branch_of_a_detached_build_cancels_its_downstream(slurm, make_la
     # SLURM cancelled the gather, the anchor and the downstream job (dependency never
     # satisfied); nothing downstream of the failed branch ran.
     assert by_stage["fan"] == ["cancelled"] and by_stage["report"] == ["cancelled"], by_stage
+
+
+def test_cancel_stops_what_the_nodes_submitted(slurm, make_lab) -> None:
+    """``repx cancel`` after a detached build also cancels the branches, gather and anchor a
+    compute node submitted (they are in no record yet, only in the scatter-gather job's
+    ``detached.json`` and ``anchor``): nothing of the store is left on SLURM."""
+    require_nix()
+    slow = {**DETACHED_LAB, "fan.nix": DETACHED_LAB["fan.nix"].replace("sleep 2", "sleep 120")}
+    folder = make_lab(slow)
+    store = folder / ".repx"
+    build_json(folder, "--scheduler", "slurm", "--no-wait")
+    graph = {j["pname"]: j for j in json.loads(
+        repx("list", "jobs", "--json", "--lab", "result", cwd=folder).stdout)}
+    fan, report = graph["fan"]["id"], graph["report"]["id"]
+    submitted_file = store / "outputs" / fan / "repx" / SUBMITTED_FILE
+    deadline = time.monotonic() + 300  # the cluster is shared: others' arrays
+    while not submitted_file.exists():
+        assert time.monotonic() < deadline, "the scatter never submitted its branches"
+        time.sleep(0.2)
+    units = json.loads(submitted_file.read_text())["units"]
+    assert len(units) == 4  # 3 branches + gather
+    repx("cancel", "--store", str(store), cwd=folder)
+    deadline = time.monotonic() + 60
+    while queued_repx_jobs(store):
+        assert time.monotonic() < deadline, f"still on SLURM: {queued_repx_jobs(store)}"
+        time.sleep(0.5)
+    out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j",
+                          ",".join(sorted({u.split("_")[0] for u in units.values()}))],
+                         capture_output=True, text=True, check=True).stdout
+    states = {line.split("|")[1].split()[0] for line in out.splitlines() if line}
+    assert states == {"CANCELLED"}, out
+    assert not (store / "outputs" / report / "out" / "report.txt").exists()

@@ -14,10 +14,14 @@ SLURM has a generous deadline.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import queue
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -213,3 +217,82 @@ def test_cache_show_records_a_finished_job_and_gc_keeps_jobs_slurm_runs(
     # SLURM is done with them all: gc (outside the lab's folder) may remove them now.
     out = repx("gc", "--dry-run", *store, cwd=tmp_path).stdout
     assert "would remove 3 jobs" in out and "running" not in out, out
+
+
+#: One job that says ``started``, waits for ``GATE`` and says its last line.
+TALKER = {
+    "run.nix": """
+        { pkgs, repx-lib, ... }:
+        { name = "main"; pipelines = [ ./pipe.nix ]; params = { }; }
+    """,
+    "pipe.nix": """
+        { repx, pkgs, ... }:
+        repx.mkPipe rec { talk = repx.callStage ./talk.nix [ ]; }
+    """,
+    "talk.nix": """
+        { pkgs }:
+        {
+          pname = "talk"; version = "1";
+          outputs = { out = "$out/out.txt"; };
+          runDependencies = [ pkgs.coreutils ];
+          run = { outputs, ... }: ''
+            echo started
+            while [ ! -e "GATE" ]; do sleep 0.5; done
+            echo "the final line"
+            echo finished > "${outputs.out}"
+          '';
+        }
+    """,
+}
+
+
+def next_line(lines: queue.Queue[str], proc: subprocess.Popen[str], timeout: float) -> str:
+    """The next line ``proc`` printed, or "" once it exited without one (or at timeout)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(queue.Empty):
+            return lines.get(timeout=0.5)
+        if proc.poll() is not None and lines.empty():
+            return ""
+    return ""
+
+
+def test_log_follow_keeps_following_a_job_only_slurm_watches(
+        slurm: Slurm, make_lab, tmp_path: Path) -> None:
+    """`repx log -f` of a `--no-wait` job: the build that submitted it is gone, but SLURM
+    still runs it, so -f follows until SLURM is done, then records the outcome and exits."""
+    require_nix()
+    gate = tmp_path / "release-job"
+    folder = make_lab({name: text.replace("GATE", str(gate)) for name, text in TALKER.items()})
+    built = json.loads(repx("build", "--scheduler", "slurm", "--no-wait", "--json", "-q",
+                            cwd=folder).stdout)
+    (job_id,) = built["submitted"]
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "repx.cli", "log", "-f", job_id, "--store",
+         str(folder / ".repx")], cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    lines: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(line) for line in follower.stdout],
+                              daemon=True)
+    reader.start()
+    try:
+        # The job runs on SLURM and -f has shown its first line while still following.
+        first = next_line(lines, follower, SLURM_DEADLINE)
+        assert first == "started\n", (first, follower.poll())
+        assert follower.poll() is None
+    finally:
+        gate.touch()
+    try:
+        follower.wait(timeout=SLURM_DEADLINE)
+    finally:
+        follower.kill()
+    reader.join(timeout=10)
+    rest = []
+    while not lines.empty():
+        rest.append(lines.get())
+    stderr = follower.stderr.read() if follower.stderr else ""
+    assert follower.returncode == 0, (follower.returncode, rest, stderr)
+    assert rest == ["the final line\n"], (rest, stderr)
+    # -f recorded what SLURM said, so it did not end on a job it still thought running.
+    assert "Traceback" not in stderr and f"job {job_id} is" not in stderr, stderr
+    assert records(folder)[job_id].status is Status.SUCCEEDED

@@ -329,7 +329,8 @@ def log(job: str, store_dir: str, follow: bool, stderr: bool, lines: int | None)
 
     JOB is a job id or a unique prefix of one in the store. -n N prints only the last N
     lines. -f keeps printing what the job writes until it is no longer running (a finished
-    job's log is printed and -f returns).
+    job's log is printed and -f returns); a job on SLURM that no build watches (--no-wait)
+    is followed until SLURM is done with it, and its outcome recorded.
 
     Example: repx log 3f9a2 --stderr -f
     """
@@ -581,7 +582,8 @@ def gc(store_dir: str, dry_run: bool, keep_recent: int | None, as_json: bool, ye
 
     Every lab you build stays a gc root, keeping all of its jobs, until you remove it with
     `repx gc unpin` (see `repx gc roots`); --keep-recent N also drops the unpinned roots
-    beyond the N newest (pinned ones stay). The current lab (--lab, ./result, or the lab
+    beyond the N newest (pinned ones stay). The current lab (--lab; else the `result` link
+    here or beside the lab file found upward, as in a subfolder of the lab; else the lab
     file built now) is always kept, and so are jobs running under a live process or on
     SLURM. gc shows what it would remove and asks first (--yes: do not ask); without a
     terminal and without --yes it removes nothing and exits with code 4. --dry-run only

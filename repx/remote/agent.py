@@ -58,6 +58,15 @@ def _pool(base: Path) -> Path:
     return base / "paths"
 
 
+def _remove_entry(path: Path) -> None:
+    """Remove one store path of the pool (or of a receive's stage): a store path is a
+    read-only tree, a single file or a symlink, and only a tree needs ``_remove_tree``."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    else:
+        _remove_tree(path)
+
+
 def _checked_names(names: Any) -> list[str]:
     if not isinstance(names, list) or not all(isinstance(n, str) and _STORE_NAME.match(n)
                                               for n in names):
@@ -87,7 +96,7 @@ def _finish_path(stage: Path, pool: Path, name: str,
         raise LabError(f"agent: store path {name} was announced complete but not sent")
     target = pool / name
     if target.exists():
-        _remove_tree(source)
+        _remove_entry(source)
         for parts in [p for p in directories if p[:3] == prefix]:
             del directories[parts]
         return
@@ -346,7 +355,7 @@ def prune(base: Path) -> dict[str, Any]:
         if path.name.startswith(".") or path.name in kept:
             continue
         freed += _tree_bytes(path)
-        _remove_tree(path)
+        _remove_entry(path)
         removed_paths += 1
     return {"labs_removed": removed_labs, "paths_removed": removed_paths, "bytes_freed": freed}
 

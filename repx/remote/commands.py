@@ -203,9 +203,13 @@ def forward(ctx: click.Context, target: Target, command: Sequence[str], *,
         # The remote store's gc decided which labs live; what they alone used goes too.
         pruned = session.repx.agent("prune", {})
         if pruned["labs_removed"] or pruned["paths_removed"]:
-            click.echo(f"repx: {target.name}: removed {pruned['labs_removed']} shipped "
-                       f"labs and {pruned['paths_removed']} store paths no gc root uses "
-                       f"({pruned['bytes_freed'] / 1e6:.1f} MB)", err=True)
+            from repx.display import plural
+            from repx.report.store_views import human_bytes
+
+            labs = plural(pruned["labs_removed"], "shipped lab")
+            paths = plural(pruned["paths_removed"], "store path")
+            click.echo(f"repx: {target.name}: removed {labs} and {paths} no gc root uses "
+                       f"({human_bytes(pruned['bytes_freed'])})", err=True)
     return code
 
 

@@ -31,6 +31,9 @@ from repx.store.layout import read_units, unit_ids
 
 #: How often ``repx log -f`` looks for new output and for the job's end.
 FOLLOW_POLL = 0.2
+#: Seconds between two questions to SLURM while following a job only SLURM watches (one
+#: squeue/sacct each: slurmctld, not the log, sets the pace).
+SLURM_FOLLOW_POLL = 1.0
 
 
 # ----------------------------------------------------------------------------- formatting
@@ -474,13 +477,29 @@ def follow_log(store: Store, job_id: str, path: Path, write: Callable[[bytes], o
 
     The job's state is read *before* each copy: once a read shows it ended, the log is
     complete (the executor closes it before recording the outcome), so one last copy gets
-    everything. A claim whose owner died counts as ended. Returns the last record seen.
-    Copying starts at byte ``start`` (``repx log -n``: where the last lines begin).
+    everything. A claim whose owner died counts as ended, unless the record names a SLURM
+    job that SLURM still queues or runs (a ``--no-wait`` build exits after submitting):
+    SLURM is asked at most every ``SLURM_FOLLOW_POLL`` seconds, and once it no longer holds
+    the job its outcome is recorded (as ``repx status`` would) and the log copied one last
+    time. Returns the last record seen. Copying starts at byte ``start`` (``repx log -n``:
+    where the last lines begin).
     """
     pos = start
+    asked = -SLURM_FOLLOW_POLL
+    on_slurm = False
     while True:
         record = store.get(job_id)
         running = record is not None and live_claim(record)
+        if not running and record is not None and record.status.active and record.slurm_id:
+            now = time.monotonic()
+            if now - asked >= SLURM_FOLLOW_POLL:
+                asked = now
+                # SLURM's answer decides; one it could not give (no squeue) ends the follow.
+                lookup = look_up(store, [record])
+                on_slurm = lookup.shown_status(job_id) is not None
+                if lookup.recorded:
+                    record = store.get(job_id)
+            running = on_slurm
         pos = copy_log(path, pos, write)
         if not running:
             return record
