@@ -77,7 +77,7 @@ STORE_MTIME = 1
 LOCK_TIMEOUT_SECONDS = float(os.environ.get("REPX_UNPACK_LOCK_TIMEOUT", "1800"))
 
 #: A store path's basename: 32 Nix base-32 characters, a dash, a name.
-_STORE_NAME = re.compile(r"^([0-9a-df-np-sv-z]{32})-[A-Za-z0-9+._?=-]+$")
+STORE_PATH_NAME = re.compile(r"^([0-9a-df-np-sv-z]{32})-[A-Za-z0-9+._?=-]+$")
 
 #: The most symlinks one path may go through (the kernel's limit).
 _MAX_SYMLINKS = 40
@@ -105,7 +105,7 @@ def lab_store_path(lab_dir: Path) -> str:
     """The lab's /nix/store path (``lab_dir`` may be a ``./result`` link); a lab that is not
     in a Nix store (an unpacked export) cannot be exported again."""
     resolved = lab_dir.resolve()
-    if resolved.parent != Path(NIX_STORE) or not _STORE_NAME.match(resolved.name):
+    if resolved.parent != Path(NIX_STORE) or not STORE_PATH_NAME.match(resolved.name):
         raise LabError(f"{lab_dir}: only a lab in the Nix store can be exported (this one is "
                        f"at {resolved}); build it with `repx lab build` first, or copy the "
                        "tar it was unpacked from")
@@ -114,7 +114,7 @@ def lab_store_path(lab_dir: Path) -> str:
 
 def lab_id_of(store_path: str) -> str:
     """The lab's id: the hash part of its store path (the same lab, the same id)."""
-    match = _STORE_NAME.match(Path(store_path).name)
+    match = STORE_PATH_NAME.match(Path(store_path).name)
     if not match:
         raise LabError(f"{store_path}: not a Nix store path")
     return match.group(1)
@@ -134,7 +134,9 @@ def closure_of(store_path: str) -> list[str]:
     return sorted(line for line in result.stdout.splitlines() if line)
 
 
-def _normalized(info: tarfile.TarInfo) -> tarfile.TarInfo:
+def normalized_member(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    """``info`` with no owner and the store's fixed mtime: the same store path gives the
+    same bytes on every machine, so exports (and what a target is sent) compare by digest."""
     info.uid = info.gid = 0
     info.uname = info.gname = ""
     info.mtime = STORE_MTIME
@@ -149,9 +151,11 @@ def _walk(path: str, name: str) -> Iterator[tuple[str, str, os.stat_result]]:
             yield from _walk(os.path.join(path, entry), f"{name}/{entry}")
 
 
-def _add_tree(archive: tarfile.TarFile, store_path: str) -> None:
+def add_store_path(archive: tarfile.TarFile, store_path: str) -> None:
+    """Add one Nix store path, in sorted order and normalized (:func:`normalized_member`),
+    read-only as in a store."""
     for source, name, st in _walk(store_path, store_path.lstrip("/")):
-        info = _normalized(tarfile.TarInfo(name))
+        info = normalized_member(tarfile.TarInfo(name))
         if stat.S_ISDIR(st.st_mode):
             info.type, info.mode = tarfile.DIRTYPE, 0o555
             archive.addfile(info)
@@ -173,7 +177,7 @@ def _add_tree(archive: tarfile.TarFile, store_path: str) -> None:
             raise RepxError(f"{source}: a special file in the Nix store cannot be exported")
 
 
-class _HashingWriter:
+class HashingWriter:
     """A write-only stream that hashes and counts what it passes on."""
 
     def __init__(self, target: IO[bytes]) -> None:
@@ -205,17 +209,17 @@ def export_lab(lab_dir: Path, output: Path) -> ExportSummary:
     partial = output.with_name(f".{output.name}.partial-{os.getpid()}")
     try:
         with partial.open("wb") as raw:
-            sink = _HashingWriter(raw)
+            sink = HashingWriter(raw)
             with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as archive:
-                info = _normalized(tarfile.TarInfo(HEADER_NAME))
+                info = normalized_member(tarfile.TarInfo(HEADER_NAME))
                 info.size, info.mode = len(header), 0o444
                 archive.addfile(info, io.BytesIO(header))
                 for depth in range(1, len(STORE_PARTS) + 1):
-                    directory = _normalized(tarfile.TarInfo("/".join(STORE_PARTS[:depth])))
+                    directory = normalized_member(tarfile.TarInfo("/".join(STORE_PARTS[:depth])))
                     directory.type, directory.mode = tarfile.DIRTYPE, 0o755
                     archive.addfile(directory)
                 for path in paths:
-                    _add_tree(archive, path)
+                    add_store_path(archive, path)
         os.replace(partial, output)
     except OSError as error:
         partial.unlink(missing_ok=True)
@@ -295,7 +299,7 @@ def read_export_header(tar_path: Path) -> dict[str, Any]:
                        f"{header.get('format') if isinstance(header, dict) else header!r}; "
                        f"this repx reads {EXPORT_FORMAT!r} (export the lab with this repx)")
     lab = header.get("lab")
-    match = _STORE_NAME.match(Path(lab).name) if isinstance(lab, str) else None
+    match = STORE_PATH_NAME.match(Path(lab).name) if isinstance(lab, str) else None
     if match is None or Path(lab).parent != Path(NIX_STORE) \
             or match.group(1) != header.get("lab_id"):
         raise LabError(f"{tar_path}: {HEADER_NAME} names no valid lab ({lab!r}, lab id "
@@ -303,7 +307,7 @@ def read_export_header(tar_path: Path) -> dict[str, Any]:
     return header
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         while chunk := handle.read(_CHUNK):
@@ -317,7 +321,7 @@ def _tar_identity(path: Path) -> dict[str, int]:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def _read_marker(root: Path) -> dict[str, Any] | None:
+def read_marker(root: Path) -> dict[str, Any] | None:
     try:
         marker = json.loads((root / MARKER_NAME).read_text())
     except (OSError, ValueError):
@@ -338,7 +342,7 @@ def _reusable(root: Path, header: dict[str, Any], tar_path: Path,
               digest: str | None) -> dict[str, Any] | None:
     """The marker of a complete unpack of this tar at ``root``, else None. Without ``digest``
     only the tar's size and mtime are compared (no read of the tar)."""
-    marker = _read_marker(root)
+    marker = read_marker(root)
     if marker is None or marker.get("lab") != header["lab"]:
         return None
     if digest is not None:
@@ -383,7 +387,7 @@ class _Lock:
         os.close(self.fd)
 
 
-def _remove_tree(path: Path) -> None:
+def remove_unpacked_tree(path: Path) -> None:
     """Remove an unpack (its directories are read-only, as in a Nix store)."""
     if not path.exists() and not path.is_symlink():
         return
@@ -412,12 +416,12 @@ def unpack_lab(tar_path: Path, cache: Path | None = None) -> UnpackedLab:
         # Whoever held the lock before may have just unpacked this tar; a marker of another
         # copy of the same tar (another path, mtime) is compared by digest.
         marker = _reusable(root, header, tar_path, None)
-        if marker is None and _read_marker(root) is not None:
-            marker = _reusable(root, header, tar_path, _file_sha256(tar_path))
+        if marker is None and read_marker(root) is not None:
+            marker = _reusable(root, header, tar_path, file_sha256(tar_path))
         if marker is not None:
             return _unpacked(root, marker, fresh=False)
         for leftover in [*cache.glob(f"{lab_id}.partial-*"), *cache.glob(f"{lab_id}.stale-*")]:
-            _remove_tree(leftover)
+            remove_unpacked_tree(leftover)
         partial = cache / f"{lab_id}.partial-{os.getpid()}"
         try:
             digest = _extract(tar_path, partial)
@@ -437,13 +441,13 @@ def unpack_lab(tar_path: Path, cache: Path | None = None) -> UnpackedLab:
             if root.exists():
                 os.replace(root, stale)
             os.replace(partial, root)
-            _remove_tree(stale)
+            remove_unpacked_tree(stale)
         except OSError as error:
-            _remove_tree(partial)
+            remove_unpacked_tree(partial)
             raise RepxError(f"unpacking {tar_path} into {cache} failed: "
                             f"{error.strerror or error}") from None
         except BaseException:
-            _remove_tree(partial)
+            remove_unpacked_tree(partial)
             raise
     return _unpacked(root, marker, fresh=True)
 
@@ -541,7 +545,7 @@ def _symlink_target(store: Path, link_dir: list[str], target: str, what: str,
     return _resolve_in_store(store, target.split("/"), link_dir, what, budget)
 
 
-def _check_symlinks(tar_path: Path, root: Path, links: list[list[str]]) -> None:
+def check_symlinks(tar_path: Path, root: Path, links: list[list[str]]) -> None:
     """Every symlink of the tar resolves inside the unpacked store."""
     store = root.joinpath(*STORE_PARTS)
     for parts in links:
@@ -575,7 +579,7 @@ def _extract(tar_path: Path, destination: Path) -> str:
         with archive:
             try:
                 for member in archive:
-                    _extract_member(tar_path, archive, member, destination, directories,
+                    extract_member(tar_path, archive, member, destination, directories,
                                     files, links)
             except (tarfile.TarError, EOFError) as error:
                 raise LabError(f"{tar_path}: the tar is damaged or truncated ({error}); "
@@ -584,7 +588,7 @@ def _extract(tar_path: Path, destination: Path) -> str:
             pass
     if (*STORE_PARTS,) not in directories:
         raise LabError(f"{tar_path}: holds no nix/store")
-    _check_symlinks(tar_path, destination, links)
+    check_symlinks(tar_path, destination, links)
     # Read-only like a Nix store, deepest first so that every chmod can still happen.
     for parts in sorted(directories, key=len, reverse=True):
         mode = directories[parts]
@@ -595,7 +599,7 @@ def _extract(tar_path: Path, destination: Path) -> str:
     return reader.sha256.hexdigest()
 
 
-def _extract_member(tar_path: Path, archive: tarfile.TarFile, member: tarfile.TarInfo,
+def extract_member(tar_path: Path, archive: tarfile.TarFile, member: tarfile.TarInfo,
                     destination: Path, directories: dict[tuple[str, ...], int],
                     files: set[tuple[str, ...]], links: list[list[str]]) -> None:
     parts = _member_parts(tar_path, member.name)
@@ -652,7 +656,7 @@ def unpacked_lab_of(lab_dir: Path) -> UnpackedLab | None:
     root = store_dir.parent.parent
     if (store_dir.name, store_dir.parent.name) != ("store", "nix") or str(store_dir) == NIX_STORE:
         return None
-    marker = _read_marker(root)
+    marker = read_marker(root)
     if marker is None or Path(marker.get("lab", "")).name != lab_dir.name:
         return None
     return _unpacked(root, marker, fresh=False)

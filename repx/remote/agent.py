@@ -35,18 +35,18 @@ from typing import Any
 
 from repx.errors import LabError, RepxError
 from repx.lab.export import (
-    _STORE_NAME,
     EXPORT_FORMAT,
     HEADER_NAME,
     MARKER_NAME,
     STORE_MTIME,
     STORE_PARTS,
-    _check_symlinks,
-    _extract_member,
-    _HashingWriter,
-    _normalized,
-    _read_marker,
-    _remove_tree,
+    STORE_PATH_NAME,
+    HashingWriter,
+    check_symlinks,
+    extract_member,
+    normalized_member,
+    read_marker,
+    remove_unpacked_tree,
 )
 from repx.lab.images import NIX_STORE
 
@@ -60,15 +60,15 @@ def _pool(base: Path) -> Path:
 
 def _remove_entry(path: Path) -> None:
     """Remove one store path of the pool (or of a receive's stage): a store path is a
-    read-only tree, a single file or a symlink, and only a tree needs ``_remove_tree``."""
+    read-only tree, a single file or a symlink, and only a tree needs ``remove_unpacked_tree``."""
     if path.is_symlink() or path.is_file():
         path.unlink()
     else:
-        _remove_tree(path)
+        remove_unpacked_tree(path)
 
 
 def _checked_names(names: Any) -> list[str]:
-    if not isinstance(names, list) or not all(isinstance(n, str) and _STORE_NAME.match(n)
+    if not isinstance(names, list) or not all(isinstance(n, str) and STORE_PATH_NAME.match(n)
                                               for n in names):
         raise RepxError("agent: expected a JSON list of store path names")
     return names
@@ -90,7 +90,7 @@ def _finish_path(stage: Path, pool: Path, name: str,
     """Seal one received store path (modes, mtimes, its symlinks checked) and move it into
     the pool; a path another build put there meanwhile wins (they are the same bytes)."""
     prefix = (*STORE_PARTS, name)
-    _check_symlinks(Path("<stream>"), stage, [p for p in links if tuple(p[:3]) == prefix])
+    check_symlinks(Path("<stream>"), stage, [p for p in links if tuple(p[:3]) == prefix])
     source = stage.joinpath(*prefix)
     if not source.exists() and not source.is_symlink():
         raise LabError(f"agent: store path {name} was announced complete but not sent")
@@ -118,7 +118,7 @@ def receive(base: Path, stream: Any) -> dict[str, Any]:
         # A receive that was cut (its ssh killed) left this; its complete paths are in.
         pid = leftover.name.rsplit("-", 1)[-1]
         if not pid.isdigit() or not _alive(int(pid)):
-            _remove_tree(leftover)
+            remove_unpacked_tree(leftover)
     stage = pool / f".incoming-{os.getpid()}"
     stage.mkdir()
     directories: dict[tuple[str, ...], int] = {(): 0o755}
@@ -131,22 +131,22 @@ def receive(base: Path, stream: Any) -> dict[str, Any]:
             for member in archive:
                 if member.name.startswith(DONE_PREFIX):
                     name = member.name[len(DONE_PREFIX):]
-                    if not _STORE_NAME.match(name):
+                    if not STORE_PATH_NAME.match(name):
                         raise LabError(f"agent: bad completion member {member.name!r}")
                     _finish_path(stage, pool, name, directories, links)
                     links = [p for p in links if p[2] != name]
                     received.append(name)
                     continue
                 parts = [p for p in member.name.split("/") if p not in ("", ".")]
-                if len(parts) >= 3 and not _STORE_NAME.match(parts[2]):
+                if len(parts) >= 3 and not STORE_PATH_NAME.match(parts[2]):
                     raise LabError(f"agent: member {member.name!r} is not in a store path")
-                _extract_member(label, archive, member, stage, directories, files, links)
+                extract_member(label, archive, member, stage, directories, files, links)
     except (tarfile.TarError, EOFError) as error:
         raise RepxError(f"agent: the stream of store paths was cut or damaged ({error}); "
                         f"{len(received)} complete paths were kept, the next build sends "
                         "the rest") from None
     finally:
-        _remove_tree(stage)
+        remove_unpacked_tree(stage)
     return {"received": received}
 
 
@@ -198,13 +198,13 @@ def assemble(base: Path, header: dict[str, Any]) -> dict[str, Any]:
     lab_id = header.get("lab_id")
     names = _checked_names([Path(p).name for p in header.get("store_paths", [])])
     if not (isinstance(lab, str) and isinstance(lab_id, str) and lab.startswith(NIX_STORE)
-            and _STORE_NAME.match(Path(lab).name) and Path(lab).name.startswith(lab_id)):
+            and STORE_PATH_NAME.match(Path(lab).name) and Path(lab).name.startswith(lab_id)):
         raise RepxError("agent: the lab header names no valid lab")
     labs = base / "labs"
     labs.mkdir(parents=True, exist_ok=True)
     root = labs / lab_id
     lab_dir = str(root.joinpath(*STORE_PARTS, Path(lab).name))
-    marker = _read_marker(root)
+    marker = read_marker(root)
     if marker is not None and marker.get("lab") == lab:
         if header.get("export_tar") and not Path(str(marker.get("tar") or "")).is_file():
             _add_export_tar(labs, root, marker, header)
@@ -216,7 +216,7 @@ def assemble(base: Path, header: dict[str, Any]) -> dict[str, Any]:
         raise RepxError(f"agent: {len(missing)} store paths of the lab are not on the remote "
                         f"(first: {missing[0]}); ship the lab again")
     partial = labs / f"{lab_id}.partial-{os.getpid()}"
-    _remove_tree(partial)
+    remove_unpacked_tree(partial)
     try:
         store = partial.joinpath(*STORE_PARTS)
         store.mkdir(parents=True)
@@ -231,10 +231,10 @@ def assemble(base: Path, header: dict[str, Any]) -> dict[str, Any]:
         if root.exists():
             stale = labs / f"{lab_id}.stale-{os.getpid()}-{time.time_ns()}"
             os.replace(root, stale)
-            _remove_tree(stale)
+            remove_unpacked_tree(stale)
         os.replace(partial, root)
     except BaseException:
-        _remove_tree(partial)
+        remove_unpacked_tree(partial)
         raise
     if header.get("export_tar"):
         _add_export_tar(labs, root, marker, header)
@@ -260,17 +260,17 @@ def _add_export_tar(labs: Path, root: Path, marker: dict[str, Any],
     partial = labs / f".{tar.name}.partial-{os.getpid()}"
     try:
         with partial.open("wb") as raw:
-            sink = _HashingWriter(raw)
+            sink = HashingWriter(raw)
             with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as archive:
                 data = json.dumps({
                     "format": EXPORT_FORMAT, "lab": header["lab"], "lab_id": header["lab_id"],
                     "store_paths": header["store_paths"], "images": header.get("images", {}),
                 }, indent=1, sort_keys=True).encode() + b"\n"
-                info = _normalized(tarfile.TarInfo(HEADER_NAME))
+                info = normalized_member(tarfile.TarInfo(HEADER_NAME))
                 info.size, info.mode = len(data), 0o444
                 archive.addfile(info, io.BytesIO(data))
                 for depth in range(1, len(STORE_PARTS) + 1):
-                    directory = _normalized(tarfile.TarInfo("/".join(STORE_PARTS[:depth])))
+                    directory = normalized_member(tarfile.TarInfo("/".join(STORE_PARTS[:depth])))
                     directory.type, directory.mode = tarfile.DIRTYPE, 0o755
                     archive.addfile(directory)
                 for store_path in header["store_paths"]:
@@ -289,7 +289,7 @@ def _add_export_tar(labs: Path, root: Path, marker: dict[str, Any],
 def _add_host_tree(archive: tarfile.TarFile, source: Path, name: str) -> None:
     """One store path's members, named as in the Nix store, read from ``source``."""
     st = os.lstat(source)
-    info = _normalized(tarfile.TarInfo(name))
+    info = normalized_member(tarfile.TarInfo(name))
     if stat.S_ISDIR(st.st_mode):
         info.type, info.mode = tarfile.DIRTYPE, 0o555
         archive.addfile(info)
@@ -337,13 +337,13 @@ def prune(base: Path) -> dict[str, Any]:
     for root in sorted(labs.iterdir()):
         if root.name.endswith(".tar") or ".partial-" in root.name or ".stale-" in root.name:
             continue
-        marker = _read_marker(root)
+        marker = read_marker(root)
         lab_dir = os.path.realpath(root.joinpath(*STORE_PARTS, Path(str(
             (marker or {}).get("lab", ""))).name)) if marker else ""
         if marker is not None and lab_dir in rooted:
             kept.update(os.listdir(root.joinpath(*STORE_PARTS)))
             continue
-        _remove_tree(root)
+        remove_unpacked_tree(root)
         tar = labs / f"{root.name}.tar"
         if tar.is_file():
             freed += tar.stat().st_size

@@ -418,16 +418,16 @@ def _closure_header(lab_dir: Path) -> dict[str, Any]:
 def _write_paths(paths: Sequence[str], stream: IO[bytes]) -> None:
     """A tar of ``paths`` as the export writes them, each followed by its completion
     member (the agent moves a path into the pool only when that member arrives)."""
-    from repx.lab.export import STORE_PARTS, _add_tree, _normalized
+    from repx.lab.export import STORE_PARTS, add_store_path, normalized_member
 
     with tarfile.open(fileobj=stream, mode="w|", format=tarfile.PAX_FORMAT) as archive:
         for depth in range(1, len(STORE_PARTS) + 1):
-            directory = _normalized(tarfile.TarInfo("/".join(STORE_PARTS[:depth])))
+            directory = normalized_member(tarfile.TarInfo("/".join(STORE_PARTS[:depth])))
             directory.type, directory.mode = tarfile.DIRTYPE, 0o755
             archive.addfile(directory)
         for path in paths:
-            _add_tree(archive, path)
-            done = _normalized(tarfile.TarInfo(f"repx-done/{Path(path).name}"))
+            add_store_path(archive, path)
+            done = normalized_member(tarfile.TarInfo(f"repx-done/{Path(path).name}"))
             done.size = 0
             archive.addfile(done, io.BytesIO(b""))
 

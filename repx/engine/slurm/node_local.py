@@ -125,11 +125,11 @@ def prepare_node_lab(lab_dir: Path, store_root: Path, artifact_dir: str) -> Node
     """Put the lab's export into the shared store for the nodes to unpack (once per lab:
     reused while its recorded digest matches); the :class:`NodeLab` naming it."""
     from repx.lab.export import (
-        _file_sha256,
-        _read_marker,
         export_lab,
+        file_sha256,
         lab_id_of,
         lab_store_path,
+        read_marker,
         unpacked_lab_of,
     )
 
@@ -147,7 +147,7 @@ def prepare_node_lab(lab_dir: Path, store_root: Path, artifact_dir: str) -> Node
         return NodeLab(str(tar), digest, lab_id, store_path, artifact_dir)
     tar = labs / f"{unpacked.lab_id}.tar"
     if _known_digest(tar) != unpacked.tar_sha256:
-        source = Path(str((_read_marker(unpacked.root) or {}).get("tar", "")))
+        source = Path(str((read_marker(unpacked.root) or {}).get("tar", "")))
         if not source.is_file():
             raise RepxError(f"--artifact-store node-local: the tar {unpacked.lab_dir} was "
                             f"unpacked from ({source}) is gone; build with --lab LAB.tar "
@@ -157,7 +157,7 @@ def prepare_node_lab(lab_dir: Path, store_root: Path, artifact_dir: str) -> Node
             os.link(source, partial)
         except OSError:
             shutil.copyfile(source, partial)
-        if _file_sha256(partial) != unpacked.tar_sha256:
+        if file_sha256(partial) != unpacked.tar_sha256:
             partial.unlink()
             raise RepxError(f"--artifact-store node-local: {source} changed since it was "
                             f"unpacked into {unpacked.root}; build with --lab {source} again")
