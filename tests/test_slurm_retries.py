@@ -28,7 +28,7 @@ import pytest
 
 from repx.engine.failures import FailureKind, may_retry
 from repx.engine.slurm.cli import TaskAccount, parse_sacct_duration, parse_sacct_mem
-from repx.engine.slurm.outcomes import classify
+from repx.engine.slurm.outcomes import attempt_state, classify
 from repx.report.analysis import Experiment
 from repx.store import JobRecord, Status, Store
 from tests.conftest import REPO, require_nix
@@ -393,6 +393,18 @@ def test_classify_reads_steps_cancellers_and_dependencies() -> None:
     assert parse_sacct_duration("365-00:00:00") == 365 * 86400
     assert parse_sacct_duration("00:00.161", fractions=True) == pytest.approx(0.161)
     assert parse_sacct_duration("UNLIMITED") is None and parse_sacct_duration("30") == 1800
+
+
+def test_an_attempt_is_recorded_as_it_ended_when_accounting_lags() -> None:
+    """sacct can still say RUNNING for a task squeue already saw end (accounting is written
+    after the job): the attempt then takes the watcher's state, never an active one.
+    (The lag cannot be caused on demand on the test cluster, so it is given here.)"""
+    assert attempt_state("COMPLETED", account("RUNNING")) == "COMPLETED"
+    assert attempt_state("COMPLETED", account("COMPLETING")) == "COMPLETED"
+    assert attempt_state("TIMEOUT", account("")) == "TIMEOUT"
+    assert attempt_state("COMPLETED", None) == "COMPLETED"
+    assert attempt_state("CANCELLED", account("CANCELLED by 0")) == "CANCELLED by 0"
+    assert attempt_state("FAILED", account("OUT_OF_MEMORY")) == "OUT_OF_MEMORY"
 
 
 def test_records_without_attempts_stay_readable() -> None:

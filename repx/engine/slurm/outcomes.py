@@ -15,7 +15,7 @@ import pwd
 from dataclasses import dataclass
 
 from repx.engine.failures import FailureKind
-from repx.engine.slurm.cli import TaskAccount
+from repx.engine.slurm.cli import ACTIVE_STATES, TaskAccount
 
 #: SLURM job states that are their own failure kind (the name is the same).
 _STATE_KINDS = {kind.value: kind for kind in (
@@ -33,6 +33,16 @@ class TaskEnd:
     kind: FailureKind | None
     reason: str
     exit_code: int | None
+
+
+def attempt_state(state: str, account: TaskAccount | None) -> str:
+    """The state an ended attempt is recorded with: sacct's (``CANCELLED by 0``,
+    ``OUT_OF_MEMORY``…), unless accounting still lags behind the task's end (sacct says
+    RUNNING or COMPLETING, or has no record yet): then ``state``, the end the watcher saw."""
+    recorded = account.state if account is not None else ""
+    if not recorded or recorded.split()[0] in ACTIVE_STATES:
+        return state
+    return recorded
 
 
 def classify(state: str, squeue_reason: str, exit_code: int | None,

@@ -99,7 +99,7 @@ from repx.engine.slurm.node_local import (
     NodeLab,
     unpack_script,
 )
-from repx.engine.slurm.outcomes import TaskEnd, classify
+from repx.engine.slurm.outcomes import TaskEnd, attempt_state, classify
 from repx.engine.slurm.resources import ResourceRules, packed_resources, sbatch_directives
 from repx.engine.slurm.scratch import (
     NODE_PYTHON_ENV,
@@ -1104,7 +1104,7 @@ class SlurmScheduler(UnitScheduler):
             "attempt": len(attempts) + 1,
             "slurm_id": unit.slurm_id or "",
             "node": account.node if account is not None else "",
-            "state": account.state if account is not None and account.state else state,
+            "state": attempt_state(state, account),
             "exit_code": end.exit_code,
             "failure": end.kind.value if end.kind is not None else "",
             "mem": mem,
