@@ -10,6 +10,28 @@ from pathlib import Path
 
 from tests.buildutil import repx
 
+#: The remote tests' two-stage chain: ``producer`` (each test file writes its own) and
+#: ``consumer``, which copies the producer's data.
+CHAIN_PIPE = """
+{ repx, ... }:
+repx.mkPipe rec {
+  producer = repx.callStage ./producer.nix [ ];
+  consumer = repx.callStage ./consumer.nix [ producer ];
+}
+"""
+
+COPY_CONSUMER = """
+{ pkgs }:
+{
+  pname = "consumer";
+  inputs = { data = ""; };
+  outputs = { result = "$out/result.txt"; };
+  run = { inputs, outputs, ... }: ''
+    cat "${inputs.data}" > "${outputs.result}"
+  '';
+}
+"""
+
 
 def tree(root: Path) -> dict[str, tuple]:
     """Every entry below ``root``: its type and content (or link target)."""

@@ -16,7 +16,7 @@ import pytest
 from repx.store import Store
 from tests.buildutil import build, repx, write_lab
 from tests.conftest import require_nix
-from tests.remoteutil import remote_jobs, shipped_line
+from tests.remoteutil import CHAIN_PIPE, COPY_CONSUMER, remote_jobs, shipped_line
 from tests.ssh_target import SshRig, ssh_rig_fixture
 
 ssh_rig = ssh_rig_fixture()
@@ -27,14 +27,6 @@ RUN = """
   name = "main";
   pipelines = [ ./pipe.nix ];
   params = { a = [ 1 2 ]; };
-}
-"""
-
-PIPE = """
-{ repx, ... }:
-repx.mkPipe rec {
-  producer = repx.callStage ./producer.nix [ ];
-  consumer = repx.callStage ./consumer.nix [ producer ];
 }
 """
 
@@ -52,17 +44,6 @@ PRODUCER = """
 }
 """
 
-CONSUMER = """
-{ pkgs }:
-{
-  pname = "consumer";
-  inputs = { data = ""; };
-  outputs = { result = "$out/result.txt"; };
-  run = { inputs, outputs, ... }: ''
-    cat "${inputs.data}" > "${outputs.result}"
-  '';
-}
-"""
 
 #: What a job folder's name in the remote store may be that no record names (a build
 #: killed before recording, a copy by hand): gc removes it as an orphan.
@@ -70,8 +51,8 @@ ORPHAN = "0000orphan"
 
 
 def _lab(folder: Path, data: str) -> Path:
-    write_lab(folder, {"run.nix": RUN, "pipe.nix": PIPE, "producer.nix": PRODUCER,
-                       "consumer.nix": CONSUMER})
+    write_lab(folder, {"run.nix": RUN, "pipe.nix": CHAIN_PIPE, "producer.nix": PRODUCER,
+                       "consumer.nix": COPY_CONSUMER})
     (folder / "data.bin").write_text(data)
     return folder
 

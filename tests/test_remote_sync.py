@@ -16,7 +16,7 @@ import pytest
 
 from tests.buildutil import REPX, build, repx, repx_env, write_lab
 from tests.conftest import require_nix
-from tests.remoteutil import remote_jobs, shipped_line
+from tests.remoteutil import CHAIN_PIPE, COPY_CONSUMER, remote_jobs, shipped_line
 from tests.ssh_target import SshRig, ssh_rig_fixture
 
 ssh_rig = ssh_rig_fixture()
@@ -43,14 +43,6 @@ RUN = """
 }
 """
 
-PIPE = """
-{ repx, ... }:
-repx.mkPipe rec {
-  producer = repx.callStage ./producer.nix [ ];
-  consumer = repx.callStage ./consumer.nix [ producer ];
-}
-"""
-
 PRODUCER = """
 { pkgs }:
 {
@@ -64,22 +56,11 @@ PRODUCER = """
 }
 """
 
-CONSUMER = """
-{ pkgs }:
-{
-  pname = "consumer";
-  inputs = { data = ""; };
-  outputs = { result = "$out/result.txt"; };
-  run = { inputs, outputs, ... }: ''
-    cat "${inputs.data}" > "${outputs.result}"
-  '';
-}
-"""
 
 
 def _chain_lab(folder: Path, sweep: str, *, sleep: str = "", data: bytes = b"data\n") -> Path:
-    write_lab(folder, {"run.nix": RUN, "pipe.nix": PIPE, "producer.nix": PRODUCER,
-                       "consumer.nix": CONSUMER}, SWEEP=sweep, SLEEP=sleep)
+    write_lab(folder, {"run.nix": RUN, "pipe.nix": CHAIN_PIPE, "producer.nix": PRODUCER,
+                       "consumer.nix": COPY_CONSUMER}, SWEEP=sweep, SLEEP=sleep)
     (folder / "data.bin").write_bytes(data)
     return folder
 
