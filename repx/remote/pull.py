@@ -42,9 +42,7 @@ import os
 import re
 import shutil
 import stat
-import subprocess
 import tarfile
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -239,30 +237,8 @@ class TargetSource:
 
     def send_files(self, files: Sequence[Sequence[str]],
                    read: Callable[[IO[bytes]], None]) -> None:
-        argv = self._argv("send")
-        process = self.ssh.popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE)
-        assert process.stdin and process.stdout and process.stderr
-        errors: list[bytes] = []
-        stderr = process.stderr
-        reader = threading.Thread(target=lambda: errors.append(stderr.read()), daemon=True)
-        reader.start()
         request = json.dumps({"format": PULL_FORMAT, "files": [list(f) for f in files]})
-        try:
-            with contextlib.suppress(BrokenPipeError):
-                process.stdin.write(request.encode())
-                process.stdin.close()
-            read(process.stdout)
-            while process.stdout.read(_CHUNK):
-                pass
-        except BaseException:
-            process.kill()
-            raise
-        finally:
-            code = process.wait()
-            reader.join()
-        if code != 0:
-            raise self.ssh.error(argv, code, b"".join(errors))
+        self.ssh.receive(self._argv("send"), read, input=request.encode())
 
 
 @dataclass

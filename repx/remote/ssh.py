@@ -230,16 +230,23 @@ class SshTarget:
             raise self.error(argv, code or SSH_FAILED, b"".join(errors))
         return counter.size
 
-    def receive(self, argv: Sequence[str], read: Callable[[IO[bytes]], None]) -> None:
-        """Run ``argv`` remotely with ``read`` consuming its stdout (a tar, usually)."""
-        process = self.popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE)
+    def receive(self, argv: Sequence[str], read: Callable[[IO[bytes]], None], *,
+                input: bytes | None = None) -> None:
+        """Run ``argv`` remotely with ``read`` consuming its stdout (a tar, usually);
+        ``input``, when given, is its whole stdin (a request it reads before answering)."""
+        process = self.popen(argv, stdin=subprocess.DEVNULL if input is None else subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         assert process.stdout is not None and process.stderr is not None
         errors: list[bytes] = []
         reader = threading.Thread(target=lambda: errors.append(process.stderr.read()),
                                   daemon=True)  # type: ignore[union-attr]
         reader.start()
         try:
+            if input is not None:
+                assert process.stdin is not None
+                with contextlib.suppress(BrokenPipeError):
+                    process.stdin.write(input)
+                    process.stdin.close()
             read(process.stdout)
             # Whatever ``read`` left unread is drained so that the remote can exit.
             while process.stdout.read(1 << 16):

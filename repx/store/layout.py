@@ -29,6 +29,11 @@ from repx.store.errors import StoreError
 
 #: The folder of a store that holds one folder per job.
 OUTPUTS = "outputs"
+
+#: Files in ``out/`` that are not job outputs: SLURM writes its own log there, and the
+#: execution contract keeps it when it empties ``$out`` before a run.
+EXCLUDED_OUTPUTS = ("slurm-*.out",)
+
 #: A job's ``$out``.
 OUT = "out"
 #: A job's own files that are not outputs (logs, the JSON it was given).

@@ -82,9 +82,6 @@ DEFAULT_STORE = ".repx"
 #: The database file inside ``<store>/db``.
 DATA_FILE = "data.mdb"
 
-#: Files in ``out/`` that are not job outputs: SLURM writes its own log there, and the
-#: execution contract keeps it when it empties ``$out`` before a run.
-EXCLUDED_OUTPUTS = ("slurm-*.out",)
 
 #: Files at least this big are hashed with BLAKE3's multi-threaded mode; below it, threads
 #: cost more than they save.
@@ -1222,7 +1219,7 @@ class Store:
             rel_dir = os.path.relpath(dirpath, out)
             top = rel_dir == "."
             for name in sorted(filenames):
-                if top and any(fnmatch.fnmatchcase(name, pat) for pat in EXCLUDED_OUTPUTS):
+                if top and any(fnmatch.fnmatchcase(name, pat) for pat in layout.EXCLUDED_OUTPUTS):
                     continue
                 full = os.path.join(dirpath, name)
                 try:

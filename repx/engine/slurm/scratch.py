@@ -45,7 +45,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from repx.store.layout import OUT
+from repx.store.layout import EXCLUDED_OUTPUTS, OUT
 
 #: ``--scratch`` values: where a SLURM job's ``$out`` is written while it runs.
 SCRATCH_MODES = ("shared", "node-local")
@@ -67,8 +67,6 @@ FAILED_SCRATCH_TAR = "failed-scratch.tar"
 #: The prefix of a staging folder (``<job>/.commit-<slurm job id>``) inside the job folder.
 STAGING_PREFIX = ".commit-"
 
-#: Files at the top of ``out/`` that are not outputs (as :meth:`repx.store.Store.manifest`).
-_EXCLUDED = ("slurm-*.out",)
 
 
 @dataclass(frozen=True)
@@ -172,7 +170,7 @@ def tree_manifest(root: str) -> list[tuple[str, int, str]]:
         rel_dir = os.path.relpath(dirpath, root)
         top = rel_dir == "."
         for name in sorted(filenames):
-            if top and any(fnmatch.fnmatchcase(name, pat) for pat in _EXCLUDED):
+            if top and any(fnmatch.fnmatchcase(name, pat) for pat in EXCLUDED_OUTPUTS):
                 continue
             full = os.path.join(dirpath, name)
             try:
