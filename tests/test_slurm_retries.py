@@ -6,6 +6,8 @@ What is pinned: a job that needs 150 MB with ``mem = "64M"`` ends OUT_OF_MEMORY,
 job: DEPENDENCY_NEVER_SATISFIED); with ``--retries 2`` the same build doubles its memory
 until it succeeds (64M, 128M, 256M), its downstream job is submitted again behind the
 retry, and every attempt is in the record (node, state, requested mem, MaxRSS, Elapsed).
+A job SLURM cancelled for its dependency after a ``--no-wait`` build is submitted again by
+the next build, behind its upstream job that build runs again.
 A job over its ``time = "00:01:00"`` (a stage's ``retries`` hint, no flag) succeeds on a
 retry with 1.5 times the time. A script failure is not retried, unless ``--retry-failed``.
 A job cancelled with scancel is CANCELLED_BY_USER. Killing a node's slurmd while jobs run
@@ -185,6 +187,43 @@ def test_script_failure_is_retried_only_when_asked(slurm, make_lab, tmp_path) ->
     assert flaky.status is Status.SUCCEEDED
     assert [(a["state"], a["exit_code"]) for a in flaky.attempts] == [
         ("FAILED", 3), ("COMPLETED", 0)], flaky.attempts
+
+
+def sacct_state(task: str) -> str:
+    """The state word sacct has for ``task`` ("" while it has no record)."""
+    proc = subprocess.run(["sacct", "-n", "-P", "-X", "-j", task, "-o", "State"],
+                          capture_output=True, text=True, check=False)
+    return (proc.stdout.split() or [""])[0]
+
+
+def test_a_job_slurm_cancelled_for_its_dependency_is_rerun_behind_its_upstream(
+        slurm, make_lab, tmp_path) -> None:
+    """A ``--no-wait`` build leaves a job queued behind one that fails; SLURM cancels it
+    for its dependency while no repx command looks. The next build, which runs the failed
+    job again, submits the cancelled one again behind it: it is not recorded blocked."""
+    require_nix()
+    fail = tmp_path / "fail"
+    fail.touch()
+    folder = make_pipe(make_lab, {
+        "first": stage_file("first", f'if [ -e {fail} ]; then exit 5; fi'),
+        "second": stage_file("second", 'cat "${inputs.out}"', inputs='out = "";'),
+    }, links={"second": "[ first ]"})
+    submitted = build(folder, "--scheduler", "slurm", "--no-wait")
+    assert len(submitted["submitted"]) == 2, submitted
+    queued = records_by_stage(folder)["second"]
+    assert queued.status is Status.QUEUED and queued.slurm_id
+    deadline = time.monotonic() + 120
+    while sacct_state(queued.slurm_id) != "CANCELLED":
+        assert time.monotonic() < deadline, "SLURM never cancelled the dependent job"
+        time.sleep(0.5)
+    assert records_by_stage(folder)["second"].status is Status.QUEUED  # nobody looked
+    fail.unlink()
+    result = build(folder, "--scheduler", "slurm")
+    assert (result["failed"], result["blocked"]) == ([], []), result
+    records = records_by_stage(folder)
+    assert {s: r.status for s, r in records.items()} == {
+        "first": Status.SUCCEEDED, "second": Status.SUCCEEDED}
+    assert records["second"].slurm_id != queued.slurm_id
 
 
 def test_cancelled_by_the_user_is_its_own_reason(slurm, make_lab) -> None:

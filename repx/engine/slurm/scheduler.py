@@ -56,7 +56,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -390,7 +390,7 @@ class SlurmScheduler(UnitScheduler):
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         previous = self._install_signals(wake_w)
         try:
-            self._adopt()
+            self._adopt(building=True)
             self._loop(wake_r)
         finally:
             self._restore_signals(previous)
@@ -451,13 +451,19 @@ class SlurmScheduler(UnitScheduler):
         self._record_detached_ended()
         return recorded
 
-    def _adopt(self, states: Mapping[str, tuple[str, str]] | None = None) -> list[Unit]:
+    def _adopt(self, states: Mapping[str, tuple[str, str]] | None = None, *,
+               building: bool = False) -> list[Unit]:
         """Units the store says are QUEUED/RUNNING on SLURM from a build that is gone: watch
         them if SLURM knows them, instead of submitting them again; the units adopted.
 
         ``states`` are SLURM's (:func:`task_states`); asked here when not given. A task
         missing from them is not adopted (the build runs it again). The outcome of a task
         that has ended is recorded at once, so what waits for it can be submitted now.
+
+        When ``building``, a task that ended without success (failed, cancelled for its
+        dependency, killed with its node...) is not adopted but recorded as ``repx status``
+        records it, and then run again like any job an earlier build left failed: what a
+        build does never depends on whether ``repx status`` looked in between.
         """
         records = self.store.get_many(list(self.units))
         candidates = {uid: r for uid, r in records.items()
@@ -468,6 +474,8 @@ class SlurmScheduler(UnitScheduler):
             states = task_states(self.cli, {
                 r.slurm_id or "": self.folders.meta_file(uid, layout.EXIT_CODE)
                 for uid, r in candidates.items()})
+        if building:
+            candidates = self._record_earlier_failures(candidates, states)
         adopted: list[Unit] = []
         with self.store.batch():
             for uid, record in candidates.items():
@@ -496,6 +504,30 @@ class SlurmScheduler(UnitScheduler):
         if ended:
             self._apply_states(ended)
         return adopted
+
+    def _record_earlier_failures(self, candidates: dict[str, JobRecord],
+                                 states: Mapping[str, tuple[str, str]]
+                                 ) -> dict[str, JobRecord]:
+        """Record how the ``candidates`` whose SLURM tasks ended without success ended,
+        through a scheduler of their jobs alone (:meth:`record_ended`, as ``repx status``
+        does); the candidates left to adopt. The recorded ones stay this build's units to
+        submit: their records are no longer active."""
+        failed = {uid: r for uid, r in candidates.items()
+                  if states.get(r.slurm_id or "", ("", ""))[0] in FINAL_STATES - {"COMPLETED"}
+                  and not owner_alive(r.host, r.pid, r.owner)}
+        if not failed:
+            return candidates
+        jobs = list(dict.fromkeys(self.units[uid].job.id for uid in failed))
+        recorder = SlurmScheduler(self.graph, self.store, Plan(jobs, [], jobs),
+                                  replace(self.options, keep_going=True, wait=False),
+                                  cli=self.cli)
+        recorder.record_ended({r.slurm_id or "": states[r.slurm_id or ""]
+                               for r in failed.values()})
+        for uid, record in failed.items():
+            self.reporter.message(
+                f"{self.units[uid].label} {uid} ended {states[record.slurm_id or ''][0]} on "
+                f"SLURM as job {record.slurm_id} of an earlier build; running it again")
+        return {uid: r for uid, r in candidates.items() if uid not in failed}
 
     # -- submission
 
