@@ -168,6 +168,24 @@ def test_records_iterates_across_chunks(store: Store) -> None:
     assert len(seen) == len(ids) and set(seen) == ids
 
 
+def test_records_of_some_statuses_across_chunks(store: Store) -> None:
+    """Only the records of the statuses asked for, across read chunks (one queued job in
+    every 500, the rest finished), each once and decoded whole."""
+    statuses = {f"{i:05d}-s-1": Status.QUEUED if i % 500 == 0 else
+                (Status.FAILED if i % 3 else Status.SUCCEEDED) for i in range(2600)}
+    with store.batch():
+        for job_id, status in statuses.items():
+            store.put(JobRecord(job_id, status, slurm_id=job_id[:5]))
+    queued = list(store.records((Status.QUEUED, Status.RUNNING)))
+    assert sorted(r.job_id for r in queued) == sorted(
+        j for j, s in statuses.items() if s is Status.QUEUED)
+    assert all(r.status is Status.QUEUED and r.slurm_id == r.job_id[:5] for r in queued)
+    succeeded = [r.job_id for r in store.records((Status.SUCCEEDED,))]
+    assert len(succeeded) == len(set(succeeded)) == sum(
+        s is Status.SUCCEEDED for s in statuses.values())
+    assert list(store.records(())) == []
+
+
 def test_get_many_and_statuses_of_20000(store: Store) -> None:
     ids = [f"{i:032d}-stage{i % 7}-1.0" for i in range(20_000)]
     outs = [OutputFile(f"f{k}.csv", 100 + k, "ab" * 32) for k in range(3)]

@@ -25,7 +25,7 @@ from repx.engine.contract import resolve_output
 from repx.engine.slurm.adopt import SlurmLookup, look_up
 from repx.errors import UsageError
 from repx.lab.graph import Job, JobGraph
-from repx.store import JobRecord, Status, Store, StoreError, layout, live_claim
+from repx.store import ACTIVE_STATUSES, JobRecord, Status, Store, StoreError, layout, live_claim
 from repx.store.gc import dir_size
 from repx.store.layout import read_units, unit_ids
 
@@ -156,7 +156,7 @@ def slurm_lookup(store: Store, job_ids: Iterable[str] | None = None,
     of those that ended (:func:`repx.engine.slurm.adopt.look_up`). Costs nothing on a store
     without such records."""
     if job_ids is None:
-        records = [r for r in store.records() if r.status.active]
+        records = list(store.records(ACTIVE_STATUSES))
     else:
         active = [i for i, s in store.statuses(job_ids).items() if s.active]
         records = list(store.get_many(active).values()) if active else []
@@ -621,7 +621,7 @@ def verify_jobs(store: Store, job_ids: Iterable[str] | None = None, *,
     missing, changed in size or (with ``checksums``) in content.
     """
     if job_ids is None:
-        records = [r for r in store.records() if r.status is Status.SUCCEEDED]
+        records = list(store.records((Status.SUCCEEDED,)))
         named: list[str] = []
     else:
         named = list(dict.fromkeys(job_ids))

@@ -48,7 +48,7 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -932,18 +932,25 @@ class Store:
 
         return self._read_each(job_ids, status)
 
-    def records(self) -> Iterator[JobRecord]:
-        """Every job record, in key order, read a chunk per transaction."""
+    def records(self, statuses: Collection[Status] | None = None) -> Iterator[JobRecord]:
+        """Every job record (only those in ``statuses``, when given), in key order, read a
+        chunk per transaction. A record of another status is never decoded (its status is
+        its first two bytes): ``repx cancel`` of 10 000 queued jobs in a store of a million
+        finished ones decodes 10 000."""
         after: bytes | None = None
         while True:
             chunk: list[JobRecord] = []
+            seen = 0
             with self._read() as (txn, h):
                 cur = txn.cursor(db=h.jobs)
                 more = cur.set_range(after) if after is not None else cur.first()
                 if more and after is not None and bytes(cur.key()) == after:
                     more = cur.next()
-                while more and len(chunk) < _RECORDS_CHUNK:
-                    chunk.append(JobRecord.from_msgpack(cur.value()))
+                while more and seen < _RECORDS_CHUNK:
+                    value = cur.value()
+                    if statuses is None or status_of(value) in statuses:
+                        chunk.append(JobRecord.from_msgpack(value))
+                    seen += 1
                     after = bytes(cur.key())
                     more = cur.next()
             yield from chunk

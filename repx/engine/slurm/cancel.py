@@ -10,7 +10,7 @@ from collections.abc import Iterable, Iterator
 from repx.engine.slurm.arrays import task_of
 from repx.engine.slurm.cli import SlurmCli
 from repx.engine.slurm.detached import ANCHOR_FILE, SUBMITTED_FILE
-from repx.store import JobRecord, Store, StoreError, owner_alive, owner_token
+from repx.store import ACTIVE_STATUSES, JobRecord, Store, StoreError, owner_alive, owner_token
 from repx.store.layout import META, OUTPUTS, read_units, unit_ids
 
 
@@ -24,7 +24,7 @@ def cancel_jobs(store: Store, job_ids: Iterable[str] | None = None,
     """
     cli = cli or SlurmCli()
     if job_ids is None:
-        records = [r for r in store.records() if r.status.active]
+        records = list(store.records(ACTIVE_STATUSES))
     else:
         wanted = list(dict.fromkeys(_with_units(store, job_ids)))
         records = list(store.get_many(wanted).values())

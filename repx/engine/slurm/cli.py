@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import threading
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from repx.engine.slurm.arrays import compress_task_ids, task_of
@@ -226,7 +227,7 @@ class SlurmCli:
 
     def prefetch_limits(self) -> None:
         """Start reading the default account's limits in the background (three SLURM
-        commands, tens of milliseconds each), so that a build's first submission finds
+        commands, at once: :meth:`_read_limits`), so that a build's first submission finds
         them read while it was expanding its units."""
         if self._prefetch is None and None not in self._limits:
             def read() -> None:
@@ -237,49 +238,67 @@ class SlurmCli:
             self._prefetch.start()
 
     def _read_limits(self, account: str | None) -> SiteLimits:
+        """The limits of :meth:`site_limits`, from three SLURM commands run at once: each
+        sacctmgr call is a round trip to slurmdbd and its database (~0.2 s on the test
+        cluster), so one after another they were most of a 10 000-job submission."""
         limits = SiteLimits()
-        if self._config is None:
+        have_sacctmgr = shutil.which("sacctmgr") is not None
+        user = current_user()
+        with ThreadPoolExecutor(max_workers=3, thread_name_prefix="repx-slurm-limits") as pool:
+            config_text = (pool.submit(self._answer, ["scontrol", "show", "config"])
+                           if self._config is None else None)
+            # The user's associations with their default account on every row, and every
+            # QOS's per-user limits (the few the associations name are picked below).
+            assoc_text = pool.submit(self._answer, [
+                "sacctmgr", "-n", "-P", "show", "user", user, "withassoc",
+                "format=DefaultAccount,Account,MaxSubmitJobs,MaxJobs,QOS"]) \
+                if have_sacctmgr else None
+            qos_text = pool.submit(self._answer, [
+                "sacctmgr", "-n", "-P", "show", "qos",
+                "format=Name,MaxSubmitJobsPerUser,MaxJobsPerUser"]) if have_sacctmgr else None
+        if config_text is not None:
             config: dict[str, str] = {}
-            with contextlib.suppress(SlurmError):
-                for line in self._run(["scontrol", "show", "config"], timeout=30).splitlines():
-                    key, _, value = line.partition("=")
-                    config[key.strip()] = value.strip()
+            for line in (config_text.result() or "").splitlines():
+                key, _, value = line.partition("=")
+                config[key.strip()] = value.strip()
             self._config = config
+        assert self._config is not None
         with contextlib.suppress(ValueError, KeyError):
             limits.max_array_size = int(self._config["MaxArraySize"])
         with contextlib.suppress(ValueError, KeyError):
             limits.max_job_count = int(self._config["MaxJobCount"])
-        if shutil.which("sacctmgr") is None:
+        if assoc_text is None or qos_text is None:
             return limits
-        user = current_user()
-        with contextlib.suppress(SlurmError):
-            rows = [line.strip().split("|") for line in self._run(
-                ["sacctmgr", "-n", "-P", "show", "assoc", f"user={user}",
-                 "format=Account,MaxSubmitJobs,MaxJobs,QOS"], timeout=30).splitlines()]
-            rows = [row for row in rows if len(row) >= 4]
-            if account is None:
-                default = self._run(["sacctmgr", "-n", "-P", "show", "user", user,
-                                     "format=DefaultAccount"], timeout=30).strip()
-                account = default.splitlines()[0] if default else None
-            limits.account = account
-            # The association of that account (one per partition: the tightest applies);
-            # all of the user's when the account is not known.
-            mine = [row for row in rows if row[0] == account] or rows
-            qos_names: set[str] = set()
-            for row in mine:
-                limits.max_submit_jobs = _tighter(limits.max_submit_jobs, row[1])
-                limits.max_jobs = _tighter(limits.max_jobs, row[2])
-                qos_names.update(q for q in row[3].split(",") if q)
-            if qos_names:
-                qos = self._run(["sacctmgr", "-n", "-P", "show", "qos",
-                                 "format=Name,MaxSubmitJobsPerUser,MaxJobsPerUser"],
-                                timeout=30)
-                for line in qos.splitlines():
-                    parts = line.strip().split("|")
-                    if len(parts) >= 3 and parts[0] in qos_names:
-                        limits.max_submit_jobs = _tighter(limits.max_submit_jobs, parts[1])
-                        limits.max_jobs = _tighter(limits.max_jobs, parts[2])
+        assoc = assoc_text.result()
+        if assoc is None:
+            return limits
+        rows = [line.strip().split("|") for line in assoc.splitlines()]
+        rows = [row for row in rows if len(row) >= 5]
+        if account is None:
+            account = (rows[0][0] or None) if rows else None
+        limits.account = account
+        # The association of that account (one per partition: the tightest applies); all
+        # of the user's when the account is not known.
+        mine = [row for row in rows if row[1] == account] or rows
+        qos_names: set[str] = set()
+        for row in mine:
+            limits.max_submit_jobs = _tighter(limits.max_submit_jobs, row[2])
+            limits.max_jobs = _tighter(limits.max_jobs, row[3])
+            qos_names.update(q for q in row[4].split(",") if q)
+        for line in (qos_text.result() or "").splitlines() if qos_names else []:
+            parts = line.strip().split("|")
+            if len(parts) >= 3 and parts[0] in qos_names:
+                limits.max_submit_jobs = _tighter(limits.max_submit_jobs, parts[1])
+                limits.max_jobs = _tighter(limits.max_jobs, parts[2])
         return limits
+
+    def _answer(self, argv: list[str]) -> str | None:
+        """What a limits query printed; None when SLURM could not answer it (the limit is
+        then unknown, and a submission finds it out from sbatch's refusal)."""
+        try:
+            return self._run(argv, timeout=30)
+        except SlurmError:
+            return None
 
     def user_jobs(self, account: str | None = None) -> int:
         """How many jobs of this user (charged to ``account``, when given) slurmctld holds
