@@ -187,6 +187,48 @@ def test_changing_one_branch_reruns_only_its_jobs(tmp_path: Path) -> None:
     assert (out_dir(store, rerun) / "result.txt").read_text().startswith("DOS\n")
 
 
+JOINT_RUN = """
+{ pkgs, repx-lib, ... }:
+{ name = "main"; pipelines = [ ./pipe.nix ]; params = { seed = [ 1 2 3 ]; n = [ 3 4 null ]; }; }
+"""
+
+JOINT_PIPE = """
+{ repx, ... }:
+repx.mkPipe { joint = repx.callStage ./joint.nix [ ]; }
+"""
+
+# Only the combination seed = 2, n = 3 changes the text: neither value does on its own.
+JOINT = """
+{ pkgs }:
+{
+  pname = "joint";
+  params = { seed = 0; n = 3; };
+  outputs = { result = "$out/result.txt"; };
+  run = { outputs, params, ... }:
+    (if params.seed == 2 && params.n == 3 then "echo JOINT" else "echo PLAIN") + ''
+       > "${outputs.result}"
+    '';
+}
+"""
+
+
+@pytest.mark.nix
+def test_a_text_that_depends_on_two_values_at_once_is_found(tmp_path: Path) -> None:
+    """Every combination is rendered in the check, also when a value is null (the default:
+    n = null is n = 3, so two combinations repeat) and no single value changes the text."""
+    require_nix()
+    folder = write_lab(tmp_path / "lab", {"run.nix": JOINT_RUN, "pipe.nix": JOINT_PIPE,
+                                          "joint.nix": JOINT})
+    store = tmp_path / ".repx"
+    assert len(build(folder, store).executed) == 6  # seeds 1-3 by n 3, 4 (null is 3)
+    for job in by_pname(list_jobs(folder), "joint"):
+        text = (out_dir(store, job["id"]) / "result.txt").read_text()
+        joint = (job["params"]["seed"], job["params"]["n"]) == (2, 3)
+        assert text == ("JOINT\n" if joint else "PLAIN\n"), job["params"]
+    graph = load_job_graph(folder / "result")
+    assert len({j.executables["main"].script for j in graph.jobs.values()}) == 2
+
+
 BRANCHING_OUTPUTS = """
 { pkgs }:
 {

@@ -218,8 +218,13 @@ def test_a_job_slurm_cancelled_for_its_dependency_is_rerun_behind_its_upstream(
         time.sleep(0.5)
     assert records_by_stage(folder)["second"].status is Status.QUEUED  # nobody looked
     fail.unlink()
+    said = repx("build", "--store", str(folder / ".repx"), "--poll", "0.3", "--scheduler",
+                "slurm", cwd=folder)
+    assert "2 jobs of an earlier build ended on SLURM without success (CANCELLED 1, " \
+        "FAILED 1" in said.stdout + said.stderr, said.stdout + said.stderr
     result = build(folder, "--scheduler", "slurm")
-    assert (result["failed"], result["blocked"]) == ([], []), result
+    assert (result["executed"], result["failed"], result["blocked"]) == ([], [], []), result
+    assert len(result["up_to_date"]) == 2
     records = records_by_stage(folder)
     assert {s: r.status for s, r in records.items()} == {
         "first": Status.SUCCEEDED, "second": Status.SUCCEEDED}

@@ -4,7 +4,7 @@
 # the run's combinations `combos` of the stage's params; `outputsAt` gives the
 # gather's (the stage's) outputs for one combination when they are dynamic.
 { u, pname, version, file, defaults, runDeps, mkExecutable, phaseKeys, stepKeys, def
-, inputsAttr, outputsFor, outputsAt, combos }:
+, inputsAttr, outputsFor, outputsAt, combos, checkCombos ? combos }:
 let
   inherit (builtins) attrNames concatMap elem filter isAttrs isList isString length mapAttrs;
 
@@ -135,7 +135,7 @@ let
   phase = { name, section, inputs, outputs, outputsAt ? null, extra ? { } }:
     let
       rendered = mkExecutable {
-        inherit name version file combos outputsAt;
+        inherit name version file combos checkCombos outputsAt;
         stage = pname;
         def = section;
         params = defaults;

@@ -7,7 +7,7 @@ let
   u = import ./prelude.nix;
   scripts = import ./script.nix { inherit pkgs; };
   inherit (builtins)
-    attrNames concatMap elem filter functionArgs hasAttr isAttrs isFunction isList
+    attrNames concatMap elem filter functionArgs hasAttr intersectAttrs isAttrs isFunction isList
     isString length listToAttrs mapAttrs toJSON;
 
   commonKeys = [ "pname" "version" "params" "parameters" "passthru" "resources"
@@ -138,10 +138,24 @@ let
           value = builtins.elemAt row i;
         }) idx)) z.rows;
       zipUnits = filter (x: x != null) (map zipUnit run.zips);
-      combos = u.product (axisUnits ++ zipUnits);
+      units = axisUnits ++ zipUnits;
+      combos = u.product units;
       effective = c: defaults // u.filterAttrs (_: v: v != null) c;
+      # A null value means the default; without one, `defaults // c` is `effective c`.
+      anyNull = builtins.any (unit: builtins.any (x:
+        builtins.any (v: v == null) (builtins.attrValues x)) unit) units;
     in
-    u.uniqueJSON (map effective combos);
+    {
+      # Each combination once, in the order of its JSON text: the rows of a
+      # dynamic table (the lab JSON lists them in this order).
+      rows = u.uniqueJSON (map effective combos);
+      # Every combination, in product order, a repeated one (two zip rows that
+      # give the same values) as often as it occurs: what the check of `run` in
+      # mkExecutable renders, which needs neither order nor uniqueness. Neither
+      # sorting half a million JSON texts nor filtering nulls per combination is
+      # then paid by a stage whose `run` turns out not to depend on the values.
+      all = map (if anyNull then effective else (c: defaults // c)) combos;
+    };
 
   # Inside `run`, `params.<p>` (and `parameters.<p>`) is the bash expansion of
   # the job's value, ${params["<p>"]}: a value reaches the script as data (quotes
@@ -184,9 +198,11 @@ let
   # Those are given as their bash text in the value rendering; every other
   # param is given as its value, and `toString` of it is what the expansion is
   # compared with. `outputsAt c` is the stage's outputs for c when they are a
-  # { params }: function (null: static outputs).
+  # { params }: function (null: static outputs). `combos` are the rows (their
+  # order is the variants'); `checkCombos` the same combinations as the check
+  # walks them (any order, repeats allowed: effectiveCombos's `all`).
   mkExecutable = { name, version, def, params, inputs, outputs, runDependencies, resources, file
-                 , combos ? [ ], outputsAt ? null, stage ? name }:
+                 , combos ? [ ], checkCombos ? combos, outputsAt ? null, stage ? name }:
     let
       # For messages: the stage, and which of its scripts (a scatter-gather phase).
       label = if stage == name then "stage '${stage}'" else "stage '${stage}' ('${name}')";
@@ -198,7 +214,7 @@ let
         let
           body =
             if !isFunction runFn then throw "stage file '${file}': 'run' of '${name}' must be a function { inputs, outputs, params, ... }: returning a string."
-            else u.callWith runFn {
+            else callRun {
               inherit pkgs;
               inputs = inputRefs;
               outputs = outs;
@@ -215,6 +231,8 @@ let
 
       takes = if isFunction runFn then functionArgs runFn else { };
       getsAll = takes == { };
+      # u.callWith with the formals read once (`run` is called once per combination).
+      callRun = available: if getsAll then runFn available else runFn (intersectAttrs takes available);
       mayDepend = (names != [ ] && (getsAll || takes ? params || takes ? parameters))
         || (outputsAt != null && (getsAll || takes ? outputs));
 
@@ -222,7 +240,7 @@ let
       probe = ./param-probe.txt;
       probeCopy = "${probe}";
       interpolatedDirectly = p:
-        builtins.any (c: !(isText c.${p})) combos
+        builtins.any (c: !(isText c.${p})) checkCombos
         && contains body (expansionOf p)
         && contains (builtins.addErrorContext
           "repx: while rendering 'run' of ${label} (file '${file}') with the path ${toString probe} for params.${p}, to find whether it interpolates params.${p} directly."
@@ -231,8 +249,10 @@ let
       valueOf = p: v: if elem p direct then bashText v else v;
       # The text the value rendering holds where the expansion text holds ${params["p"]}.
       textOf = p: v: if isText v || elem p direct then bashText v else toString v;
-      fillIn = c: text:
-        builtins.replaceStrings (map expansionOf names) (map (p: textOf p c.${p}) names) text;
+      patterns = map expansionOf names;
+      fillIn = c: text: builtins.replaceStrings patterns (map (p: textOf p c.${p}) names) text;
+      # The params `run` gets for c (c itself when no param is interpolated directly).
+      valuesFor = c: if direct == [ ] then c else mapAttrs valueOf c;
       realOutputs = c: if outputsAt == null then outputs else outputsAt c;
       # Output templates stay expansions where they give c's outputs exactly.
       outputsFor = c:
@@ -241,14 +261,17 @@ let
           let real = (realOutputs c).${n} or t; in
           if isString t && fillIn c t == real then t else real) outputs;
 
-      rendered = map (c: builtins.addErrorContext
+      renderAt = c: builtins.addErrorContext
         "repx: while rendering 'run' of ${label} (file '${file}') with the param values ${builtins.unsafeDiscardStringContext (toJSON c)}, to find whether its text depends on them beyond the bash expansions; a `run` that tests a number or boolean param in Nix must interpolate it as toString params.<p>."
-        (render (mapAttrs valueOf c) (realOutputs c))) combos;
+        (render (valuesFor c) (realOutputs c));
+      rendered = map renderAt combos;
       count = length combos;
       at = i: builtins.elemAt combos i;
       # body and the probes first: their errors are not about any one combination.
+      # Every combination is rendered (a text may depend on two values at once);
+      # the rows themselves only when one differs.
       dependent = mayDepend && builtins.seq body (builtins.seq direct
-        (builtins.any (i: builtins.elemAt rendered i != fillIn (at i) body) (u.range 0 (count - 1))));
+        (builtins.any (c: renderAt c != fillIn c body) checkCombos));
 
       # Which params change the text on their own (each value tried with the
       # other params left as expansions).
@@ -362,7 +385,8 @@ in
       resourcesFirst = resolveWith (def.resources or null) defaults;
 
       # Input names over every combination this stage sees in the run.
-      combos = key: effectiveCombos { pname = staticPname; inherit key defaults; };
+      combos = key: (effectiveCombos { pname = staticPname; inherit key defaults; }).rows;
+      checkCombos = key: (effectiveCombos { pname = staticPname; inherit key defaults; }).all;
       inputNamesFor = key:
         if isFunction inputsAttr
         then u.unique (concatMap (p: attrNames (callDynamic inputsAttr p)) (combos key))
@@ -386,7 +410,7 @@ in
       # Every executable of the stage as mkExecutable gives it ({ exe, variants }),
       # for the run's combinations `cs` of the stage's params.
       executablesFor = key: cs:
-        if isSG then (sgWith cs).executables
+        if isSG then (sgWith cs (checkCombos key)).executables
         else {
           main = mkExecutable {
             name = pname;
@@ -396,6 +420,7 @@ in
             outputs = outputsForRun outputsAttr;
             outputsAt = outputsAtFor outputsAttr;
             combos = cs;
+            checkCombos = checkCombos key;
             runDependencies = runDeps;
             resources = if resourcesFirst == null then { } else resourcesFirst;
           };
@@ -413,13 +438,14 @@ in
         else [ exes.scatter exes.gather ] ++ builtins.attrValues exes.steps;
       variantAt = i: e: if e.variants == null then e.exe else builtins.elemAt e.variants i;
 
-      sgWith = cs: import ./scatter-gather.nix {
+      sgWith = cs: checkCs: import ./scatter-gather.nix {
         inherit u pname version file defaults runDeps mkExecutable phaseKeys stepKeys def inputsAttr;
         outputsFor = outputsForRun;
         outputsAt = outputsAtFor outputsAttr;
         combos = cs;
+        checkCombos = checkCs;
       };
-      sg = sgWith [ ];
+      sg = sgWith [ ] [ ];
 
       # Per-combination rows: the { params }: attributes, and the executables
       # when a `run` renders differently for different values. A row's

@@ -60,6 +60,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from repx.display import plural
 from repx.engine.contract import JOB_ID_ENV, job_argv, prepare_job_folder
 from repx.engine.failures import MEM_FACTOR, TIME_FACTOR, FailureKind, may_retry
 from repx.engine.plan import Plan
@@ -523,10 +524,15 @@ class SlurmScheduler(UnitScheduler):
                                   cli=self.cli)
         recorder.record_ended({r.slurm_id or "": states[r.slurm_id or ""]
                                for r in failed.values()})
-        for uid, record in failed.items():
-            self.reporter.message(
-                f"{self.units[uid].label} {uid} ended {states[record.slurm_id or ''][0]} on "
-                f"SLURM as job {record.slurm_id} of an earlier build; running it again")
+        ended: dict[str, int] = {}
+        for record in failed.values():
+            state = states[record.slurm_id or ""][0]
+            ended[state] = ended.get(state, 0) + 1
+        how = ", ".join(f"{state} {count}" for state, count in sorted(ended.items()))
+        first = next(iter(failed))
+        self.reporter.message(
+            f"{plural(len(failed), 'job')} of an earlier build ended on SLURM without success "
+            f"({how}; e.g. {self.units[first].label} {first}): recorded, and run again")
         return {uid: r for uid, r in candidates.items() if uid not in failed}
 
     # -- submission
