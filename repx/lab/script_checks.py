@@ -652,19 +652,21 @@ def check_dynamic_outputs(graph: JobGraph) -> None:
     does not, nothing tells the script which branch a job is in, so the file would be
     written elsewhere than repx looks. Say so at build time.
     """
-    # A pair (outputs, templates) without param expansions renders the same for every job
-    # that shares it (a stage's jobs): checked once, by the dicts' ids (held by the graph).
-    checked: set[tuple[int, int]] = set()
+    # Outputs and templates without param expansions render the same for every job of a
+    # stage variant (the jobs sharing one shape, which holds both): checked once per shape,
+    # by its id (the graph holds every shape), so a million jobs cost a million lookups.
+    checked: set[int] = set()
     for job in graph.jobs.values():
-        if job.kind != "simple" or "main" not in job.executables:
+        shape = job.shape
+        if id(shape) in checked:
             continue
-        template = job.executables["main"].outputs
-        shared = (id(job.outputs), id(template))
-        if shared in checked:
+        if shape.kind != "simple" or "main" not in shape.executables:
+            checked.add(id(shape))
             continue
+        template = shape.executables["main"].outputs
         if not any(isinstance(t, str) and "${params[" in t
-                   for t in (*template.values(), *job.outputs.values())):
-            checked.add(shared)
+                   for t in (*template.values(), *shape.outputs.values())):
+            checked.add(id(shape))
         for name, path in job.outputs.items():
             rendered = render_body(template.get(name, path), job.params)
             if rendered != path:
