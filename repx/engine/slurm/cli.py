@@ -257,16 +257,15 @@ class SlurmCli:
                 "sacctmgr", "-n", "-P", "show", "qos",
                 "format=Name,MaxSubmitJobsPerUser,MaxJobsPerUser"]) if have_sacctmgr else None
         if config_text is not None:
-            config: dict[str, str] = {}
+            self._config = {}
             for line in (config_text.result() or "").splitlines():
                 key, _, value = line.partition("=")
-                config[key.strip()] = value.strip()
-            self._config = config
-        assert self._config is not None
+                self._config[key.strip()] = value.strip()
+        config = self._config or {}
         with contextlib.suppress(ValueError, KeyError):
-            limits.max_array_size = int(self._config["MaxArraySize"])
+            limits.max_array_size = int(config["MaxArraySize"])
         with contextlib.suppress(ValueError, KeyError):
-            limits.max_job_count = int(self._config["MaxJobCount"])
+            limits.max_job_count = int(config["MaxJobCount"])
         if assoc_text is None or qos_text is None:
             return limits
         assoc = assoc_text.result()
@@ -285,11 +284,12 @@ class SlurmCli:
             limits.max_submit_jobs = _tighter(limits.max_submit_jobs, row[2])
             limits.max_jobs = _tighter(limits.max_jobs, row[3])
             qos_names.update(q for q in row[4].split(",") if q)
-        for line in (qos_text.result() or "").splitlines() if qos_names else []:
-            parts = line.strip().split("|")
-            if len(parts) >= 3 and parts[0] in qos_names:
-                limits.max_submit_jobs = _tighter(limits.max_submit_jobs, parts[1])
-                limits.max_jobs = _tighter(limits.max_jobs, parts[2])
+        if qos_names:
+            for line in (qos_text.result() or "").splitlines():
+                parts = line.strip().split("|")
+                if len(parts) >= 3 and parts[0] in qos_names:
+                    limits.max_submit_jobs = _tighter(limits.max_submit_jobs, parts[1])
+                    limits.max_jobs = _tighter(limits.max_jobs, parts[2])
         return limits
 
     def _answer(self, argv: list[str]) -> str | None:
