@@ -18,9 +18,12 @@ from __future__ import annotations
 import codecs
 import os
 from dataclasses import dataclass
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from rich.console import Console
+if TYPE_CHECKING:
+    # Imported where a console is made: a command that draws nothing (a no-op build
+    # answered from its index) does not load rich.
+    from rich.console import Console
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,8 @@ def make_console(stream: TextIO, *, terminal: bool) -> Console:
     shown as they are, never read as ``[red]`` markup or coloured as numbers.
     """
     colour = terminal and colour_allowed()
+    from rich.console import Console
+
     return Console(file=stream, force_terminal=terminal, no_color=not colour,
                    color_system="auto" if colour else None, markup=False, emoji=False,
                    highlight=False, safe_box=True, legacy_windows=False)

@@ -16,10 +16,11 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from repx.engine.noop_index import index_path, up_to_date_ids, write_index
+from repx.engine.noop_index import index_path, indexed_ids, up_to_date_ids, write_index
 from repx.engine.plan import Plan, plan_build
 from repx.errors import UsageError
 from repx.lab.graph import JobGraph, selection_closure
@@ -222,15 +223,15 @@ def dry_run(
     opened = _open_existing(store, readonly=True)
     try:
         if opened is not None and not (options.force or options.verify):
-            ids = up_to_date_ids(index, opened)
-            if ids is not None:
-                return Plan(closure=ids, up_to_date=ids, to_run=[])
+            found = up_to_date_ids(index, opened)
+            if found is not None:
+                return Plan(closure=found.ids, up_to_date=found.ids, to_run=[])
         graph = _expanded(lab, lab_dir, index, options.targets)
         if opened is None:
             closure = selection_closure(graph, list(options.targets))
             return Plan(closure, [], list(closure), dict.fromkeys(closure, "not in the store"))
         return plan_build(graph, opened, list(options.targets), force=options.force,
-                          verify=options.verify)
+                          verify=options.verify, marked=_marked_ids())
     finally:
         if opened is not None and opened is not store:
             opened.close()
@@ -284,11 +285,16 @@ def _with_plan(lab: LabOptions | JobGraph, store: Store | str | os.PathLike[str]
             plan = Plan(closure, [], list(closure), dict.fromkeys(closure, "not in the store"))
         else:
             plan = plan_build(graph, opened, list(options.targets), force=options.force,
-                              verify=options.verify)
+                              verify=options.verify, marked=_marked_ids())
         return then(graph, opened, plan)
     finally:
         if opened is not None and opened is not store:
             opened.close()
+
+
+def _marked_ids() -> Callable[[str], frozenset[str] | None]:
+    """The ids a closure mark names, read from the no-op indexes of this cache."""
+    return partial(indexed_ids, cache_dir())
 
 
 def _open_existing(store: Store | str | os.PathLike[str] | None, *,
@@ -324,7 +330,7 @@ def _full_build(graph: JobGraph, store: Store, options: BuildOptions,
     started = time.time()
     clock = time.monotonic()
     plan = plan_build(graph, store, list(options.targets), force=options.force,
-                      verify=options.verify)
+                      verify=options.verify, marked=_marked_ids())
     result = BuildResult(up_to_date=list(plan.up_to_date))
     from repx.engine.explain import record_build
     from repx.engine.units import Outcome, UnitState
@@ -377,11 +383,12 @@ def _noop_build(lab_dir: str | Path, store: Store | str | os.PathLike[str], inde
         started = time.time()
         if not any(root.lab_path == str(lab_dir) for root in opened.roots()):
             return None
-        ids = up_to_date_ids(index, opened)
-        if ids is None:
+        found = up_to_date_ids(index, opened)
+        if found is None:
             return None
-        result = BuildResult(up_to_date=ids, seconds=time.monotonic() - clock)
-        _record_last_build(opened, str(lab_dir), targets, started, result)
+        result = BuildResult(up_to_date=found.ids, seconds=time.monotonic() - clock)
+        _record_last_build(opened, str(lab_dir), targets, started, result,
+                           closure_mark=found.mark)
         return result
     finally:
         if opened is not store:
@@ -389,8 +396,10 @@ def _noop_build(lab_dir: str | Path, store: Store | str | os.PathLike[str], inde
 
 
 def _record_last_build(store: Store, lab: str, targets: tuple[str, ...], started: float,
-                       result: BuildResult) -> None:
-    """What ``repx cache stats`` reports as the last build (hit rates)."""
+                       result: BuildResult, *,
+                       closure_mark: tuple[str, int] | None = None) -> None:
+    """What ``repx cache stats`` reports as the last build (hit rates); a no-op build also
+    keeps the mark of the closure it found up to date (:meth:`Store.closure_succeeded`)."""
     store.set_meta("last_build", {
         "lab": lab,
         "targets": list(targets),
@@ -402,7 +411,7 @@ def _record_last_build(store: Store, lab: str, targets: tuple[str, ...], started
         "blocked": result.blocked,
         "cancelled": result.cancelled,
         "not_started": result.not_started,
-    })
+    }, closure_mark=closure_mark)
 
 
 def _scheduler(graph: JobGraph, store: Store, plan: Plan, options: BuildOptions,

@@ -25,13 +25,17 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
-
-from rich.live import Live
-from rich.text import Text
+from typing import TYPE_CHECKING, TextIO
 
 from repx.display import glyphs_for, is_terminal, make_console
 from repx.lab.nix import LabSource
+
+if TYPE_CHECKING:
+    # Imported when a line is first drawn: off a terminal (a log, a pipe, a benchmark)
+    # opening a lab never loads rich.
+    from rich.console import Console
+    from rich.live import Live
+    from rich.text import Text
 
 #: A phase shorter than this gets no live line: a line that flashes and vanishes is noise.
 #: ``REPX_PROGRESS_AFTER`` (seconds) sets it, for a recording or a slow terminal.
@@ -69,6 +73,13 @@ class LabReporter:
 
     Subclass it to show progress elsewhere (a notebook widget, a log).
     """
+
+    @property
+    def console(self) -> Console:
+        """The console the live line is drawn on, made when first needed."""
+        if self._console is None:
+            self._console = make_console(self.stream, terminal=self.live)
+        return self._console
 
     def lab_found(self, source: LabSource, cwd: Path) -> None:
         """The lab file about to be built, found from ``cwd`` (in it or in a folder above)."""
@@ -124,11 +135,18 @@ class ConsoleLabReporter(LabReporter):
         self.live = is_terminal(self.stream) if live is None else live
         self.show_after = show_after_setting() if show_after is None else show_after
         self.glyphs = glyphs_for(self.stream)
-        self.console = make_console(self.stream, terminal=self.live)
+        self._console: Console | None = None
         self._stop = threading.Event()
         self._drawer: threading.Thread | None = None
         self._live: Live | None = None
         self._lock = threading.Lock()
+
+    @property
+    def console(self) -> Console:
+        """The console the live line is drawn on, made when first needed."""
+        if self._console is None:
+            self._console = make_console(self.stream, terminal=self.live)
+        return self._console
 
     def lab_found(self, source: LabSource, cwd: Path) -> None:
         if not self.verbose:
@@ -168,6 +186,8 @@ class ConsoleLabReporter(LabReporter):
             line = self._line_text(phase, time.monotonic() - started)
             with self._lock:
                 if self._live is None:
+                    from rich.live import Live
+
                     self._live = Live(line, console=self.console, auto_refresh=False,
                                       transient=True, redirect_stdout=False,
                                       redirect_stderr=False)
@@ -188,6 +208,8 @@ class ConsoleLabReporter(LabReporter):
         room = width - len(tail)
         if len(doing) > room:
             doing = doing[:max(0, room - len(ellipsis))] + ellipsis
+        from rich.text import Text
+
         text = Text(doing, no_wrap=True, overflow="crop")
         text.append(tail, style="dim")
         text.truncate(width, overflow="crop")

@@ -313,6 +313,48 @@ class _Env:
 _ENVS: dict[str, _Env] = {}
 _ENVS_LOCK = threading.Lock()
 
+#: Meta key of the closure mark (:meth:`Store.closure_succeeded`).
+_CLOSURE_MARK = b"closure_mark"
+
+
+def _status_of_value(value: bytes) -> Status:
+    """A record's status from its first two bytes (the whole record only when they are
+    not a known status of this format)."""
+    code = value[1] if value[0] == RECORD_FORMAT else 0
+    found = STATUS_BY_CODE[code] if 0 < code < 128 else None
+    return found if found is not None else status_of(value)
+
+
+def _good_mark(txn: lmdb.Transaction, h: _Env) -> str | None:
+    """The closure the store's mark names, when the mark is good in the snapshot of
+    ``txn`` (written by the snapshot's own transaction: nothing has been written since)."""
+    value = txn.get(_CLOSURE_MARK, db=h.meta)
+    if value is None:
+        return None
+    try:
+        held = unpack_meta(bytes(value))
+    except StoreError:
+        return None
+    name = held.get("closure")
+    return name if isinstance(name, str) and held.get("txn") == txn.id() else None
+
+
+def _each_record(txn: lmdb.Transaction, h: _Env, job_ids: Iterable[str],
+                 convert: Callable[[bytes], T]) -> dict[str, T]:
+    """``convert`` applied to the stored value of every given job that has a record, in
+    the snapshot of ``txn``."""
+    out: dict[str, T] = {}
+    get = txn.cursor(db=h.jobs).get
+    job_id = ""
+    try:
+        for job_id in job_ids:
+            value = get(blake3.blake3(job_id.encode()).digest())
+            if value is not None:
+                out[job_id] = convert(value)
+    except StoreError as exc:
+        raise StoreError(f"job {job_id}: {exc.message}") from exc
+    return out
+
 
 #: Environments inherited across a fork, closed when the child opens that store again.
 _INHERITED: dict[str, _Env] = {}
@@ -741,6 +783,10 @@ class Store:
                     if attempt:
                         raise
                 else:
+                    if write:
+                        # Whatever this transaction writes may change a status the mark
+                        # vouches for; a no-op build puts it back in the same transaction.
+                        txn.delete(_CLOSURE_MARK, db=h.meta)
                     yield txn
                     return
             self._grow_map(h, required=True)
@@ -904,33 +950,59 @@ class Store:
         One snapshot (one read transaction) with the garbage collector paused: this is
         the no-op rerun's hot path over tens of thousands of jobs.
         """
-        out: dict[str, T] = {}
         with self._read() as (txn, h), _gc_paused():
-            get = txn.cursor(db=h.jobs).get
-            job_id = ""
-            try:
-                for job_id in job_ids:
-                    value = get(blake3.blake3(job_id.encode()).digest())
-                    if value is not None:
-                        out[job_id] = convert(value)
-            except StoreError as exc:
-                raise StoreError(f"job {job_id}: {exc.message}") from exc
-        return out
+            return _each_record(txn, h, job_ids, convert)
+
+    def closure_succeeded(self, job_ids: Iterable[str], mark: str) -> tuple[bool, int]:
+        """Whether every one of ``job_ids`` has a SUCCEEDED record, and the id of the
+        snapshot that answered (for :meth:`set_meta`'s ``closure_mark``).
+
+        ``mark`` names the closure (the no-op index's key). When the store's last write was
+        the no-op build that found this very closure succeeded, nothing has changed a
+        record since, and the answer comes without reading one: a million-job no-op then
+        reads no record at all. Every other write transaction deletes the mark
+        (:meth:`_begun`), and the mark holds the id of the transaction that wrote it, which
+        must be the snapshot's own: two guards, so that neither a write by another version
+        of repx nor a copy of the database that renumbers transactions can leave a stale
+        mark standing.
+        """
+        succeeded = Status.SUCCEEDED
+        with self._read() as (txn, h), _gc_paused():
+            snapshot = txn.id()
+            if _good_mark(txn, h) == mark:
+                return True, snapshot
+            statuses = _each_record(txn, h, job_ids, _status_of_value)
+        ids = job_ids if isinstance(job_ids, Collection) else None
+        complete = ids is None or len(statuses) == len(ids)
+        return complete and all(s is succeeded for s in statuses.values()), snapshot
 
     def get_many(self, job_ids: Iterable[str]) -> dict[str, JobRecord]:
         """Records of the given jobs that exist, read in one snapshot (one read transaction)."""
         return self._read_each(job_ids, JobRecord.from_msgpack)
 
-    def statuses(self, job_ids: Iterable[str]) -> dict[str, Status]:
-        """Status of the given jobs that have a record; decodes two bytes per record."""
-        table = STATUS_BY_CODE
+    def statuses(self, job_ids: Iterable[str],
+                 marked: Callable[[str], Collection[str] | None] | None = None
+                 ) -> dict[str, Status]:
+        """Status of the given jobs that have a record; decodes two bytes per record.
 
-        def status(value: bytes) -> Status:
-            code = value[1] if value[0] == RECORD_FORMAT else 0
-            found = table[code] if 0 < code < 128 else None
-            return found if found is not None else status_of(value)
-
-        return self._read_each(job_ids, status)
+        ``marked`` maps a closure mark (:meth:`closure_succeeded`) to the ids it names.
+        When the store holds a mark that is still good, its ids are SUCCEEDED without
+        reading their records: a build after an edit (the jobs the edit did not reach are
+        the last no-op's) reads only the records of the others. Same snapshot either way.
+        """
+        if marked is None:
+            return self._read_each(job_ids, _status_of_value)
+        with self._read() as (txn, h), _gc_paused():
+            name = _good_mark(txn, h)
+            vouched = marked(name) if name is not None else None
+            if not vouched:
+                return _each_record(txn, h, job_ids, _status_of_value)
+            ids = list(job_ids)
+            rest = [j for j in ids if j not in vouched]
+            read = _each_record(txn, h, rest, _status_of_value)
+        succeeded = Status.SUCCEEDED
+        return {j: succeeded if j in vouched else read[j] for j in ids
+                if j in vouched or j in read}
 
     def records(self, statuses: Collection[Status] | None = None) -> Iterator[JobRecord]:
         """Every job record (only those in ``statuses``, when given), in key order, read a
@@ -1342,10 +1414,19 @@ class Store:
     # -- meta -------------------------------------------------------------------------------
 
     @_runs_again_if_map_grew
-    def set_meta(self, key: str, value: dict[str, Any]) -> None:
-        """Store a small dict under ``key`` (e.g. ``last_build`` statistics)."""
+    def set_meta(self, key: str, value: dict[str, Any], *,
+                 closure_mark: tuple[str, int] | None = None) -> None:
+        """Store a small dict under ``key`` (e.g. ``last_build`` statistics).
+
+        ``closure_mark`` is (mark, snapshot) of a :meth:`closure_succeeded` that answered
+        yes: the mark is kept with this write when no other write came between that
+        snapshot and this one, so the next no-op build of the closure reads no record.
+        """
         with self._write() as (txn, h):
             txn.put(key.encode(), pack_meta(value), db=h.meta)
+            if closure_mark is not None and txn.id() == closure_mark[1] + 1:
+                txn.put(_CLOSURE_MARK, pack_meta({"closure": closure_mark[0],
+                                                  "txn": txn.id()}), db=h.meta)
 
     def get_meta(self, key: str) -> dict[str, Any] | None:
         with self._read() as (txn, h):
