@@ -258,12 +258,18 @@ def test_indented_json_pieces_are_json_dumps(ensure_ascii: bool) -> None:
     from repx.cli.build import _indented_json
 
     ids = [f'{i:032d}-ü"x-1' for i in range(9000)]
+    plain = [f"{i:032d}-stage-1.0" for i in range(5000)]
     cases: list[dict[str, Any]] = [
         {},
         {"would_run": [], "up_to_date": [], "reasons": {}},
         {"would_run": ids, "up_to_date": ids[:4097], "reasons": dict.fromkeys(ids, "why\n")},
         {"exactly_one_chunk": ids[:4096], "mixed": [1, "a", None], "nested": [{"k": [1, {}]}],
          "flag": True, "seconds": 0.125, "numbers": {"a": 1}},
+        # Plain ids (quoted by one join per piece), with a piece that needs escapes after
+        # one that does not: a DEL (escaped only with ensure_ascii), a control character,
+        # a backslash, a letter beyond ASCII.
+        {"would_run": plain, "up_to_date": [*plain, "a\x7fb", "c\x1fd", "e\\f", "é"],
+         "reasons": dict.fromkeys(plain, "not in the store")},
     ]
     for case in cases:
         text = "".join(_indented_json(case, ensure_ascii=ensure_ascii))

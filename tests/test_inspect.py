@@ -430,6 +430,13 @@ def test_cache_stats_sizes_and_last_build_hit_rate(store: Store, tmp_path: Path)
     js = json.loads(run_repx("cache", "stats", "--json", "--store", str(store.root),
                              cwd=tmp_path)[0])
     assert js["last_build"]["hit_rate"] == 0.5
+    # A build writes its up-to-date ids as one newline-joined text: read the same.
+    store.set_meta("last_build", {
+        "lab": "/nix/store/abc-repx-lab", "executed": [ids[0]],
+        "up_to_date": "\n".join([ids[1], "gone-x-1.0"]), "failed": [ids[2]]})
+    joined = ins.cache_stats(store)["last_build"]
+    assert (joined["up_to_date"], joined["reused_bytes"]) == (2, 5002)
+    assert joined["hit_rate"] == pytest.approx(2 / 4)
 
 
 def test_cache_show_lists_files_with_sizes_and_digests(store: Store, tmp_path: Path) -> None:

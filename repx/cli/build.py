@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -227,7 +228,15 @@ def _indented_json(obj: dict[str, Any], *, ensure_ascii: bool = True) -> Iterato
     from json.encoder import encode_basestring, encode_basestring_ascii
 
     quote = encode_basestring_ascii if ensure_ascii else encode_basestring
+    plain = _PLAIN_ASCII if ensure_ascii else _PLAIN
     chunk = 4096
+
+    def quoted_list(items: list[str], separator: str) -> str:
+        # Job ids need no escape: when no item of the piece does, one join quotes them all.
+        if plain.fullmatch("".join(items)):
+            return '"' + f'"{separator}"'.join(items) + '"'
+        return separator.join(map(quote, items))
+
     if not obj:
         yield "{}"
         return
@@ -235,19 +244,27 @@ def _indented_json(obj: dict[str, Any], *, ensure_ascii: bool = True) -> Iterato
         yield ("{" if index == 0 else ",") + "\n  " + quote(key) + ": "
         if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
             for start in range(0, len(value), chunk):
-                yield ("[\n    " if start == 0 else ",\n    ") + ",\n    ".join(
-                    map(quote, value[start:start + chunk]))
+                yield ("[\n    " if start == 0 else ",\n    ") + quoted_list(
+                    value[start:start + chunk], ",\n    ")
             yield "\n  ]"
         elif isinstance(value, dict) and value and all(
                 isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
             items = list(value.items())
+            # Reasons repeat ("not in the store"): each distinct one is quoted once.
+            texts = {v: quote(v) for v in set(value.values())}
             for start in range(0, len(items), chunk):
                 yield ("{\n    " if start == 0 else ",\n    ") + ",\n    ".join(
-                    f"{quote(k)}: {quote(v)}" for k, v in items[start:start + chunk])
+                    f"{quote(k)}: {texts[v]}" for k, v in items[start:start + chunk])
             yield "\n  }"
         else:
             yield json.dumps(value, indent=2, ensure_ascii=ensure_ascii).replace("\n", "\n  ")
     yield "\n}"
+
+
+#: Text JSON writes as it is between quotes (json.encoder's own escaping rules): no quote,
+#: backslash or control character, and with ``ensure_ascii`` nothing beyond ASCII.
+_PLAIN_ASCII = re.compile(r'[^"\\\x00-\x1f\x7f-\U0010ffff]*')
+_PLAIN = re.compile(r'[^"\\\x00-\x1f]*')
 
 
 def _echo_json(obj: dict[str, Any], *, ensure_ascii: bool = True) -> None:

@@ -406,7 +406,9 @@ def _record_last_build(store: Store, lab: str, targets: tuple[str, ...], started
         "started": started,
         "finished": time.time(),
         "executed": result.executed,
-        "up_to_date": result.up_to_date,
+        # One text, not a list: msgpack copies it whole instead of encoding a million
+        # strings one by one (:func:`repx.report.store_views.last_build_summary` reads both).
+        "up_to_date": "\n".join(result.up_to_date),
         "failed": result.failed,
         "blocked": result.blocked,
         "cancelled": result.cancelled,

@@ -591,6 +591,8 @@ def last_build_summary(last: dict[str, Any], sizes: dict[str, int]) -> dict[str,
     """
     def ids(key: str) -> list[str]:
         value = last.get(key)
+        if isinstance(value, str):  # a long list, kept as one newline-joined text
+            return value.split("\n") if value else []
         return [i for i in value if isinstance(i, str)] if isinstance(value, list) else []
 
     lists = {k: ids(k) for k in ("executed", "up_to_date", "failed", "blocked", "cancelled",
