@@ -5,8 +5,9 @@ A rebuild with nothing to do is what researchers run most, and at 20 000 jobs it
 outputs. A built lab directory is a Nix store path, so its content never changes under the
 same path: the ids of a selection and their declared output paths can be cached under
 (lab path, targets) forever. :func:`repx.engine.build.run_build` first tries this index —
-one status byte per job from the store and a ``stat`` per output — and only expands the lab
-when something is missing. doit rebuilds its task objects on every invocation (~90 µs per
+one status byte per job from the store (none when the store's closure mark vouches for the
+closure: :meth:`Store.closure_succeeded`) and an ``access`` per output — and only expands
+the lab when something is missing. doit rebuilds its task objects on every invocation (~90 µs per
 task); this is the "cache what does not change between invocations" that avoids it.
 
 The index is only written after the lab was expanded and validated, so a hit implies the
