@@ -953,7 +953,7 @@ class Store:
         with self._read() as (txn, h), _gc_paused():
             return _each_record(txn, h, job_ids, convert)
 
-    def closure_succeeded(self, job_ids: Iterable[str], mark: str) -> tuple[bool, int]:
+    def closure_succeeded(self, job_ids: Collection[str], mark: str) -> tuple[bool, int]:
         """Whether every one of ``job_ids`` has a SUCCEEDED record, and the id of the
         snapshot that answered (for :meth:`set_meta`'s ``closure_mark``).
 
@@ -972,8 +972,7 @@ class Store:
             if _good_mark(txn, h) == mark:
                 return True, snapshot
             statuses = _each_record(txn, h, job_ids, _status_of_value)
-        ids = job_ids if isinstance(job_ids, Collection) else None
-        complete = ids is None or len(statuses) == len(ids)
+        complete = len(statuses) == len(job_ids)  # every job has a record
         return complete and all(s is succeeded for s in statuses.values()), snapshot
 
     def get_many(self, job_ids: Iterable[str]) -> dict[str, JobRecord]:
