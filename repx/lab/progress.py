@@ -74,13 +74,6 @@ class LabReporter:
     Subclass it to show progress elsewhere (a notebook widget, a log).
     """
 
-    @property
-    def console(self) -> Console:
-        """The console the live line is drawn on, made when first needed."""
-        if self._console is None:
-            self._console = make_console(self.stream, terminal=self.live)
-        return self._console
-
     def lab_found(self, source: LabSource, cwd: Path) -> None:
         """The lab file about to be built, found from ``cwd`` (in it or in a folder above)."""
 
