@@ -9,6 +9,7 @@ taken from the build's own report; both must agree.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -170,6 +171,19 @@ def test_deleted_output_file_reruns_that_job(lab: Lab) -> None:
     assert (executed, ran) == ([producer["id"]], ["producer 2"])
     assert output_file(lab.store, producer, "data").read_text() == "WORD 2\n"
     assert records(lab.store)[producer["id"]].status is Status.SUCCEEDED
+
+
+@pytest.mark.nix
+def test_dry_run_names_the_missing_output_and_its_path(lab: Lab) -> None:
+    """The plan checks outputs relative to the store's outputs folder, yet says where the
+    missing file should be in full."""
+    (producer,) = [j for j in lab.jobs("producer") if j["params"]["a"] == 1]
+    missing = output_file(lab.store, producer, "data")
+    missing.unlink()
+    plan = json.loads(repx("build", "--dry-run", "--json", "--store", str(lab.store),
+                           cwd=lab.folder).stdout)
+    assert plan["would_run"] == [producer["id"]]
+    assert plan["reasons"] == {producer["id"]: f"output 'data' is missing ({missing})"}
 
 
 @pytest.mark.nix

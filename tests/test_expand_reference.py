@@ -105,6 +105,13 @@ def test_params_json_joined_from_fragments_is_the_encoders(tmp_path: Path) -> No
     assert default_row.param_sources == {"a_num": "default", "b_text": "default",
                                          "c_obj": "default", "d_list": "default",
                                          "e_flag": "default", "z": "default"}
+    # A null in one dimension only: that param is the default, the others keep their source.
+    (mixed,) = [j for j in jobs if j.params["b_text"] == "d" and j.params["a_num"] == 0.1]
+    assert mixed.param_sources == {"a_num": "zip:pair.a_num", "b_text": "default",
+                                   "c_obj": "default", "d_list": "default",
+                                   "e_flag": "zip:pair.e_flag", "z": "default"}
+    (swept,) = [j for j in jobs if j.params["b_text"] == 'q"uote' and j.params["a_num"] == 0.1]
+    assert swept.param_sources == {**mixed.param_sources, "b_text": "sweep:b_text"}
 
 
 # --------------------------------------------------------------------------- edited labs

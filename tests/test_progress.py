@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 import re
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -11,6 +14,8 @@ import pytest
 from repx.engine.progress import ConsoleReporter, QuietReporter, format_seconds
 from repx.engine.scheduler import Failure
 from repx.engine.units import Outcome, Unit
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(autouse=True)
@@ -52,6 +57,38 @@ def test_plain_lines_at_each_tenth_and_a_final_line() -> None:
     counts = [line.split("]")[0] for line in lines[1:]]
     assert counts == [f"[{n}/20" for n in range(2, 21, 2)]  # one line per tenth, no repeat
     assert "\x1b" not in out.getvalue()
+
+
+def test_plain_lines_never_load_rich() -> None:
+    """Off a terminal the progress is plain writes: a build logged by CI (or timed by the
+    benchmark) does not pay for importing rich, a failure included."""
+    script = textwrap.dedent("""
+        import io, sys
+        from repx.engine.progress import ConsoleReporter
+        from repx.engine.scheduler import Failure
+        from repx.engine.units import Outcome, Unit
+        out = io.StringIO()
+        reporter = ConsoleReporter(out)
+        reporter.begin(1)
+        u = Unit(id="0" * 32 + "-stage-1", job=None, role="job", label="stage", script="",
+                 outputs={}, cpus=1, mem=0, run_index=0, order=0)
+        reporter.started(u)
+        u.outcome = Outcome.FAILED
+        reporter.failed(Failure(unit=u.id, job=u.id, label="stage", reason="exited 1",
+                                stderr_log="/nonexistent", stdout_log="/nonexistent"))
+        reporter.finished(u, 0.1)
+        reporter.tick()
+        reporter.close()
+        print(sorted(m for m in sys.modules if m.split(".")[0] == "rich"))
+        print(out.getvalue())
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          check=False, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    loaded, *lines = done.stdout.splitlines()
+    assert loaded == "[]"
+    assert "FAILED stage 00000000000000000000000000000000-stage-1: exited 1" in lines
+    assert lines[-2].startswith("[1/1]")
 
 
 def test_live_block_shows_running_jobs_and_erases_itself(tmp_path: Path) -> None:

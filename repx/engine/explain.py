@@ -128,12 +128,18 @@ def build_snapshot(graph: JobGraph) -> dict[str, Any]:
     stage_index: dict[tuple[Any, ...], int] = {}
     stages: list[dict[str, Any]] = []
     jobs: list[list[Any]] = []
+    # The jobs of a stage variant share one StageShape, which holds everything the variant
+    # key is made of: the key is made once per shape (ids are stable: the graph holds them).
+    by_shape: dict[int, int] = {}
     for job in graph.jobs.values():
-        key = _variant_key(job)
-        index = stage_index.get(key)
+        index = by_shape.get(id(job.shape))
         if index is None:
-            index = stage_index[key] = len(stages)
-            stages.append(_stage_entry(job))
+            key = _variant_key(job)
+            index = stage_index.get(key)
+            if index is None:
+                index = stage_index[key] = len(stages)
+                stages.append(_stage_entry(job))
+            by_shape[id(job.shape)] = index
         # Existing objects only: msgpack packs them in C, so a 10 000-job lab costs the
         # build a few tens of milliseconds, once per lab.
         jobs.append([job.id, index, job.params, job.param_sources, job.upstream, job.runs])

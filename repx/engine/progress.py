@@ -17,18 +17,20 @@ import sys
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import TextIO
-
-from rich.console import Console, ConsoleOptions, Group, RenderResult
-from rich.live import Live
-from rich.padding import Padding
-from rich.table import Table
-from rich.text import Text
+from typing import TYPE_CHECKING, TextIO
 
 from repx.display import Glyphs, glyphs_for, is_terminal, make_console
 from repx.engine.recap import FailedJob, params_text, recap_lines
 from repx.engine.scheduler import Failure, Reporter
 from repx.engine.units import Outcome, Unit
+
+if TYPE_CHECKING:
+    from rich.console import Console, ConsoleOptions, Group, RenderResult
+    from rich.live import Live
+    from rich.text import Text
+
+# rich is imported where something is drawn for a terminal: a build off a terminal (a log,
+# CI, a benchmark) writes plain lines and never pays for loading it.
 
 #: Lines of a failed job's stderr shown under the failure.
 STDERR_TAIL = 8
@@ -92,6 +94,8 @@ def fit_parts(parts: list[Part], width: int, glyphs: Glyphs) -> Text:
 
     while len(kept) > 1 and length(kept) > width:
         kept.remove(min(kept, key=lambda p: p.rank))
+    from rich.text import Text
+
     line = Text(no_wrap=True, overflow="ellipsis" if glyphs.unicode else "crop")
     for index, part in enumerate(kept):
         if index:
@@ -117,7 +121,7 @@ class ConsoleReporter(Reporter):
         self.stream = stream or sys.stderr
         self.live = is_terminal(self.stream) if live is None else live
         self.glyphs = glyphs_for(self.stream)
-        self.console = make_console(self.stream, terminal=self.live)
+        self._console: Console | None = None
         self.tick_interval = 0.2 if self.live else 2.0
         self.total = 0
         self.done = 0
@@ -136,6 +140,13 @@ class ConsoleReporter(Reporter):
         self._printed_done = -1
         #: What a site limit holds back (``submitted 1500 of 5000 (MaxSubmitJobs 500)``).
         self.limit_note = ""
+
+    @property
+    def console(self) -> Console:
+        """The rich console of the live display, made on first use (plain lines need none)."""
+        if self._console is None:
+            self._console = make_console(self.stream, terminal=self.live)
+        return self._console
 
     # -- events
 
@@ -176,6 +187,8 @@ class ConsoleReporter(Reporter):
             lines.append(f"  logs: {failure.stderr_log} (stdout: {failure.stdout_log})")
             self._print("\n".join(lines))
             return
+        from rich.text import Text
+
         text = Text()
         text.append("FAILED", style=STYLE_FAILED)
         text.append(f" {failure.label} {failure.unit}: {failure.reason}")
@@ -187,6 +200,8 @@ class ConsoleReporter(Reporter):
 
     def message(self, text: str) -> None:
         if self.live:
+            from rich.text import Text
+
             self._print_live(Text(text))
         else:
             self._print(text)
@@ -268,6 +283,9 @@ class ConsoleReporter(Reporter):
     def _block(self, now: float) -> Group:
         """The live block: the status line, then the oldest running units, every line
         cut to the width (a wrapped line would survive the next redraw)."""
+        from rich.console import Group
+        from rich.text import Text
+
         width = self.console.width
         lines = [self._status_text(now)]
         shown = sorted(self.running.values(), key=lambda entry: entry[1])[:RUNNING_SHOWN]
@@ -293,6 +311,8 @@ class ConsoleReporter(Reporter):
 
     def _draw(self, now: float) -> None:
         if self._live is None:
+            from rich.live import Live
+
             self._live = Live(self, console=self.console, auto_refresh=False,
                               transient=True, vertical_overflow="crop",
                               redirect_stdout=False, redirect_stderr=False)
@@ -347,6 +367,10 @@ def print_recap(rows: list[FailedJob], stream: TextIO | None = None, *,
             stream.write(line + "\n")
         stream.flush()
         return
+    from rich.padding import Padding
+    from rich.table import Table
+    from rich.text import Text
+
     glyphs = glyphs_for(stream)
     console = make_console(stream, terminal=True)
     shown = [(row.label or row.pname, params_text(row.params) or "-", row.reason,

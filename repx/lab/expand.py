@@ -75,6 +75,8 @@ _SCALARS = (str, int, float, bool, type(None))
 
 #: ``upstream`` and ``depends_on`` of every job without producers (read-only, shared).
 _NO_IDS: list[str] = []
+#: The producers of a job of a stage without dependencies (read-only, shared).
+_NO_JOBS: list[Job] = []
 
 
 
@@ -216,7 +218,7 @@ class _StagePlan:
     __slots__ = (
         "stage", "pipeline", "dep_index", "dep_map_json", "dedupe", "param_plan", "sig_dims",
         "sig", "memo", "rows", "variants", "static", "inter_run_json", "inter_run_inputs",
-        "inter_run_pairs", "sources_memo", "no_params",
+        "inter_run_pairs", "sources_memo", "sources", "no_params",
     )
 
     stage: Stage
@@ -231,6 +233,8 @@ class _StagePlan:
     #: The param-sources dicts already made, by their values (jobs share them read-only;
     #: a stage usually has one).
     sources_memo: dict[tuple[str, ...], dict[str, str]]
+    #: The param sources of every job whose swept values are not null (read-only, shared).
+    sources: dict[str, str]
     sig_dims: frozenset[int]
     sig: Callable[[tuple[int, ...]], Any]
     #: Jobs by the indices of the dimensions that reach the stage; None when all do.
@@ -468,6 +472,7 @@ class _RunExpander:
                     plan.param_plan.append((p, m.dim, m.pos, default, m.label, *fragments))
                     dims.add(m.dim)
             plan.sources_memo = {}
+            plan.sources = {entry[0]: entry[4] for entry in plan.param_plan}
             for i in plan.dep_index:
                 dims |= plans[i].sig_dims
             plan.sig_dims = frozenset(dims)
@@ -646,39 +651,55 @@ class _RunExpander:
 
     # ---- per job
 
+    def _null_sources(self, plan: _StagePlan, idx: tuple[int, ...]) -> dict[str, str]:
+        """The param sources of a job where a swept value is null (its param takes the
+        default): one dict per distinct set of such params."""
+        labels = tuple(
+            label if dim >= 0 and self.dims[dim][idx[dim]][pos] is not None else "default"
+            for name, dim, pos, _default, label, _key, _default_json in plan.param_plan
+        )
+        sources = plan.sources_memo.get(labels)
+        if sources is None:
+            names = [entry[0] for entry in plan.param_plan]
+            sources = plan.sources_memo[labels] = dict(zip(names, labels, strict=True))
+        return sources
+
     def _make(self, plan: _StagePlan, idx: tuple[int, ...], cur: list[Job]) -> Job:
         dims, dims_json = self.dims, self.dims_json
         params: dict[str, Any] = {} if plan.no_params is None else plan.no_params
-        labels: list[str] = []
         pieces: list[str] = []
-        for name, dim, pos, default, label, key_json, default_json in plan.param_plan:
+        nulls = False
+        for name, dim, pos, default, _label, key_json, default_json in plan.param_plan:
             if dim >= 0:
                 value = dims[dim][idx[dim]][pos]
                 if value is not None:
                     params[name] = value
-                    labels.append(label)
                     pieces.append(key_json + dims_json[dim][idx[dim]][pos])
                     continue
+                nulls = True
             params[name] = default
-            labels.append("default")
             pieces.append(key_json + default_json)
         # Byte for byte canonical_json(params): keys in sorted order, each value's canonical
         # JSON (tests/test_expand_reference.py checks it against the encoder).
         params_json = "{" + ",".join(pieces) + "}"
-        sources_key = tuple(labels)
-        sources = plan.sources_memo.get(sources_key)
-        if sources is None:
-            sources = dict(zip(params, labels, strict=True))
-            plan.sources_memo[sources_key] = sources
+        sources = plan.sources if not nulls else self._null_sources(plan, idx)
         v = plan.static or self._dynamic_variant(plan, params_json)
-        producers = [cur[i] for i in plan.dep_index]
-        if producers:
+        dep_index = plan.dep_index
+        if not dep_index:
+            producers: list[Job] = _NO_JOBS
+            upstream_json = "[]"
+        elif len(dep_index) == 1:
+            # One producer (a chain, the common shape): the same text without the join.
+            first = cur[dep_index[0]]
+            producers = [first]
+            upstream_json = ("[[" + encode_basestring(first.id) + ","
+                             + plan.dep_map_json[0] + "]]")
+        else:
+            producers = [cur[i] for i in dep_index]
             upstream_json = "[" + ",".join([
                 "[" + encode_basestring(p.id) + "," + mj + "]"
                 for p, mj in zip(producers, plan.dep_map_json, strict=True)
             ]) + "]"
-        else:
-            upstream_json = "[]"
         h = v.head.copy()
         h.update(identity_tail(params_json, upstream_json).encode())
         jid = nix32_of_digest(h.digest(20)) + v.suffix
@@ -690,16 +711,21 @@ class _RunExpander:
                 # A new list: the first run's jobs share one (``self.run_list``).
                 job.runs = [*job.runs, run.name]
             return job
-        upstream = [p.id for p in producers] if producers else _NO_IDS
-        depends_on = list(dict.fromkeys(upstream)) if plan.dedupe else upstream
-        if producers:
-            key = (id(v.own_res), *[id(p.resources) for p in producers])
+        if not producers:
+            upstream = _NO_IDS
+            merged = v.own_res
+        else:
+            if len(producers) == 1:
+                upstream = [producers[0].id]
+                key: tuple[int, ...] = (id(v.own_res), id(producers[0].resources))
+            else:
+                upstream = [p.id for p in producers]
+                key = (id(v.own_res), *[id(p.resources) for p in producers])
             merged = self.resource_memo.get(key)
             if merged is None:
                 merged = merge_resources(v.own_res, [p.resources for p in producers])
                 self.resource_memo[key] = merged
-        else:
-            merged = v.own_res
+        depends_on = list(dict.fromkeys(upstream)) if plan.dedupe else upstream
         job = Job(jid, v.shape, self.run_list, params, sources, merged, depends_on, upstream)
         graph.jobs[jid] = job
         return job

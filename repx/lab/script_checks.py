@@ -617,9 +617,14 @@ def lab_script_checks(graph: JobGraph) -> list[ScriptCheck]:
 
     The PATH dirs are looked up where the lab's store paths are on this machine: /nix/store,
     or the store of an unpacked export (``--lab lab.tar`` where Nix is not)."""
-    from repx.lab.export import unpacked_lab_of  # imports repx.lab.open, which imports us
+    lab_dir = Path(graph.lab.path).absolute()
+    unpacked = None
+    # A lab in the real Nix store belongs to no unpack: the export module (slow to import)
+    # is only needed for one that is elsewhere.
+    if str(lab_dir.parent) != "/nix/store":
+        from repx.lab.export import unpacked_lab_of  # imports repx.lab.open, which imports us
 
-    unpacked = unpacked_lab_of(Path(graph.lab.path))
+        unpacked = unpacked_lab_of(lab_dir)
 
     def local(path_dir: str) -> str:
         if unpacked is not None and path_dir.startswith("/nix/store/"):
