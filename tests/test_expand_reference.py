@@ -258,6 +258,10 @@ def test_job_in_two_runs_lists_both_and_leaves_the_others_alone(tmp_path: Path) 
 # --------------------------------------------------------------------------- JSON output
 
 
+class Sub(str):
+    """A str subclass: JSON text like any str, but not what the fast path takes."""
+
+
 @pytest.mark.parametrize("ensure_ascii", [True, False])
 def test_indented_json_pieces_are_json_dumps(ensure_ascii: bool) -> None:
     # `repx build --json` and `--dry-run --json` print a million ids piece by piece: the
@@ -277,6 +281,11 @@ def test_indented_json_pieces_are_json_dumps(ensure_ascii: bool) -> None:
         # a backslash, a letter beyond ASCII.
         {"would_run": plain, "up_to_date": [*plain, "a\x7fb", "c\x1fd", "e\\f", "é"],
          "reasons": dict.fromkeys(plain, "not in the store")},
+        # Keys needing escapes in a later piece, several distinct reasons, and a str
+        # subclass (given to json as it is).
+        {"reasons": {**{k: ("a" if i % 2 else "b\t") for i, k in enumerate(plain)},
+                     'q"k': "c", "ü": "d\n"},
+         "subclassed": [Sub("x"), "y"], "by_subclass": {Sub("k"): "v"}},
     ]
     for case in cases:
         text = "".join(_indented_json(case, ensure_ascii=ensure_ascii))
