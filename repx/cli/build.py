@@ -241,6 +241,7 @@ def _indented_json(obj: dict[str, Any], *, ensure_ascii: bool = True) -> Iterato
     if not obj:
         yield "{}"
         return
+
     def quoted_keys(keys: list[str]) -> Iterator[str]:
         # '"<key>": ' for each key, with one join and one check per piece when none needs
         # an escape (job ids never do).

@@ -656,7 +656,7 @@ class _RunExpander:
         default): one dict per distinct set of such params."""
         labels = tuple(
             label if dim >= 0 and self.dims[dim][idx[dim]][pos] is not None else "default"
-            for name, dim, pos, _default, label, _key, _default_json in plan.param_plan
+            for _name, dim, pos, _default, label, _key, _default_json in plan.param_plan
         )
         sources = plan.sources_memo.get(labels)
         if sources is None:
