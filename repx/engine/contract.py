@@ -91,6 +91,12 @@ def resolve_output(template: object, out_dir: str, *, job: str, name: str) -> st
     return f"{out_dir}/{rel}" if rel else out_dir
 
 
+#: Given as ``out_dir`` to :func:`declared_outputs`, it stands for a job's ``out/`` folder:
+#: what follows it is the same for every job that shares the outputs dict (a stage's jobs),
+#: so the templates are resolved once for all of them, not once per job.
+OUT_MARK = "\0"
+
+
 def declared_outputs(job_outputs: dict[str, Any], out_dir: str, job: str) -> dict[str, str]:
     """Every declared output that is a file path, resolved against ``out_dir``.
 

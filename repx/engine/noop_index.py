@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 import msgpack
 from blake3 import blake3
 
-from repx.engine.contract import declared_outputs
+from repx.engine.contract import OUT_MARK, declared_outputs
 from repx.lab.graph import JobGraph
 from repx.store import Store
 from repx.store.layout import OUT
@@ -37,9 +37,6 @@ from repx.store.layout import OUT
 #: templates must name files under the job's ``out/``. 4: output paths once per distinct
 #: set, and one index into them per job.
 INDEX_FORMAT = 4
-
-#: Stands for the job's ``out/`` folder in the stored paths.
-OUT_MARK = "\0"
 
 
 def index_path(cache_root: Path, lab_dir: Path, targets: tuple[str, ...]) -> Path:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
-from repx.engine.contract import declared_outputs
+from repx.engine.contract import OUT_MARK, declared_outputs
 from repx.errors import UsageError
 from repx.lab.graph import JobGraph, selection_closure
 from repx.store import ACTIVE_STATUSES, Status, Store
@@ -118,8 +118,8 @@ class _OutputPaths:
         output, None when all exist."""
         relative = self._by_outputs.get(id(outputs))
         if relative is None:
-            marked = declared_outputs(outputs, _OUT_MARK, job_id)
-            relative = [(name, f"/{OUT}{path[len(_OUT_MARK):]}")
+            marked = declared_outputs(outputs, OUT_MARK, job_id)
+            relative = [(name, f"/{OUT}{path[len(OUT_MARK):]}")
                         for name, path in marked.items()]
             self._by_outputs[id(outputs)] = relative
         folder = self._folder
@@ -128,9 +128,6 @@ class _OutputPaths:
                 return name, f"{self._outputs_root}/{job_id}{rel}"
         return None
 
-
-#: Stands for a job's ``out/`` while its outputs are resolved once for all its stage's jobs.
-_OUT_MARK = "\0"
 
 
 def plan_build(
