@@ -20,9 +20,15 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from repx.engine.noop_index import index_path, indexed_ids, up_to_date_ids, write_index
+from repx.engine.noop_index import (
+    expansion_memo,
+    index_path,
+    indexed_ids,
+    up_to_date_ids,
+    write_index,
+)
 from repx.engine.plan import Plan, plan_build
-from repx.errors import UsageError
+from repx.errors import RepxError, UsageError
 from repx.lab.graph import JobGraph, selection_closure
 from repx.lab.open import LabOptions, cache_dir, locate_lab, open_lab
 from repx.store import Store, layout
@@ -34,6 +40,7 @@ if TYPE_CHECKING:
     from repx.engine.recap import FailedJob
     from repx.engine.runtimes import Mount
     from repx.engine.scheduler import Failure, Reporter, UnitScheduler
+    from repx.lab.expansion_memo import ExpansionMemo
 
 _T = TypeVar("_T")
 
@@ -182,7 +189,7 @@ def run_build(
         noop = _noop_build(lab_dir, store, index, options.targets)
         if noop is not None:
             return noop
-    graph = _expanded(lab, lab_dir, index, options.targets)
+    graph = _expanded(lab, lab_dir, index, options.targets, store)
     if reporter is None and make_reporter is not None:
         reporter = make_reporter()
     if isinstance(store, Store):
@@ -226,7 +233,7 @@ def dry_run(
             found = up_to_date_ids(index, opened)
             if found is not None:
                 return Plan(closure=found.ids, up_to_date=found.ids, to_run=[])
-        graph = _expanded(lab, lab_dir, index, options.targets)
+        graph = _expanded(lab, lab_dir, index, options.targets, opened)
         if opened is None:
             closure = selection_closure(graph, list(options.targets))
             return Plan(closure, [], list(closure), dict.fromkeys(closure, "not in the store"))
@@ -314,14 +321,46 @@ def _lab_and_index(lab: LabOptions | JobGraph,
 
 
 def _expanded(lab: LabOptions | JobGraph, lab_dir: Path, index: Path,
-              targets: tuple[str, ...]) -> JobGraph:
+              targets: tuple[str, ...],
+              store: Store | str | os.PathLike[str] | None = None) -> JobGraph:
     """The job graph of the lab (expanded and validated now unless given), after writing the
     no-op index of a selection of whole runs (a Makefile recipe per job would leave one
-    index per job, so single jobs are not indexed)."""
-    graph = lab if isinstance(lab, JobGraph) else open_lab(replace(lab, lab_dir=str(lab_dir)))
+    index per job, so single jobs are not indexed).
+
+    A lab of all runs not indexed yet is usually an edit of the one ``store`` built last:
+    its expansion reuses that lab's ids where they apply (:mod:`repx.lab.expansion_memo`),
+    and its own index keeps the memo for the next edit.
+    """
+    if isinstance(lab, JobGraph):
+        graph = lab
+    else:
+        reuse = None if targets or index.exists() else _last_expansion(store, lab_dir)
+        graph = open_lab(replace(lab, lab_dir=str(lab_dir)), reuse=reuse)
     if not index.exists() and all(t.startswith("@") or t in graph.runs for t in targets):
-        write_index(index, graph, selection_closure(graph, list(targets)))
+        write_index(index, graph, selection_closure(graph, list(targets)),
+                    everything=not targets)
     return graph
+
+
+def _last_expansion(store: Store | str | os.PathLike[str] | None,
+                    lab_dir: Path) -> ExpansionMemo | None:
+    """The expansion memo of the lab the store's last build of all runs built, when that
+    was another lab (None: no store, no such build, or its index is gone)."""
+    try:
+        opened = _open_existing(store, readonly=True)
+    except RepxError:
+        return None  # the build reports an unusable store itself, later
+    if opened is None:
+        return None
+    try:
+        last = opened.get_meta("last_build") or {}
+    finally:
+        if opened is not store:
+            opened.close()
+    lab_path = last.get("lab")
+    if not isinstance(lab_path, str) or last.get("targets") or lab_path == str(lab_dir):
+        return None
+    return expansion_memo(index_path(cache_dir(), Path(lab_path), ()))
 
 
 def _full_build(graph: JobGraph, store: Store, options: BuildOptions,

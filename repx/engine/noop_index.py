@@ -28,6 +28,7 @@ import msgpack
 from blake3 import blake3
 
 from repx.engine.contract import OUT_MARK, declared_outputs
+from repx.lab.expansion_memo import ExpansionMemo, RunMemo
 from repx.lab.graph import JobGraph
 from repx.store import Store
 from repx.store.layout import OUT
@@ -35,8 +36,8 @@ from repx.store.layout import OUT
 #: Bump when the file layout changes or when validation gets stricter (old files are then
 #: ignored, so a lab indexed under laxer rules is expanded and checked again). 3: output
 #: templates must name files under the job's ``out/``. 4: output paths once per distinct
-#: set, and one index into them per job.
-INDEX_FORMAT = 4
+#: set, and one index into them per job. 5: the expansion memo of an index of all runs.
+INDEX_FORMAT = 5
 
 
 def index_path(cache_root: Path, lab_dir: Path, targets: tuple[str, ...]) -> Path:
@@ -50,15 +51,20 @@ def index_path(cache_root: Path, lab_dir: Path, targets: tuple[str, ...]) -> Pat
     return cache_root / "graphs" / f"{key}.msgpack"
 
 
-def write_index(path: Path, graph: JobGraph, closure: list[str]) -> None:
+def write_index(path: Path, graph: JobGraph, closure: list[str], *,
+                everything: bool = False) -> None:
     """Record the closure's ids and each job's declared output paths (relative to ``out``).
 
-    The file is the msgpack array ``[format, ids, output sets, column]``: the ids joined by
-    newlines, every distinct set of output paths (tab-joined), and per job the position of
-    its set in a byte column. The jobs of a stage share their outputs, so a million jobs
-    store a few sets and 4 bytes each, and the no-op splits each set once, not once per
-    job. Written through a temporary file and a rename, so a reader never sees half of it;
-    a failure to write is ignored (the index is only an accelerator).
+    The file is the msgpack array ``[format, ids, output sets, column, memo]``: the ids
+    joined by newlines, every distinct set of output paths (tab-joined), per job the
+    position of its set in a byte column, and — when the closure is ``everything``, the
+    whole graph in expansion order — how each run was expanded
+    (:mod:`repx.lab.expansion_memo`: ``[run, key, dims, stages, cells]`` per run), which
+    the expansion of the next, edited lab reuses. The jobs of a stage share their outputs,
+    so a million jobs store a few sets and 4 bytes each, and the no-op splits each set
+    once, not once per job. Written through a temporary file and a rename, so a reader
+    never sees half of it; a failure to write is ignored (the index is only an
+    accelerator).
     """
     # Resolved like every other output check, against a marker for the job's out/: the
     # same for every job sharing an outputs dict (a stage's jobs), so once per dict.
@@ -73,9 +79,18 @@ def write_index(path: Path, graph: JobGraph, closure: list[str]) -> None:
             paths = "\t".join(declared_outputs(outputs, OUT_MARK, job_id).values())
             position = by_outputs[id(outputs)] = sets.setdefault(paths, len(sets))
         column.append(position)
+    memo = []
+    if everything:
+        for run, entry in graph.expansion_memo.items():
+            cells = entry.cells
+            if sys.byteorder != "little":
+                cells = array("I", cells)
+                cells.byteswap()
+            memo.append([run, entry.key, entry.dims, entry.stages, cells.tobytes()])
     if sys.byteorder != "little":
         column.byteswap()
-    data = msgpack.packb([INDEX_FORMAT, "\n".join(closure), list(sets), column.tobytes()])
+    data = msgpack.packb([INDEX_FORMAT, "\n".join(closure), list(sets), column.tobytes(),
+                          memo])
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
@@ -95,19 +110,46 @@ def indexed_ids(cache_root: Path, name: str) -> frozenset[str] | None:
 
 
 def _read(path: Path) -> list[Any] | None:
-    """The index file's ``[format, ids, output sets, column]``, None when it is missing,
-    of another format or malformed."""
+    """The index file's ``[format, ids, output sets, column, memo]``, None when it is
+    missing, of another format or malformed."""
     try:
         raw = msgpack.unpackb(path.read_bytes())
     except (OSError, ValueError, msgpack.ExtraData):
         return None
-    if not isinstance(raw, list) or len(raw) != 4 or raw[0] != INDEX_FORMAT:
+    if not isinstance(raw, list) or len(raw) != 5 or raw[0] != INDEX_FORMAT:
         return None
-    _format, ids_text, sets, column_bytes = raw
+    _format, ids_text, sets, column_bytes, memo = raw
     if not (isinstance(ids_text, str) and isinstance(sets, list)
-            and isinstance(column_bytes, bytes) and all(isinstance(s, str) for s in sets)):
+            and isinstance(column_bytes, bytes) and all(isinstance(s, str) for s in sets)
+            and isinstance(memo, list)):
         return None
     return raw
+
+
+def expansion_memo(path: Path) -> ExpansionMemo | None:
+    """The expansion memo kept in the index at ``path`` (None: no such index, or one of a
+    selection, or nothing usable in it). Runs whose entry is malformed are left out."""
+    raw = _read(path)
+    if raw is None or not raw[4]:
+        return None
+    runs: dict[str, RunMemo] = {}
+    for entry in raw[4]:
+        if not (isinstance(entry, list) and len(entry) == 5):
+            continue
+        run, key, dims, stages, cells_bytes = entry
+        if not (isinstance(run, str) and isinstance(key, str) and isinstance(stages, int)
+                and isinstance(cells_bytes, bytes) and len(cells_bytes) % 4 == 0
+                and isinstance(dims, list)
+                and all(isinstance(d, list) and all(isinstance(v, str) for v in d)
+                        for d in dims)):
+            continue
+        cells = array("I")
+        cells.frombytes(cells_bytes)
+        if sys.byteorder != "little":
+            cells.byteswap()
+        runs[run] = RunMemo(key, dims, stages, cells)
+    ids = raw[1].split("\n") if raw[1] else []
+    return ExpansionMemo(ids, runs) if runs else None
 
 
 class UpToDate(NamedTuple):
@@ -123,7 +165,7 @@ def up_to_date_ids(path: Path, store: Store) -> UpToDate | None:
     raw = _read(path)
     if raw is None:
         return None
-    _format, ids_text, sets, column_bytes = raw
+    _format, ids_text, sets, column_bytes, _memo = raw
     ids = ids_text.split("\n") if ids_text else []
     column = array("I")
     column.frombytes(column_bytes)

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import gc
 import heapq
+from array import array
 from collections.abc import Callable, Iterable
 from itertools import product
 from json.encoder import encode_basestring
@@ -64,6 +65,7 @@ from repx.lab.blueprint import (
     Stage,
     load_lab,
 )
+from repx.lab.expansion_memo import ExpansionMemo, RunMemo, memo_key, value_key
 from repx.lab.graph import Job, JobGraph, RunJobs, StageShape
 from repx.lab.outputs import check_output_templates
 from repx.lab.resources import Resources, merge_resources, validate_resources
@@ -86,17 +88,19 @@ def load_job_graph(lab_dir: str | Path) -> JobGraph:
     return expand_lab(load_lab(lab_dir))
 
 
-def expand_lab(lab: Lab, *, into: JobGraph | None = None) -> JobGraph:
+def expand_lab(lab: Lab, *, into: JobGraph | None = None,
+               reuse: ExpansionMemo | None = None) -> JobGraph:
     """Expand every run of ``lab`` into jobs; runs are expanded after the runs they depend
     on (their job ids feed inter-run identities), ``graph.runs`` keeps the lab's order.
 
     ``into`` is a fresh ``JobGraph(lab)`` to fill instead of a new one: a progress line can
-    then count its ``jobs`` from another thread while they are made.
+    then count its ``jobs`` from another thread while they are made. ``reuse`` is an
+    earlier expansion whose ids the combinations it already held take
+    (:mod:`repx.lab.expansion_memo`); the graph is the same with or without it.
     """
     graph = JobGraph(lab) if into is None else into
     if graph.jobs or graph.lab is not lab:
         raise ValueError("expand_lab(into=...) takes a fresh JobGraph of the same lab")
-    expanded: dict[str, RunJobs] = {}
     by_name = {r.name: r for r in lab.runs}
     # Expansion makes millions of objects that all stay alive, no cycles among them: the
     # cyclic collector would walk the growing graph again and again for nothing (a third of
@@ -104,13 +108,31 @@ def expand_lab(lab: Lab, *, into: JobGraph | None = None) -> JobGraph:
     collecting = gc.isenabled()
     gc.disable()
     try:
-        for name in _run_order(lab, by_name):
-            expanded[name] = _RunExpander(graph, by_name[name], expanded).expand()
+        try:
+            expanded = _expand_runs(graph, lab, by_name, reuse)
+        except _StaleMemo:
+            # A reused id differed from its hash: the memo is not this lab's after all.
+            graph.jobs.clear()
+            graph.expansion_memo.clear()
+            graph.reused_ids = 0
+            expanded = _expand_runs(graph, lab, by_name, None)
     finally:
         if collecting:
             gc.enable()
     graph.runs = {n: expanded[n] for n in lab.run_names}
     return graph
+
+
+class _StaleMemo(Exception):
+    """A job id read from an expansion memo is not the id its hash gives."""
+
+
+def _expand_runs(graph: JobGraph, lab: Lab, by_name: dict[str, Run],
+                 reuse: ExpansionMemo | None) -> dict[str, RunJobs]:
+    expanded: dict[str, RunJobs] = {}
+    for name in _run_order(lab, by_name):
+        expanded[name] = _RunExpander(graph, by_name[name], expanded, reuse).expand()
+    return expanded
 
 
 def _run_order(lab: Lab, by_name: dict[str, Run]) -> list[str]:
@@ -281,10 +303,12 @@ class _RunExpander:
         graph: JobGraph,
         run: Run,
         expanded: dict[str, RunJobs],
+        reuse: ExpansionMemo | None = None,
     ) -> None:
         self.graph = graph
         self.run = run
         self.expanded = expanded
+        self.reuse = reuse
         # Merged resources by (id(own), *id(upstream merged)). Per run on purpose: every
         # object whose id is a key is alive until the run is expanded (held by a plan or
         # a job), so an id cannot be reused for another object while the memo exists.
@@ -308,26 +332,128 @@ class _RunExpander:
         pipelines = [self._stage_plans(pi, p, targets) for pi, p in enumerate(run.pipelines)]
         run_ids: dict[str, None] = {}
         make = self._make
-        for idx in product(*[range(len(d)) for d in self.dims]):
-            for plans in pipelines:
-                cur: list[Job] = []
-                for plan in plans:
-                    if plan.memo is None:
-                        job = make(plan, idx, cur)
-                        run_ids[job.id] = None
-                    else:
-                        k = plan.sig(idx)
-                        job = plan.memo.get(k)
-                        if job is None:
-                            job = plan.memo[k] = make(plan, idx, cur)
+        key = self._memo_key(pipelines)
+        earlier = self._earlier(key, pipelines)
+        cells: array[int] = array("I")
+        record = cells.append
+        if earlier is None:
+            for idx in product(*[range(len(d)) for d in self.dims]):
+                for plans in pipelines:
+                    cur: list[Job] = []
+                    for plan in plans:
+                        if plan.memo is None:
+                            job = make(plan, idx, cur)
                             run_ids[job.id] = None
-                    cur.append(job)
+                        else:
+                            k = plan.sig(idx)
+                            job = plan.memo.get(k)
+                            if job is None:
+                                job = plan.memo[k] = make(plan, idx, cur)
+                                run_ids[job.id] = None
+                        cur.append(job)
+                        record(job.seq)
+        else:
+            self._expand_reusing(earlier, pipelines, run_ids, record)
+        if key is not None:
+            self.graph.expansion_memo[run.name] = RunMemo(
+                key, [[value_key(v) for v in d] for d in self.dims_json],
+                sum(len(plans) for plans in pipelines), cells)
         return RunJobs(
             name=run.name,
             run=run,
             dependencies=[(d.run, d.type) for d in run.dependencies],
             job_ids=list(run_ids),
         )
+
+    def _memo_key(self, pipelines: list[list[_StagePlan]]) -> str | None:
+        """The run's :func:`~repx.lab.expansion_memo.memo_key`; None when a stage varies by
+        value (its variants, and their heads, are per combination)."""
+        plans = [plan for plans in pipelines for plan in plans]
+        if any(plan.static is None for plan in plans):
+            return None
+        return memo_key(self.run, [(plan.static.head.digest(), plan.static.suffix)
+                                   for plan in plans if plan.static is not None])
+
+    def _earlier(self, key: str | None,
+                 pipelines: list[list[_StagePlan]]) -> tuple[RunMemo, list[list[int]]] | None:
+        """The memo of this run when it was expanded under the same key, and per dimension
+        where each of today's values was then (-1: new)."""
+        if key is None or self.reuse is None:
+            return None
+        memo = self.reuse.runs.get(self.run.name)
+        if memo is None or memo.key != key or len(memo.dims) != len(self.dims_json):
+            return None
+        stages = sum(len(plans) for plans in pipelines)
+        combinations = 1
+        for values in memo.dims:
+            combinations *= len(values)
+        if memo.stages != stages or len(memo.cells) != combinations * stages or (
+                memo.cells and max(memo.cells) >= len(self.reuse.ids)):
+            return None
+        places = []
+        for then, now in zip(memo.dims, self.dims_json, strict=True):
+            position = {v: i for i, v in enumerate(then)}
+            places.append([position.get(value_key(v), -1) for v in now])
+        return memo, places
+
+    def _expand_reusing(self, earlier: tuple[RunMemo, list[list[int]]],
+                        pipelines: list[list[_StagePlan]], run_ids: dict[str, None],
+                        record: Callable[[int], None]) -> None:
+        """The expansion loop, with the ids of the combinations the memo holds read from it.
+
+        The same loop as a full expansion (the same jobs in the same order); a job whose
+        combination is new is hashed. A few reused combinations, spread over the run, are
+        hashed too and must give the ids read (else :class:`_StaleMemo`).
+        """
+        memo, places = earlier
+        ids = self.reuse.ids if self.reuse is not None else ()
+        cells, stages = memo.cells, memo.stages
+        strides = [1] * len(memo.dims)
+        for d in range(len(memo.dims) - 2, -1, -1):
+            strides[d] = strides[d + 1] * len(memo.dims[d + 1])
+        combinations = 1
+        for d in self.dims:
+            combinations *= len(d)
+        # Of the combinations found in the memo: every other one in a small run, about 8
+        # in a large one, the first included.
+        check_every = max(2, combinations // 8)
+        found = 0
+        make = self._make
+        reused = 0
+        for idx in product(*[range(len(d)) for d in self.dims]):
+            then = 0
+            for d, i in enumerate(idx):
+                p = places[d][i]
+                if p < 0:
+                    then = -1
+                    break
+                then += p * strides[d]
+            cell = then * stages
+            check = False
+            if then >= 0:
+                check = found % check_every == 0
+                found += 1
+            for plans in pipelines:
+                cur: list[Job] = []
+                for plan in plans:
+                    known = ids[cells[cell]] if then >= 0 and not check else None
+                    if plan.memo is None:
+                        job = make(plan, idx, cur, known)
+                        run_ids[job.id] = None
+                        reused += known is not None
+                    else:
+                        k = plan.sig(idx)
+                        job = plan.memo.get(k)
+                        if job is None:
+                            job = plan.memo[k] = make(plan, idx, cur, known)
+                            run_ids[job.id] = None
+                            reused += known is not None
+                    if check and job.id != ids[cells[cell]]:
+                        raise _StaleMemo(job.id)
+                    cur.append(job)
+                    record(job.seq)
+                    cell += 1
+        self.graph.reused_ids += reused
 
     def _dimensions(self) -> list[_Member]:
         """Validate the run's values and lay axes then zips out as dimensions."""
@@ -664,7 +790,11 @@ class _RunExpander:
             sources = plan.sources_memo[labels] = dict(zip(names, labels, strict=True))
         return sources
 
-    def _make(self, plan: _StagePlan, idx: tuple[int, ...], cur: list[Job]) -> Job:
+    def _make(self, plan: _StagePlan, idx: tuple[int, ...], cur: list[Job],
+              known: str | None = None) -> Job:
+        """The job of ``plan`` for the combination ``idx`` (``cur``: the combination's jobs
+        of the stages before it). ``known`` is its id read from an expansion memo: then
+        its params and upstream JSON are not made and nothing is hashed."""
         dims, dims_json = self.dims, self.dims_json
         params: dict[str, Any] = {} if plan.no_params is None else plan.no_params
         pieces: list[str] = []
@@ -679,30 +809,36 @@ class _RunExpander:
                 nulls = True
             params[name] = default
             pieces.append(key_json + default_json)
-        # Byte for byte canonical_json(params): keys in sorted order, each value's canonical
-        # JSON (tests/test_expand_reference.py checks it against the encoder).
-        params_json = "{" + ",".join(pieces) + "}"
         sources = plan.sources if not nulls else self._null_sources(plan, idx)
-        v = plan.static or self._dynamic_variant(plan, params_json)
         dep_index = plan.dep_index
         if not dep_index:
             producers: list[Job] = _NO_JOBS
-            upstream_json = "[]"
         elif len(dep_index) == 1:
-            # One producer (a chain, the common shape): the same text without the join.
-            first = cur[dep_index[0]]
-            producers = [first]
-            upstream_json = ("[[" + encode_basestring(first.id) + ","
-                             + plan.dep_map_json[0] + "]]")
+            producers = [cur[dep_index[0]]]
         else:
             producers = [cur[i] for i in dep_index]
-            upstream_json = "[" + ",".join([
-                "[" + encode_basestring(p.id) + "," + mj + "]"
-                for p, mj in zip(producers, plan.dep_map_json, strict=True)
-            ]) + "]"
-        h = v.head.copy()
-        h.update(identity_tail(params_json, upstream_json).encode())
-        jid = nix32_of_digest(h.digest(20)) + v.suffix
+        if known is not None and plan.static is not None:
+            v = plan.static
+            jid = known
+        else:
+            # Byte for byte canonical_json(params): keys in sorted order, each value's
+            # canonical JSON (tests/test_expand_reference.py checks it against the encoder).
+            params_json = "{" + ",".join(pieces) + "}"
+            v = plan.static or self._dynamic_variant(plan, params_json)
+            if not producers:
+                upstream_json = "[]"
+            elif len(producers) == 1:
+                # One producer (a chain, the common shape): the same text without the join.
+                upstream_json = ("[[" + encode_basestring(producers[0].id) + ","
+                                 + plan.dep_map_json[0] + "]]")
+            else:
+                upstream_json = "[" + ",".join([
+                    "[" + encode_basestring(p.id) + "," + mj + "]"
+                    for p, mj in zip(producers, plan.dep_map_json, strict=True)
+                ]) + "]"
+            h = v.head.copy()
+            h.update(identity_tail(params_json, upstream_json).encode())
+            jid = nix32_of_digest(h.digest(20)) + v.suffix
         graph = self.graph
         job = graph.jobs.get(jid)
         run = self.run
@@ -726,7 +862,8 @@ class _RunExpander:
                 merged = merge_resources(v.own_res, [p.resources for p in producers])
                 self.resource_memo[key] = merged
         depends_on = list(dict.fromkeys(upstream)) if plan.dedupe else upstream
-        job = Job(jid, v.shape, self.run_list, params, sources, merged, depends_on, upstream)
+        job = Job(jid, v.shape, self.run_list, params, sources, merged, depends_on, upstream,
+                  len(graph.jobs))
         graph.jobs[jid] = job
         return job
 

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     # Types only: a no-op build answered from its index never loads a blueprint, and the
     # blueprint's fifteen dataclasses are a tenth of that command's start-up.
     from repx.lab.blueprint import Executable, Lab, Run, Stage
+    from repx.lab.expansion_memo import RunMemo
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -63,7 +64,7 @@ class Job:
     """
 
     __slots__ = ("id", "shape", "runs", "params", "param_sources", "resources", "depends_on",
-                 "upstream", "_inputs")
+                 "upstream", "seq", "_inputs")
 
     #: The job's identity (:mod:`repx.identity`).
     id: str
@@ -78,13 +79,15 @@ class Job:
     depends_on: list[str]
     #: The producer job id of each of ``stage_def.deps`` (repeats kept; for identity).
     upstream: list[str]
+    #: The job's position in its graph's expansion order (``list(graph.jobs)``).
+    seq: int
 
     def __init__(self, id: str, shape: StageShape, runs: list[str], params: dict[str, Any],
                  param_sources: dict[str, str], resources: Resources, depends_on: list[str],
-                 upstream: list[str]) -> None:
+                 upstream: list[str], seq: int = -1) -> None:
         self.id, self.shape, self.runs = id, shape, runs
         self.params, self.param_sources, self.resources = params, param_sources, resources
-        self.depends_on, self.upstream = depends_on, upstream
+        self.depends_on, self.upstream, self.seq = depends_on, upstream, seq
         # Without mapped inputs the template is complete (no None left): shared as it is.
         self._inputs: dict[str, Any] | None = None if shape.mapped else shape.template
 
@@ -207,6 +210,11 @@ class JobGraph:
         self.jobs: dict[str, Job] = {}
         self.runs: dict[str, RunJobs] = {}
         self.groups: dict[str, list[str]] = {g: list(m) for g, m in lab.groups.items()}
+        #: How each run was expanded (:mod:`repx.lab.expansion_memo`), for the next
+        #: expansion of an edited lab; a run whose stages vary by value has none.
+        self.expansion_memo: dict[str, RunMemo] = {}
+        #: Jobs whose ids the expansion read from an earlier one instead of hashing them.
+        self.reused_ids = 0
         self._sorted_ids: list[str] | None = None
 
     def __len__(self) -> int:

@@ -19,6 +19,7 @@ from repx.lab.nix import LabArgument, build_lab, find_lab_source, nixpkgs_path
 from repx.lab.progress import QUIET, LabReporter, Phase, reported
 
 if TYPE_CHECKING:
+    from repx.lab.expansion_memo import ExpansionMemo
     from repx.lab.graph import JobGraph
 
 
@@ -90,8 +91,11 @@ def locate_lab(options: LabOptions, cwd: Path | None = None) -> Path:
         )
 
 
-def open_lab(options: LabOptions, *, validate: bool = True, cwd: Path | None = None) -> JobGraph:
-    """Build (or open) the lab, validate its scripts, and expand it into the job graph."""
+def open_lab(options: LabOptions, *, validate: bool = True, cwd: Path | None = None,
+             reuse: ExpansionMemo | None = None) -> JobGraph:
+    """Build (or open) the lab, validate its scripts, and expand it into the job graph
+    (reusing the ids of an earlier expansion, ``reuse``, where they apply:
+    :mod:`repx.lab.expansion_memo`)."""
     # Imported here: a no-op build only locates the lab (its answer is the lab's cached
     # index), and the expansion and the script checks (tree-sitter) are most of the
     # import time of a command.
@@ -107,7 +111,7 @@ def open_lab(options: LabOptions, *, validate: bool = True, cwd: Path | None = N
     expansion = Phase("expansion", "expanding the lab", unit="jobs",
                       progress=lambda: len(graph.jobs))
     with reported(reporter, expansion):
-        expand_lab(lab, into=graph)
+        expand_lab(lab, into=graph, reuse=reuse)
         expansion.done = len(graph.jobs)
     if validate:
         validation = Phase("script validation", "validating the stage scripts", unit="scripts")
