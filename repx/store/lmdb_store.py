@@ -1210,17 +1210,24 @@ class Store:
         """
         cancelled: list[str] = []
         now = time.time()
+        # The jobs of one submission share their claimer: each is looked up once.
+        alive: dict[tuple[str, int | None, str], bool] = {}
         with self._write() as (txn, h):
             for job_id in dict.fromkeys(job_ids):
                 key = job_key(_check_job_id(job_id))
                 value = txn.get(key, db=h.jobs)
                 if value is None or status_of(value) not in ACTIVE_STATUSES:
                     continue
-                prev = JobRecord.from_msgpack(value)
-                if prev.owner != owner and owner_alive(prev.host, prev.pid, prev.owner):
-                    continue
-                done = replace(prev, status=Status.CANCELLED, finished=now, reason=reason,
-                               owner=owner)
+                # Decoded here, so this transaction's own object: changed in place.
+                done = JobRecord.from_msgpack(value)
+                claimer = (done.host, done.pid, done.owner)
+                if done.owner != owner:
+                    if claimer not in alive:
+                        alive[claimer] = owner_alive(*claimer)
+                    if alive[claimer]:
+                        continue
+                done.status, done.finished, done.reason, done.owner = (
+                    Status.CANCELLED, now, reason, owner)
                 txn.put(key, done.to_msgpack(), db=h.jobs)
                 cancelled.append(job_id)
         return cancelled

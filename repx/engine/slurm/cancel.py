@@ -42,7 +42,13 @@ def cancel_jobs(store: Store, job_ids: Iterable[str] | None = None,
         cli.scancel(sorted({task_of(r.slurm_id or "").split("_")[0] for r in active}))
     else:
         cli.scancel(r.slurm_id for r in active if r.slurm_id)
-    watched = {r.job_id for r in active if owner_alive(r.host, r.pid, r.owner)}
+    # The jobs of one submission share their owner: each distinct one is looked up once.
+    alive: dict[tuple[str, int | None, str], bool] = {}
+    for r in active:
+        key = (r.host, r.pid, r.owner)
+        if key not in alive:
+            alive[key] = owner_alive(*key)
+    watched = {r.job_id for r in active if alive[r.host, r.pid, r.owner]}
     cancelled = set(store.cancel_abandoned(
         [r.job_id for r in active if r.job_id not in watched], owner_token(),
         "cancelled with `repx cancel`"))
