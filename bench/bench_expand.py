@@ -14,7 +14,9 @@ Two tables:
   ``put``) and each declared output file, then one untimed dry run writes the lab's no-op
   index (as the first build of a lab does). Both are timed from the lab folder (the way
   people run them: the Nix build of ``lab.nix`` included) and with ``--lab DIR`` (the built
-  lab: repx's own share). The table gives µs per job, the growth of each phase from 20 000
+  lab: repx's own share). Last, one value of ``a`` is edited and a dry run against that store
+  says what would run: the one-change path (the Nix build of the edited lab, an expansion
+  that reuses the last lab's ids, the plan). The table gives µs per job, the growth of each phase from 20 000
   to 1 000 000 jobs against the 50× growth of the jobs (linear = 1.0×), and the ratio of
   each phase at 1 000 000 jobs to the issue's targets (lab build ≤ 10 s, dry run ≤ 10 s,
   no-op ≤ 5 s, peak RSS ≤ 600 MB; ≤ 1 meets it).
@@ -67,14 +69,17 @@ MIB_TO_MB = 1024 * 1024 / 1e6
 RESULTS = REPO / "bench" / "results" / "expand.json"
 
 
-def write_lab(folder: Path, side: int, dynamic: bool = False, b_side: int | None = None
-              ) -> None:
+def write_lab(folder: Path, side: int, dynamic: bool = False, b_side: int | None = None,
+              edited: bool = False) -> None:
     """A lab with one run sweeping a × b (side × side, or side × b_side, combinations) over
     two stages.
 
     With ``dynamic`` the first stage's outputs are a ``{ params }:`` function, which
-    Nix evaluates once per combination.
+    Nix evaluates once per combination. ``edited`` replaces the first value of ``a`` (1)
+    by ``side + 1``: one sweep value edited, the change researchers make most.
     """
+    a_values = (f"[ {side + 1} ] ++ repx-lib.utils.range 2 {side}" if edited
+                else f"repx-lib.utils.range 1 {side}")
     outputs = ('{ params }: { value = "$out/value-${toString params.a}.txt"; }' if dynamic
                else '{ value = "$out/value.txt"; }')
     files = {
@@ -92,7 +97,7 @@ def write_lab(folder: Path, side: int, dynamic: bool = False, b_side: int | None
               name = "sweep";
               pipelines = [ ./pipe.nix ];
               params = {{
-                a = repx-lib.utils.range 1 {side};
+                a = {a_values};
                 b = repx-lib.utils.range 1 {b_side or side};
               }};
             }}
@@ -243,6 +248,16 @@ def scale_row(root: Path, a_side: int, b_side: int) -> dict[str, object]:
             if summary["executed"] or len(summary["up_to_date"]) != filled:
                 raise SystemExit(f"{name}: not a no-op ({len(summary['executed'])} executed)")
         samples[name] = sorted(runs, key=lambda s: s.seconds)[1]  # the median of 3
+    # One value of a edited: its b_side combinations (2 jobs each) are new, every other
+    # job's id comes from the expansion memo of the lab the no-op builds named.
+    write_lab(folder, a_side, b_side=b_side, edited=True)
+    samples["one change"] = checked(
+        measure([repx, "build", "--dry-run", "--json", "--store", str(store)], folder),
+        "repx build --dry-run after one edit")
+    changed = json.loads(samples["one change"].stdout)
+    if len(changed["would_run"]) != 2 * b_side or len(changed["up_to_date"]) != jobs - 2 * b_side:
+        raise SystemExit(f"one change: {len(changed['would_run'])} jobs would run, expected "
+                         f"{2 * b_side}")
     shutil.rmtree(store, ignore_errors=True)
     shutil.rmtree(fresh, ignore_errors=True)
     return {"jobs": jobs, "seconds": {k: v.seconds for k, v in samples.items()},
@@ -251,11 +266,11 @@ def scale_row(root: Path, a_side: int, b_side: int) -> dict[str, object]:
 
 def scale_table(rows: list[dict[str, object]]) -> list[str]:
     """The scale table, the growth from the smallest to the largest row, and the targets."""
-    phases = ["lab build", "dry run", "dry run --lab", "no-op", "no-op --lab"]
+    phases = ["lab build", "dry run", "dry run --lab", "no-op", "no-op --lab", "one change"]
     header = f"{'jobs':>9} " + " ".join(f"{p + ' s':>15}" for p in phases) + \
         f" {'peak RSS MiB':>13}"
-    lines = ["scale: an a × b sweep over 2 stages, whole repx processes (no-op: median of 3)",
-             header]
+    lines = ["scale: an a × b sweep over 2 stages, whole repx processes (no-op: median of 3;"
+             " one change: a dry run after one value of a is edited)", header]
     for row in rows:
         seconds, rss = row["seconds"], row["rss_mib"]
         lines.append(f"{row['jobs']:>9} " + " ".join(f"{seconds[p]:>15.2f}" for p in phases)
