@@ -35,7 +35,7 @@ def memo_of(graph: JobGraph) -> ExpansionMemo:
 
 
 def job_fields(graph: JobGraph) -> list[tuple[Any, ...]]:
-    return [(j.id, j.seq, j.pname, j.stage, j.runs, j.params, j.param_sources, j.resources,
+    return [(j.id, j.pname, j.stage, j.runs, j.params, j.param_sources, j.resources,
              j.depends_on, j.upstream, j.inputs) for j in graph.jobs.values()]
 
 
@@ -199,3 +199,19 @@ def test_a_build_reuses_the_lab_its_store_built_last(tmp_path: Path,
         graph = _expanded(LabOptions(lab_dir=str(edited_dir)), edited_dir, edited_index, (),
                           store)
         assert graph.reused_ids == 0
+
+
+def test_a_run_reaching_a_job_made_before_keeps_no_memo(tmp_path: Path) -> None:
+    # Run "two" shares the job v=2 with run "one"; in "simulation" a second pipeline reaches
+    # the jobs of the first. Such a job has no position of its own in its run's cells.
+    shared = stage("s", params={"v": 0}, outputs={"o": "$out/o"})
+    runs = (run("one", [shared], axes=[axis("v", [1, 2, 3])]),
+            run("two", [shared], axes=[axis("v", [2, 4, 5])]))
+    graph = expand_lab(load_lab(write_lab(tmp_path, *runs, name="shared")))
+    assert set(graph.expansion_memo) == {"one"}
+    sim = expand_lab(load_lab(write_lab(tmp_path, *inter_run([1, 2], extra_pipeline=True),
+                                        name="pipelines")))
+    assert "simulation" not in sim.expansion_memo
+    edited = load_lab(write_lab(tmp_path, run("one", [shared], axes=[axis("v", [1, 2, 6])]),
+                                runs[1], name="edited"))
+    assert_same_graph(expand_lab(edited, reuse=memo_of(graph)), expand_lab(edited))

@@ -100,12 +100,23 @@ def write_index(path: Path, graph: JobGraph, closure: list[str], *,
         pass
 
 
+#: The ids of the index :func:`expansion_memo` read last, by its path. An index file never
+#: changes once written, and a build after an edit reads the same index twice (its memo for
+#: the expansion, its ids as the closure mark's): the second read shares the first's
+#: strings instead of making a million new ones.
+_last_read: dict[Path, list[str]] = {}
+
+
 def indexed_ids(cache_root: Path, name: str) -> frozenset[str] | None:
     """The ids of the index called ``name`` (a closure mark names one), None when it
     cannot be read: what :meth:`Store.statuses` takes as ``marked``."""
     if "/" in name or not name.endswith(".msgpack"):
         return None
-    raw = _read(cache_root / "graphs" / name)
+    path = cache_root / "graphs" / name
+    ids = _last_read.get(path)
+    if ids is not None:
+        return frozenset(ids)
+    raw = _read(path)
     return None if raw is None else frozenset(raw[1].split("\n") if raw[1] else ())
 
 
@@ -149,6 +160,8 @@ def expansion_memo(path: Path) -> ExpansionMemo | None:
             cells.byteswap()
         runs[run] = RunMemo(key, dims, stages, cells)
     ids = raw[1].split("\n") if raw[1] else []
+    _last_read.clear()
+    _last_read[path] = ids
     return ExpansionMemo(ids, runs) if runs else None
 
 

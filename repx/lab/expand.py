@@ -259,8 +259,9 @@ class _StagePlan:
     sources: dict[str, str]
     sig_dims: frozenset[int]
     sig: Callable[[tuple[int, ...]], Any]
-    #: Jobs by the indices of the dimensions that reach the stage; None when all do.
-    memo: dict[Any, Job] | None
+    #: Jobs (and their positions in the graph) by the indices of the dimensions that reach
+    #: the stage; None when all do.
+    memo: dict[Any, tuple[Job, int]] | None
     #: The one (read-only) params dict of a stage that declares no params.
     no_params: dict[str, Any] | None
     rows: dict[str, Any] | None
@@ -334,27 +335,39 @@ class _RunExpander:
         make = self._make
         key = self._memo_key(pipelines)
         earlier = self._earlier(key, pipelines)
+        # Per combination and stage plan, the job's position in the graph (the memo's
+        # cells). A job ``make`` finds already made (reached by another run or pipeline) has
+        # no position of its own: such a run keeps no memo.
         cells: array[int] = array("I")
         record = cells.append
+        jobs = self.graph.jobs
+        whole = True
         if earlier is None:
             for idx in product(*[range(len(d)) for d in self.dims]):
                 for plans in pipelines:
                     cur: list[Job] = []
                     for plan in plans:
                         if plan.memo is None:
+                            at = len(jobs)
                             job = make(plan, idx, cur)
+                            whole = whole and len(jobs) > at
                             run_ids[job.id] = None
                         else:
                             k = plan.sig(idx)
-                            job = plan.memo.get(k)
-                            if job is None:
-                                job = plan.memo[k] = make(plan, idx, cur)
+                            hit = plan.memo.get(k)
+                            if hit is None:
+                                at = len(jobs)
+                                job = make(plan, idx, cur)
+                                whole = whole and len(jobs) > at
+                                plan.memo[k] = (job, at)
                                 run_ids[job.id] = None
+                            else:
+                                job, at = hit
                         cur.append(job)
-                        record(job.seq)
+                        record(at)
         else:
-            self._expand_reusing(earlier, pipelines, run_ids, record)
-        if key is not None:
+            whole = self._expand_reusing(earlier, pipelines, run_ids, record)
+        if key is not None and whole:
             self.graph.expansion_memo[run.name] = RunMemo(
                 key, [[value_key(v) for v in d] for d in self.dims_json],
                 sum(len(plans) for plans in pipelines), cells)
@@ -398,12 +411,13 @@ class _RunExpander:
 
     def _expand_reusing(self, earlier: tuple[RunMemo, list[list[int]]],
                         pipelines: list[list[_StagePlan]], run_ids: dict[str, None],
-                        record: Callable[[int], None]) -> None:
+                        record: Callable[[int], None]) -> bool:
         """The expansion loop, with the ids of the combinations the memo holds read from it.
 
-        The same loop as a full expansion (the same jobs in the same order); a job whose
-        combination is new is hashed. A few reused combinations, spread over the run, are
-        hashed too and must give the ids read (else :class:`_StaleMemo`).
+        The same loop as a full expansion (the same jobs in the same order, the same cells
+        recorded; False when a job was found already made); a job whose combination is new
+        is hashed. A few reused combinations, spread over the run, are hashed too and must
+        give the ids read (else :class:`_StaleMemo`).
         """
         memo, places = earlier
         ids = self.reuse.ids if self.reuse is not None else ()
@@ -419,6 +433,8 @@ class _RunExpander:
         check_every = max(2, combinations // 8)
         found = 0
         make = self._make
+        jobs = self.graph.jobs
+        whole = True
         reused = 0
         for idx in product(*[range(len(d)) for d in self.dims]):
             then = 0
@@ -438,22 +454,30 @@ class _RunExpander:
                 for plan in plans:
                     known = ids[cells[cell]] if then >= 0 and not check else None
                     if plan.memo is None:
+                        at = len(jobs)
                         job = make(plan, idx, cur, known)
+                        whole = whole and len(jobs) > at
                         run_ids[job.id] = None
                         reused += known is not None
                     else:
                         k = plan.sig(idx)
-                        job = plan.memo.get(k)
-                        if job is None:
-                            job = plan.memo[k] = make(plan, idx, cur, known)
+                        hit = plan.memo.get(k)
+                        if hit is None:
+                            at = len(jobs)
+                            job = make(plan, idx, cur, known)
+                            whole = whole and len(jobs) > at
+                            plan.memo[k] = (job, at)
                             run_ids[job.id] = None
                             reused += known is not None
+                        else:
+                            job, at = hit
                     if check and job.id != ids[cells[cell]]:
                         raise _StaleMemo(job.id)
                     cur.append(job)
-                    record(job.seq)
+                    record(at)
                     cell += 1
         self.graph.reused_ids += reused
+        return whole
 
     def _dimensions(self) -> list[_Member]:
         """Validate the run's values and lay axes then zips out as dimensions."""
@@ -862,8 +886,7 @@ class _RunExpander:
                 merged = merge_resources(v.own_res, [p.resources for p in producers])
                 self.resource_memo[key] = merged
         depends_on = list(dict.fromkeys(upstream)) if plan.dedupe else upstream
-        job = Job(jid, v.shape, self.run_list, params, sources, merged, depends_on, upstream,
-                  len(graph.jobs))
+        job = Job(jid, v.shape, self.run_list, params, sources, merged, depends_on, upstream)
         graph.jobs[jid] = job
         return job
 

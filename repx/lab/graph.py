@@ -64,7 +64,7 @@ class Job:
     """
 
     __slots__ = ("id", "shape", "runs", "params", "param_sources", "resources", "depends_on",
-                 "upstream", "seq", "_inputs")
+                 "upstream", "_inputs")
 
     #: The job's identity (:mod:`repx.identity`).
     id: str
@@ -79,15 +79,13 @@ class Job:
     depends_on: list[str]
     #: The producer job id of each of ``stage_def.deps`` (repeats kept; for identity).
     upstream: list[str]
-    #: The job's position in its graph's expansion order (``list(graph.jobs)``).
-    seq: int
 
     def __init__(self, id: str, shape: StageShape, runs: list[str], params: dict[str, Any],
                  param_sources: dict[str, str], resources: Resources, depends_on: list[str],
-                 upstream: list[str], seq: int = -1) -> None:
+                 upstream: list[str]) -> None:
         self.id, self.shape, self.runs = id, shape, runs
         self.params, self.param_sources, self.resources = params, param_sources, resources
-        self.depends_on, self.upstream, self.seq = depends_on, upstream, seq
+        self.depends_on, self.upstream = depends_on, upstream
         # Without mapped inputs the template is complete (no None left): shared as it is.
         self._inputs: dict[str, Any] | None = None if shape.mapped else shape.template
 
