@@ -12,6 +12,7 @@ process in the tree (``/usr/bin/time -v``, else ``RUSAGE_CHILDREN`` in a fresh c
 * no-op: the same command again, median of 3;
 * one-change: untimed edit of one chain's parameter, then the same command: exactly 2 jobs
   must run (checked from repx's ``--json`` and from the outputs' mtimes for the others);
+  repx's is the median of 3 edits, each to a new value and followed by an untimed no-op;
 * baselines, no engine, 2 threads: (a) ``bash -c '<command>'`` per job; (b) the very
   invocations repx makes (``<script> <out> <inputs.json> <params.json>`` from its store).
 
@@ -119,6 +120,7 @@ class Result:
     noop_s: float | None = None
     noop_samples: list[float] = field(default_factory=list)
     one_change_s: float | None = None
+    one_change_samples: list[float] = field(default_factory=list)
     dry_run_s: float | None = None
     rss_kib: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -133,7 +135,8 @@ class Result:
             "tool": self.tool, "n": self.n, "jobs": self.jobs, "cold_s": self.cold_s,
             "cold_cpu_s": self.cold_cpu_s,
             "noop_s": self.noop_s, "noop_samples": self.noop_samples,
-            "one_change_s": self.one_change_s, "dry_run_s": self.dry_run_s,
+            "one_change_s": self.one_change_s,
+            "one_change_samples": self.one_change_samples, "dry_run_s": self.dry_run_s,
             "peak_rss_mib": self.peak_rss_mib,
             "rss_mib": {k: v / 1024 for k, v in self.rss_kib.items()},
             "notes": self.notes, "error": self.error,
@@ -433,15 +436,18 @@ STAGE_B = """
 """
 
 
-def sweep_values(n: int, changed: bool) -> str:
-    """``i`` over 0..n-1 (utils.range is inclusive); ``changed`` replaces chain 0 by n."""
-    return (f"[ {n} ] ++ repx-lib.utils.range 1 {n - 1}" if changed
+def sweep_values(n: int, first: int | None) -> str:
+    """``i`` over 0..n-1 (utils.range is inclusive); ``first`` replaces chain 0's value."""
+    return (f"[ {first} ] ++ repx-lib.utils.range 1 {n - 1}" if first is not None
             else f"repx-lib.utils.range 0 {n - 1}")
 
 
-def write_repx_lab(folder: Path, n: int, changed: bool = False) -> None:
-    """The workload as a repx lab: one run sweeping ``i``, a pipeline a → b."""
-    files = {"lab.nix": LAB_NIX, "run.nix": RUN_NIX.replace("VALUES", sweep_values(n, changed)),
+def write_repx_lab(folder: Path, n: int, changed: bool = False,
+                   first: int | None = None) -> None:
+    """The workload as a repx lab: one run sweeping ``i``, a pipeline a → b (``changed``:
+    chain 0 swept at n instead of 0; ``first``: at that value)."""
+    value = first if first is not None else (n if changed else None)
+    files = {"lab.nix": LAB_NIX, "run.nix": RUN_NIX.replace("VALUES", sweep_values(n, value)),
              "pipe.nix": PIPE_NIX, "a.nix": STAGE_A, "b.nix": STAGE_B}
     folder.mkdir(parents=True, exist_ok=True)
     for name, text in files.items():
@@ -504,11 +510,20 @@ def bench_repx(root: Path, n: int, name: str = "repx") -> tuple[Result, RepxStat
         return sample
 
     median_noop(noop, result, lambda _s: None)
-    write_repx_lab(folder, n, changed=True)
-    change = measure(command, folder)
-    summary = repx_json(change, "repx one-change")
-    expect_counts(summary, "one-change", executed=2, up_to_date=2 * n - 2)
-    result.one_change_s, result.rss_kib["one_change"] = change.seconds, change.rss_kib
+    # One edit after no-ops, three times (each a value no build had: 2 jobs run), the median
+    # as for the no-op. An untimed no-op after each edit leaves the store as the first edit
+    # found it; the last edit is the lab checked below (chain 0 at n).
+    changes = []
+    for first in (n + 2, n + 1, n):
+        write_repx_lab(folder, n, first=first)
+        change = measure(command, folder)
+        summary = repx_json(change, "repx one-change")
+        expect_counts(summary, "one-change", executed=2, up_to_date=2 * n - 2)
+        changes.append(change)
+        noop()
+    result.one_change_samples = [round(c.seconds, 4) for c in changes]
+    result.one_change_s = statistics.median(c.seconds for c in changes)
+    result.rss_kib["one_change"] = max(c.rss_kib for c in changes)
 
     lab = repx_json(measure([repx, "lab", "build", "--json"], folder), "repx lab build")
     listing = checked(measure([repx, "list", "jobs", "--json", "--lab", lab["lab"]], folder),
