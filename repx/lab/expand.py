@@ -37,7 +37,7 @@ from __future__ import annotations
 import gc
 import heapq
 from array import array
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from itertools import product
 from json.encoder import encode_basestring
 from operator import itemgetter
@@ -332,41 +332,12 @@ class _RunExpander:
         targets = self._targets(members)
         pipelines = [self._stage_plans(pi, p, targets) for pi, p in enumerate(run.pipelines)]
         run_ids: dict[str, None] = {}
-        make = self._make
         key = self._memo_key(pipelines)
         earlier = self._earlier(key, pipelines)
-        # Per combination and stage plan, the job's position in the graph (the memo's
-        # cells). A job ``make`` finds already made (reached by another run or pipeline) has
-        # no position of its own: such a run keeps no memo.
+        # Per combination and stage plan, the job's position in the graph: the cells of
+        # this run's memo.
         cells: array[int] = array("I")
-        record = cells.append
-        jobs = self.graph.jobs
-        whole = True
-        if earlier is None:
-            for idx in product(*[range(len(d)) for d in self.dims]):
-                for plans in pipelines:
-                    cur: list[Job] = []
-                    for plan in plans:
-                        if plan.memo is None:
-                            at = len(jobs)
-                            job = make(plan, idx, cur)
-                            whole = whole and len(jobs) > at
-                            run_ids[job.id] = None
-                        else:
-                            k = plan.sig(idx)
-                            hit = plan.memo.get(k)
-                            if hit is None:
-                                at = len(jobs)
-                                job = make(plan, idx, cur)
-                                whole = whole and len(jobs) > at
-                                plan.memo[k] = (job, at)
-                                run_ids[job.id] = None
-                            else:
-                                job, at = hit
-                        cur.append(job)
-                        record(at)
-        else:
-            whole = self._expand_reusing(earlier, pipelines, run_ids, record)
+        whole = self._make_jobs(pipelines, earlier, run_ids, cells.append)
         if key is not None and whole:
             self.graph.expansion_memo[run.name] = RunMemo(
                 key, [[value_key(v) for v in d] for d in self.dims_json],
@@ -409,22 +380,29 @@ class _RunExpander:
             places.append([position.get(value_key(v), -1) for v in now])
         return memo, places
 
-    def _expand_reusing(self, earlier: tuple[RunMemo, list[list[int]]],
-                        pipelines: list[list[_StagePlan]], run_ids: dict[str, None],
-                        record: Callable[[int], None]) -> bool:
-        """The expansion loop, with the ids of the combinations the memo holds read from it.
+    def _make_jobs(self, pipelines: list[list[_StagePlan]],
+                   earlier: tuple[RunMemo, list[list[int]]] | None,
+                   run_ids: dict[str, None], record: Callable[[int], None]) -> bool:
+        """Make every combination's jobs, in order, recording each job's position in the
+        graph; False when a job was found already made (reached by another run or pipeline:
+        it has no position of its own, and the run keeps no memo).
 
-        The same loop as a full expansion (the same jobs in the same order, the same cells
-        recorded; False when a job was found already made); a job whose combination is new
-        is hashed. A few reused combinations, spread over the run, are hashed too and must
-        give the ids read (else :class:`_StaleMemo`).
+        With ``earlier`` (:meth:`_earlier`), a combination the memo holds takes its ids from
+        it; a few of them, spread over the run, are hashed anyway and must give the ids
+        read (else :class:`_StaleMemo`).
         """
-        memo, places = earlier
-        ids = self.reuse.ids if self.reuse is not None else ()
-        cells, stages = memo.cells, memo.stages
-        strides = [1] * len(memo.dims)
-        for d in range(len(memo.dims) - 2, -1, -1):
-            strides[d] = strides[d + 1] * len(memo.dims[d + 1])
+        places: list[list[int]] | None = None
+        ids: Sequence[str] = ()
+        cells: array[int] = array("I")
+        stages = 0
+        strides: list[int] = []
+        if earlier is not None and self.reuse is not None:
+            memo, places = earlier
+            ids, cells, stages = self.reuse.ids, memo.cells, memo.stages
+            # Row-major: the last dimension's values are adjacent.
+            strides = [1] * len(memo.dims)
+            for d in range(len(memo.dims) - 2, -1, -1):
+                strides[d] = strides[d + 1] * len(memo.dims[d + 1])
         combinations = 1
         for d in self.dims:
             combinations *= len(d)
@@ -437,18 +415,20 @@ class _RunExpander:
         whole = True
         reused = 0
         for idx in product(*[range(len(d)) for d in self.dims]):
-            then = 0
-            for d, i in enumerate(idx):
-                p = places[d][i]
-                if p < 0:
-                    then = -1
-                    break
-                then += p * strides[d]
-            cell = then * stages
+            then = -1  # the combination's place in the memo
             check = False
-            if then >= 0:
-                check = found % check_every == 0
-                found += 1
+            if places is not None:
+                then = 0
+                for d, i in enumerate(idx):
+                    p = places[d][i]
+                    if p < 0:
+                        then = -1
+                        break
+                    then += p * strides[d]
+                if then >= 0:
+                    check = found % check_every == 0
+                    found += 1
+            cell = then * stages
             for plans in pipelines:
                 cur: list[Job] = []
                 for plan in plans:

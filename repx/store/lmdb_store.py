@@ -1211,7 +1211,7 @@ class Store:
         cancelled: list[str] = []
         now = time.time()
         # The jobs of one submission share their claimer: each is looked up once.
-        alive: dict[tuple[str, int | None, str], bool] = {}
+        alive = functools.cache(owner_alive)
         with self._write() as (txn, h):
             for job_id in dict.fromkeys(job_ids):
                 key = job_key(_check_job_id(job_id))
@@ -1220,12 +1220,8 @@ class Store:
                     continue
                 # Decoded here, so this transaction's own object: changed in place.
                 done = JobRecord.from_msgpack(value)
-                claimer = (done.host, done.pid, done.owner)
-                if done.owner != owner:
-                    if claimer not in alive:
-                        alive[claimer] = owner_alive(*claimer)
-                    if alive[claimer]:
-                        continue
+                if done.owner != owner and alive(done.host, done.pid, done.owner):
+                    continue
                 done.status, done.finished, done.reason, done.owner = (
                     Status.CANCELLED, now, reason, owner)
                 txn.put(key, done.to_msgpack(), db=h.jobs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import os
@@ -43,12 +44,8 @@ def cancel_jobs(store: Store, job_ids: Iterable[str] | None = None,
     else:
         cli.scancel(r.slurm_id for r in active if r.slurm_id)
     # The jobs of one submission share their owner: each distinct one is looked up once.
-    alive: dict[tuple[str, int | None, str], bool] = {}
-    for r in active:
-        key = (r.host, r.pid, r.owner)
-        if key not in alive:
-            alive[key] = owner_alive(*key)
-    watched = {r.job_id for r in active if alive[r.host, r.pid, r.owner]}
+    alive = functools.cache(owner_alive)
+    watched = {r.job_id for r in active if alive(r.host, r.pid, r.owner)}
     cancelled = set(store.cancel_abandoned(
         [r.job_id for r in active if r.job_id not in watched], owner_token(),
         "cancelled with `repx cancel`"))
