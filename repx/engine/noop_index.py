@@ -16,18 +16,16 @@ lab passed validation before.
 
 from __future__ import annotations
 
-import operator
 import os
 import sys
 from array import array
-from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import msgpack
 from blake3 import blake3
 
-from repx.engine.contract import OUT_MARK, declared_outputs
+from repx.engine.contract import OUT_MARK, declared_outputs, outputs_present
 from repx.lab.expansion_memo import ExpansionMemo, RunMemo
 from repx.lab.graph import JobGraph
 from repx.store import Store
@@ -210,18 +208,16 @@ def _outputs_exist(store: Store, ids: list[str], column: array[int], sets: list[
     except OSError:
         return False
     try:
-        exists = partial(os.access, mode=os.F_OK, dir_fd=folder)
         if all(len(suffixes) == 1 for suffixes in relative):
             # One output per job (the common case): a single C-level loop.
             tails = [suffixes[0] for suffixes in relative]
-            paths = map(operator.add, ids, map(tails.__getitem__, column))
-            if not all(map(exists, paths)):
+            if not all(outputs_present(folder, ids, map(tails.__getitem__, column))):
                 return False
         else:
             for job_id, position in zip(ids, column, strict=True):
-                for suffix in relative[position]:
-                    if not exists(job_id + suffix):
-                        return False
+                suffixes = relative[position]
+                if not all(outputs_present(folder, [job_id] * len(suffixes), suffixes)):
+                    return False
     finally:
         os.close(folder)
     return all(map(os.path.exists, absolute))

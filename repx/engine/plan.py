@@ -16,11 +16,10 @@ import operator
 import os
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from functools import partial
 from itertools import compress
 from typing import Any
 
-from repx.engine.contract import OUT_MARK, declared_outputs
+from repx.engine.contract import OUT_MARK, declared_outputs, outputs_present
 from repx.errors import UsageError
 from repx.lab.graph import Job, JobGraph, selection_closure
 from repx.store import ACTIVE_STATUSES, Status, Store
@@ -144,8 +143,7 @@ class _OutputPaths:
                     return {j for j, o in zip(job_ids, outputs_of, strict=True)
                             if self.missing(o, j) is not None}
                 tails[key] = relative[0][1]
-        exists = partial(os.access, mode=os.F_OK, dir_fd=self._folder)
-        present = map(exists, map(operator.add, job_ids, map(tails.__getitem__, keys)))
+        present = outputs_present(self._folder, job_ids, map(tails.__getitem__, keys))
         return set(compress(job_ids, map(operator.not_, present)))
 
     def missing(self, outputs: dict[str, Any], job_id: str) -> tuple[str, str] | None:
