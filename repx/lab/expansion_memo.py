@@ -11,11 +11,13 @@ hash and its base-32 text are skipped, which is about half of a job's expansion;
 params, sources, resources and wiring of every job are still made the usual way, so the
 graph is whole and nothing after expansion knows the difference.
 
-What is reused lives in the no-op index of the last full build (:mod:`repx.engine.
-noop_index`): per run, the :func:`memo_key` it was expanded under, its dimensions' values
-and, per combination and stage plan, the position of the job in the index's id list.
-Reuse is checked as well as keyed: a few of the reused combinations are also hashed the
-usual way, and any difference discards the memo (the run is expanded in full).
+What is reused lives in the no-op index of the last build of all runs
+(:mod:`repx.engine.noop_index`): per run, the :func:`memo_key` it was expanded under, its
+dimensions' values and, per combination and stage plan, the position of the job in the
+index's id list. Reuse is checked as well as keyed: a few of the reused combinations are
+also hashed the usual way, and any difference discards the memo (the run is expanded in
+full). A run keeps no memo when a stage varies by value (its heads are per combination) or
+when it reaches a job another run or pipeline made (that job has no position of its own).
 """
 
 from __future__ import annotations
