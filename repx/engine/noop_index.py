@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import sys
 from array import array
+from itertools import repeat
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -215,8 +216,7 @@ def _outputs_exist(store: Store, ids: list[str], column: array[int], sets: list[
                 return False
         else:
             for job_id, position in zip(ids, column, strict=True):
-                suffixes = relative[position]
-                if not all(outputs_present(folder, [job_id] * len(suffixes), suffixes)):
+                if not all(outputs_present(folder, repeat(job_id), relative[position])):
                     return False
     finally:
         os.close(folder)

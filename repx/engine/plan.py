@@ -193,7 +193,8 @@ def plan_build(
             done = [j for j in closure if statuses.get(j) is succeeded]
             incomplete = outputs.incomplete(jobs, done)
             up_to_date = [j for j in done if j not in incomplete] if incomplete else done
-            todo = [j for j in closure if statuses.get(j) is not succeeded or j in incomplete]
+            todo = [] if len(up_to_date) == len(closure) else [
+                j for j in closure if statuses.get(j) is not succeeded or j in incomplete]
         for job_id in todo:
             status = statuses.get(job_id)
             reason = None

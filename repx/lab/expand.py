@@ -333,15 +333,15 @@ class _RunExpander:
         pipelines = [self._stage_plans(pi, p, targets) for pi, p in enumerate(run.pipelines)]
         run_ids: dict[str, None] = {}
         key = self._memo_key(pipelines)
-        earlier = self._earlier(key, pipelines)
+        stages = sum(len(plans) for plans in pipelines)
+        earlier = self._earlier(key, stages)
         # Per combination and stage plan, the job's position in the graph: the cells of
         # this run's memo.
         cells: array[int] = array("I")
         whole = self._make_jobs(pipelines, earlier, run_ids, cells.append)
         if key is not None and whole:
             self.graph.expansion_memo[run.name] = RunMemo(
-                key, [[value_key(v) for v in d] for d in self.dims_json],
-                sum(len(plans) for plans in pipelines), cells)
+                key, [[value_key(v) for v in d] for d in self.dims_json], stages, cells)
         return RunJobs(
             name=run.name,
             run=run,
@@ -359,15 +359,14 @@ class _RunExpander:
                                    for plan in plans if plan.static is not None])
 
     def _earlier(self, key: str | None,
-                 pipelines: list[list[_StagePlan]]) -> tuple[RunMemo, list[list[int]]] | None:
-        """The memo of this run when it was expanded under the same key, and per dimension
-        where each of today's values was then (-1: new)."""
+                 stages: int) -> tuple[RunMemo, list[list[int]]] | None:
+        """The memo of this run when it was expanded under the same key (with ``stages``
+        stage plans), and per dimension where each of today's values was then (-1: new)."""
         if key is None or self.reuse is None:
             return None
         memo = self.reuse.runs.get(self.run.name)
         if memo is None or memo.key != key or len(memo.dims) != len(self.dims_json):
             return None
-        stages = sum(len(plans) for plans in pipelines)
         combinations = 1
         for values in memo.dims:
             combinations *= len(values)
@@ -432,25 +431,22 @@ class _RunExpander:
             for plans in pipelines:
                 cur: list[Job] = []
                 for plan in plans:
-                    known = ids[cells[cell]] if then >= 0 and not check else None
-                    if plan.memo is None:
+                    by_sig = plan.memo
+                    hit = None
+                    if by_sig is not None:
+                        k = plan.sig(idx)
+                        hit = by_sig.get(k)
+                    if hit is None:
+                        known = ids[cells[cell]] if then >= 0 and not check else None
                         at = len(jobs)
                         job = make(plan, idx, cur, known)
                         whole = whole and len(jobs) > at
                         run_ids[job.id] = None
                         reused += known is not None
+                        if by_sig is not None:
+                            by_sig[k] = (job, at)
                     else:
-                        k = plan.sig(idx)
-                        hit = plan.memo.get(k)
-                        if hit is None:
-                            at = len(jobs)
-                            job = make(plan, idx, cur, known)
-                            whole = whole and len(jobs) > at
-                            plan.memo[k] = (job, at)
-                            run_ids[job.id] = None
-                            reused += known is not None
-                        else:
-                            job, at = hit
+                        job, at = hit
                     if check and job.id != ids[cells[cell]]:
                         raise _StaleMemo(job.id)
                     cur.append(job)
