@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from repx.engine.noop_index import (
+    UpToDate,
     expansion_memo,
     index_path,
     indexed_ids,
@@ -28,9 +29,16 @@ from repx.engine.noop_index import (
     write_index,
 )
 from repx.engine.plan import Plan, plan_build
-from repx.errors import RepxError, UsageError
+from repx.errors import LabError, RepxError, UsageError
 from repx.lab.graph import JobGraph, selection_closure
-from repx.lab.open import LabOptions, cache_dir, locate_lab, open_lab
+from repx.lab.open import (
+    LabLocation,
+    LabOptions,
+    cache_dir,
+    locate_lab,
+    open_lab,
+    start_locating_lab,
+)
 from repx.store import Store, layout
 
 if TYPE_CHECKING:
@@ -182,13 +190,19 @@ def run_build(
     ``make_reporter`` makes the reporter (when ``reporter`` is None) only once something is
     to run: the no-op answer then never imports the display.
     """
-    lab_dir, index = _lab_and_index(lab, options.targets)
     # Make stamps need the selection, which the no-op index does not keep (a recipe that
     # runs found something out of date anyway).
-    if not (options.force or options.verify or options.make_stamps):
-        noop = _noop_build(lab_dir, store, index, options.targets)
-        if noop is not None:
-            return noop
+    may_be_noop = not (options.force or options.verify or options.make_stamps)
+    lab_dir, index, ahead = _lab_checked_ahead(lab, store, options.targets,
+                                               check=may_be_noop, readonly=False)
+    try:
+        if may_be_noop:
+            noop = _noop_build(lab_dir, ahead.store or store, index, options.targets, ahead)
+            if noop is not None:
+                return noop
+    finally:
+        if ahead.store is not None and ahead.store is not store:
+            ahead.store.close()
     graph = _expanded(lab, lab_dir, index, options.targets, store)
     if reporter is None and make_reporter is not None:
         reporter = make_reporter()
@@ -226,11 +240,13 @@ def dry_run(
     With nothing to do the answer comes from the cached job index, as for a build; with no
     store (or none at ``store``) everything would run.
     """
-    lab_dir, index = _lab_and_index(lab, options.targets)
-    opened = _open_existing(store, readonly=True)
+    may_be_noop = not (options.force or options.verify)
+    lab_dir, index, ahead = _lab_checked_ahead(lab, store, options.targets,
+                                               check=may_be_noop, readonly=True)
+    opened = ahead.store or _open_existing(store, readonly=True)
     try:
-        if opened is not None and not (options.force or options.verify):
-            found = up_to_date_ids(index, opened)
+        if opened is not None and may_be_noop:
+            found = ahead.up_to_date(index, opened)
             if found is not None:
                 return Plan(closure=found.ids, up_to_date=found.ids, to_run=[])
         graph = _expanded(lab, lab_dir, index, options.targets, opened)
@@ -320,6 +336,104 @@ def _lab_and_index(lab: LabOptions | JobGraph,
     return lab_dir, index_path(cache_dir(), lab_dir, targets)
 
 
+class _CheckedAhead:
+    """The store, opened while Nix builds the lab, and the no-op answer for the lab the
+    store built last with the same targets (or the lab itself when its directory was
+    given): most builds are of that very lab, and on two cores the check then costs no
+    time of its own.
+
+    ``store`` is None when no store exists or it could not be opened (the caller opens it
+    again and reports why, after the lab's own errors, as without the check). The caller
+    closes ``store`` unless it is the store it passed in.
+    """
+
+    def __init__(self, store: Store | None, index: Path | None = None,
+                 found: UpToDate | None = None, seconds: float = 0.0) -> None:
+        self.store = store
+        self.index = index
+        self.found = found
+        self.seconds = seconds
+
+    def up_to_date(self, index: Path, store: Store) -> UpToDate | None:
+        """:func:`up_to_date_ids` of ``index``: the answer found ahead when it is of that
+        index, else found now."""
+        if index == self.index:
+            return self.found
+        return up_to_date_ids(index, store)
+
+
+def _lab_checked_ahead(lab: LabOptions | JobGraph,
+                       store: Store | str | os.PathLike[str] | None,
+                       targets: tuple[str, ...], *, check: bool,
+                       readonly: bool) -> tuple[Path, Path, _CheckedAhead]:
+    """:func:`_lab_and_index`, with the no-op check of the lab expected (``check``) done
+    while Nix builds it (see :class:`_CheckedAhead`)."""
+    location = (LabLocation(Path(lab.lab.path)) if isinstance(lab, JobGraph)
+                else start_locating_lab(lab))
+    ahead = _CheckedAhead(None)
+    try:
+        if check:
+            ahead = _check_ahead(store, targets, location, readonly=readonly)
+        lab_dir = location.wait()
+    except BaseException:
+        location.cancel()
+        if ahead.store is not None and ahead.store is not store:
+            ahead.store.close()
+        raise
+    index = index_path(cache_dir(), lab_dir, targets)
+    if ahead.index != index:
+        ahead = _CheckedAhead(ahead.store)  # another lab's ids: not kept through the build
+    return lab_dir, index, ahead
+
+
+def _check_ahead(store: Store | str | os.PathLike[str] | None, targets: tuple[str, ...],
+                 location: LabLocation, *, readonly: bool) -> _CheckedAhead:
+    """The store opened, and the no-op answer for the lab when its directory is known, else
+    for the lab of the store's last build of ``targets``. That check ends early when Nix
+    gives another lab (or none) meanwhile: a million-job check takes seconds, which an
+    edited lab would wait for and then drop."""
+    try:
+        opened = _open_existing(store, readonly=readonly)
+    except RepxError:
+        return _CheckedAhead(None)
+    if opened is None:
+        return _CheckedAhead(None)
+    try:
+        clock = time.monotonic()
+        lab_dir = location.known
+        if lab_dir is None:
+            last = opened.get_meta("last_build") or {}
+            lab_path = last.get("lab")
+            if not isinstance(lab_path, str) or last.get("targets") != list(targets):
+                return _CheckedAhead(opened)
+            lab_dir = Path(lab_path)
+        expected = lab_dir
+
+        def another_lab() -> bool:
+            if not location.finished():
+                return False
+            try:
+                return location.wait() != expected
+            except LabError:
+                return True
+
+        if another_lab():
+            return _CheckedAhead(opened)
+        index = index_path(cache_dir(), lab_dir, targets)
+        found = up_to_date_ids(index, opened, stop=another_lab)
+        if another_lab():
+            return _CheckedAhead(opened)
+        return _CheckedAhead(opened, index, found, time.monotonic() - clock)
+    except RepxError:
+        if opened is not store:
+            opened.close()
+        return _CheckedAhead(None)
+    except BaseException:
+        if opened is not store:
+            opened.close()
+        raise
+
+
 def _expanded(lab: LabOptions | JobGraph, lab_dir: Path, index: Path,
               targets: tuple[str, ...],
               store: Store | str | os.PathLike[str] | None = None) -> JobGraph:
@@ -407,9 +521,10 @@ def _full_build(graph: JobGraph, store: Store, options: BuildOptions,
 
 
 def _noop_build(lab_dir: str | Path, store: Store | str | os.PathLike[str], index: Path,
-                targets: tuple[str, ...]) -> BuildResult | None:
-    """The result of a build with nothing to do, from the lab's cached job index alone; None
-    when anything is missing (run the full build then).
+                targets: tuple[str, ...], ahead: _CheckedAhead) -> BuildResult | None:
+    """The result of a build with nothing to do, from the lab's cached job index alone
+    (or the answer ``ahead`` found for it); None when anything is missing (run the full
+    build then).
 
     Only taken when the lab is already a gc root of this store, so skipping
     :func:`register_build_root` loses nothing.
@@ -422,10 +537,11 @@ def _noop_build(lab_dir: str | Path, store: Store | str | os.PathLike[str], inde
         started = time.time()
         if not any(root.lab_path == str(lab_dir) for root in opened.roots()):
             return None
-        found = up_to_date_ids(index, opened)
+        found = ahead.up_to_date(index, opened)
         if found is None:
             return None
-        result = BuildResult(up_to_date=found.ids, seconds=time.monotonic() - clock)
+        seconds = time.monotonic() - clock + (ahead.seconds if index == ahead.index else 0.0)
+        result = BuildResult(up_to_date=found.ids, seconds=seconds)
         _record_last_build(opened, str(lab_dir), targets, started, result,
                            closure_mark=found.mark)
         return result

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import sys
 from array import array
+from collections.abc import Callable
 from itertools import repeat
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -172,8 +173,13 @@ class UpToDate(NamedTuple):
     mark: tuple[str, int]
 
 
-def up_to_date_ids(path: Path, store: Store) -> UpToDate | None:
-    """The closure's ids when every job is up to date, else None (or no usable index)."""
+def up_to_date_ids(path: Path, store: Store,
+                   stop: Callable[[], bool] | None = None) -> UpToDate | None:
+    """The closure's ids when every job is up to date, else None (or no usable index).
+
+    ``stop`` is asked now and then while the outputs are checked; when it says yes the
+    check ends there, with None (its caller has learnt that the answer is not wanted).
+    """
     raw = _read(path)
     if raw is None:
         return None
@@ -188,13 +194,19 @@ def up_to_date_ids(path: Path, store: Store) -> UpToDate | None:
     succeeded, snapshot = store.closure_succeeded(ids, path.name)
     if not succeeded:
         return None
-    if not _outputs_exist(store, ids, column, sets):
+    if not _outputs_exist(store, ids, column, sets, stop):
         return None
     return UpToDate(ids, (path.name, snapshot))
 
 
-def _outputs_exist(store: Store, ids: list[str], column: array[int], sets: list[str]) -> bool:
-    """Whether every declared output of every job exists: one ``access`` each.
+#: Jobs whose outputs are checked between two questions to a check's ``stop``.
+STOP_EVERY = 16384
+
+
+def _outputs_exist(store: Store, ids: list[str], column: array[int], sets: list[str],
+                   stop: Callable[[], bool] | None = None) -> bool:
+    """Whether every declared output of every job exists: one ``access`` each (False as
+    soon as ``stop``, asked every :data:`STOP_EVERY` jobs, says yes).
 
     ``access(F_OK)`` relative to the outputs folder, not ``stat`` of the whole path: the
     same answer (both follow symlinks, both fail on a folder that cannot be searched), at
@@ -208,16 +220,23 @@ def _outputs_exist(store: Store, ids: list[str], column: array[int], sets: list[
         folder = os.open(store.folders.outputs_root, os.O_RDONLY | os.O_DIRECTORY)
     except OSError:
         return False
+    step = (len(ids) or 1) if stop is None else STOP_EVERY
     try:
-        if all(len(suffixes) == 1 for suffixes in relative):
-            # One output per job (the common case): a single C-level loop.
-            tails = [suffixes[0] for suffixes in relative]
-            if not all(outputs_present(folder, ids, map(tails.__getitem__, column))):
+        one_each = all(len(suffixes) == 1 for suffixes in relative)
+        tails = [suffixes[0] for suffixes in relative] if one_each else []
+        for start in range(0, len(ids), step):
+            if stop is not None and stop():
                 return False
-        else:
-            for job_id, position in zip(ids, column, strict=True):
-                if not all(outputs_present(folder, repeat(job_id), relative[position])):
+            chunk = ids[start:start + step] if step < len(ids) else ids
+            positions = column[start:start + step] if step < len(ids) else column
+            if one_each:
+                # One output per job (the common case): a single C-level loop.
+                if not all(outputs_present(folder, chunk, map(tails.__getitem__, positions))):
                     return False
+            else:
+                for job_id, position in zip(chunk, positions, strict=True):
+                    if not all(outputs_present(folder, repeat(job_id), relative[position])):
+                        return False
     finally:
         os.close(folder)
     return all(map(os.path.exists, absolute))

@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -399,15 +400,6 @@ def _explain(message: str, folder: Path | None = None) -> str:
     return message
 
 
-def _run_nix(command: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """Run a Nix build (in ``cwd``), once more when a builder was killed at random (see
-    module doc)."""
-    result = subprocess.run(command, capture_output=True, text=True, check=False, cwd=cwd)
-    if result.returncode != 0 and "signal 9" in result.stderr:
-        result = subprocess.run(command, capture_output=True, text=True, check=False, cwd=cwd)
-    return result
-
-
 def _lab_file_command(source: LabSource, *, nixpkgs: str | None, run_slice: str | None,
                       lab_args: tuple[LabArgument, ...]) -> list[str]:
     command = [
@@ -496,6 +488,22 @@ def build_lab(
     A lab file goes through repx's own ``nix/entry.nix`` (nix-build); a flake is built with
     ``nix build DIR#ATTR`` with the flake features switched on for this call only.
     """
+    return start_lab_build(source, out_link=out_link, nixpkgs=nixpkgs, run_slice=run_slice,
+                           show_trace=show_trace, lab_args=lab_args, impure=impure).wait()
+
+
+def start_lab_build(
+    source: LabSource | Path,
+    *,
+    out_link: Path | None = None,
+    nixpkgs: str | None = None,
+    run_slice: str | None = None,
+    show_trace: bool = False,
+    lab_args: tuple[LabArgument, ...] = (),
+    impure: bool = False,
+) -> LabBuild:
+    """:func:`build_lab` started in the background: Nix evaluates on one core while the
+    caller does what does not depend on the answer (a build checks the lab it expects)."""
     if isinstance(source, Path):
         source = _source_for(source)
     if source.is_flake:
@@ -509,19 +517,80 @@ def build_lab(
         command += ["-o", str(out_link)] if out_link else ["--no-link"]
     else:
         command += ["-o", str(out_link)] if out_link else ["--no-out-link"]
+    return LabBuild(source, command, show_trace=show_trace, has_lab_args=bool(lab_args),
+                    impure=impure)
 
-    result = _run_nix(command, cwd=source.folder if source.is_flake else None)
-    if result.returncode != 0:
-        message = _explain(summarize_nix_error(result.stderr, trace=show_trace), source.folder)
-        if lab_args and "«string»" in message:
-            message += ("\n\nhint: the value of --arg is a Nix expression (as in "
-                        "`--arg count 3`); give a plain string with --argstr NAME VALUE")
+
+#: Seconds a cancelled Nix build has to stop before it is killed.
+CANCEL_GRACE = 5.0
+
+
+class LabBuild:
+    """One Nix build of a lab, running until :meth:`wait` (or :meth:`cancel`).
+
+    A builder killed at random ("signal 9", see the module doc) is built once more, in the
+    foreground, by :meth:`wait`.
+    """
+
+    def __init__(self, source: LabSource, command: list[str], *, show_trace: bool,
+                 has_lab_args: bool, impure: bool) -> None:
+        self.source = source
+        self._command = command
+        # A flake is built in its folder (see _flake_command); a lab file by its path.
+        self._cwd = source.folder if source.is_flake else None
+        self._show_trace = show_trace
+        self._has_lab_args = has_lab_args
+        self._impure = impure
+        # Nix's messages go to a file: a long log or trace would fill a pipe nobody reads
+        # while the caller works, and stall Nix until it waits. Its stdout is the path.
+        self._stderr = tempfile.TemporaryFile(mode="w+", prefix="repx-nix-")
+        try:
+            self._process = subprocess.Popen(command, stdout=subprocess.PIPE,
+                                             stderr=self._stderr, text=True, cwd=self._cwd)
+        except BaseException:
+            self._stderr.close()
+            raise
+
+    def finished(self) -> bool:
+        """Whether Nix is done (:meth:`wait` then returns at once)."""
+        return self._process.poll() is not None
+
+    def wait(self) -> Path:
+        """The lab's store path, once Nix is done; a failed build raises :class:`LabError`."""
+        with self._stderr:
+            stdout, _ = self._process.communicate()
+            self._stderr.seek(0)
+            stderr = self._stderr.read()
+        returncode = self._process.returncode
+        if returncode != 0 and "signal 9" in stderr:
+            again = subprocess.run(self._command, capture_output=True, text=True, check=False,
+                                   cwd=self._cwd)
+            returncode, stdout, stderr = again.returncode, again.stdout, again.stderr
+        source = self.source
+        if returncode != 0:
+            message = _explain(summarize_nix_error(stderr, trace=self._show_trace),
+                               source.folder)
+            if self._has_lab_args and "«string»" in message:
+                message += ("\n\nhint: the value of --arg is a Nix expression (as in "
+                            "`--arg count 3`); give a plain string with --argstr NAME VALUE")
+            if source.is_flake:
+                message = _flake_hint(message, source, self._impure)
+            raise LabError(f"building the lab {source} failed:\n{message}", detail=stderr)
         if source.is_flake:
-            message = _flake_hint(message, source, impure)
-        raise LabError(f"building the lab {source} failed:\n{message}", detail=result.stderr)
-    if source.is_flake:
-        return _flake_out_path(result.stdout, source)
-    return Path(result.stdout.strip().splitlines()[-1])
+            return _flake_out_path(stdout, source)
+        return Path(stdout.strip().splitlines()[-1])
+
+    def cancel(self) -> None:
+        """Stop the build (its caller failed or was interrupted before it waited)."""
+        with self._stderr:
+            if self._process.poll() is None:
+                # SIGTERM first: Nix then stops its builders and releases its locks.
+                self._process.terminate()
+                try:
+                    self._process.communicate(timeout=CANCEL_GRACE)
+                except subprocess.TimeoutExpired:
+                    self._process.kill()
+            self._process.communicate()
 
 
 def _flake_out_path(stdout: str, source: LabSource) -> Path:

@@ -10,12 +10,13 @@ which says nothing unless the caller gives one.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from repx.errors import LabError
-from repx.lab.nix import LabArgument, build_lab, find_lab_source, nixpkgs_path
+from repx.lab.nix import LabArgument, LabBuild, find_lab_source, nixpkgs_path, start_lab_build
 from repx.lab.progress import QUIET, LabReporter, Phase, reported
 
 if TYPE_CHECKING:
@@ -57,6 +58,12 @@ def is_lab_dir(path: Path) -> bool:
 def locate_lab(options: LabOptions, cwd: Path | None = None) -> Path:
     """The built lab directory: ``--lab DIR`` as given, ``--lab lab.tar`` unpacked (see
     :mod:`repx.lab.export`), else build the lab file now."""
+    return start_locating_lab(options, cwd).wait()
+
+
+def start_locating_lab(options: LabOptions, cwd: Path | None = None) -> LabLocation:
+    """:func:`locate_lab` with the Nix build (if one is needed) left running: the caller
+    gets on with what does not need the lab directory and then calls ``wait``."""
     base = cwd or Path.cwd()
     if options.lab_dir is not None:
         path = (base / options.lab_dir).resolve()
@@ -65,13 +72,13 @@ def locate_lab(options: LabOptions, cwd: Path | None = None) -> Path:
             # here: repx.lab.export uses this module's cache_dir.
             from repx.lab.export import unpack_lab
 
-            return unpack_lab(path).lab_dir
+            return LabLocation(unpack_lab(path).lab_dir)
         if not is_lab_dir(path):
             raise LabError(
                 f"{path} is not a built repx lab (no lab.json/runs/); "
                 "build one with `repx lab build`"
             )
-        return path
+        return LabLocation(path)
     source = find_lab_source(options.lab_file, base)
     options.reporter.lab_found(source, base.absolute())
     link = None
@@ -79,8 +86,11 @@ def locate_lab(options: LabOptions, cwd: Path | None = None) -> Path:
         link = Path(options.out_link)
         if not link.is_absolute():
             link = source.folder / link
-    with reported(options.reporter, Phase("nix build", "building the lab with Nix")):
-        return build_lab(
+    phase = Phase("nix build", "building the lab with Nix")
+    started = time.monotonic()
+    options.reporter.phase_started(phase)
+    try:
+        build = start_lab_build(
             source,
             out_link=link,
             nixpkgs=nixpkgs_path(options.nixpkgs),
@@ -89,6 +99,70 @@ def locate_lab(options: LabOptions, cwd: Path | None = None) -> Path:
             lab_args=options.lab_args,
             impure=options.impure,
         )
+    except BaseException:
+        options.reporter.phase_finished(phase, time.monotonic() - started, False)
+        raise
+    return LabLocation(None, build, options.reporter, phase, started)
+
+
+class LabLocation:
+    """The lab directory, known already or once its Nix build (reported as ``phase``) ends.
+
+    Whoever starts one calls :meth:`wait`, or :meth:`cancel` when it gives up first.
+    """
+
+    def __init__(self, ready: Path | None, build: LabBuild | None = None,
+                 reporter: LabReporter = QUIET, phase: Phase | None = None,
+                 started: float = 0.0) -> None:
+        self._ready = ready
+        self._build = build
+        self._reporter = reporter
+        self._phase = phase
+        self._started = started
+        self._failure: LabError | None = None
+
+    @property
+    def known(self) -> Path | None:
+        """The lab directory if it is known without waiting (given, or built already)."""
+        return self._ready
+
+    def finished(self) -> bool:
+        """Whether :meth:`wait` would return (or raise) at once."""
+        return self._build is None or self._build.finished()
+
+    def wait(self) -> Path:
+        """The lab directory (a failed Nix build raises :class:`LabError`, again at every
+        call)."""
+        if self._failure is not None:
+            raise self._failure
+        if self._ready is not None:
+            return self._ready
+        build, self._build = self._build, None
+        assert build is not None, "a cancelled LabLocation has no lab"
+        ok = False
+        try:
+            self._ready = build.wait()
+            ok = True
+        except LabError as error:
+            self._failure = error
+            raise
+        finally:
+            self._finish(ok)
+        return self._ready
+
+    def cancel(self) -> None:
+        """Stop a build still running (nothing happens once it was waited for)."""
+        build, self._build = self._build, None
+        if build is not None:
+            try:
+                build.cancel()
+            finally:
+                self._finish(False)
+
+    def _finish(self, ok: bool) -> None:
+        if self._phase is not None:
+            self._reporter.phase_finished(self._phase, time.monotonic() - self._started, ok)
+            self._phase = None
 
 
 def open_lab(options: LabOptions, *, validate: bool = True, cwd: Path | None = None,
