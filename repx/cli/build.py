@@ -17,23 +17,18 @@ import click
 from repx.cli.common import Context, alias_of, handle_errors, lab_options, store_option
 from repx.cli.completion import complete_targets
 from repx.cli.remote import target_option
-from repx.config import RepxConfig, load_config
 from repx.display import plural
-from repx.engine.build import (
-    BuildOptions,
-    BuildResult,
-    explain_build,
-    explain_targets,
-    run_build,
-)
-from repx.engine.build import dry_run as dry_run_plan
 from repx.engine.runtimes import RUNTIME_ENV, RUNTIMES, Mount, parse_mount
 from repx.errors import UsageError
-from repx.lab import LabOptions, open_lab
+from repx.lab import LabOptions
+from repx.lab.open import start_locating_lab
 from repx.lab.resources import parse_mem, parse_time
-from repx.store import Store
 
 if TYPE_CHECKING:
+    # Imported where used: `repx build` starts the lab's Nix build first, and the engine,
+    # the store and LMDB load on one core while Nix evaluates on the other.
+    from repx.config import RepxConfig
+    from repx.engine.build import BuildResult
     from repx.engine.scheduler import Reporter
 
 # ---------------------------------------------------------------------------- build
@@ -147,73 +142,82 @@ def build(targets: tuple[str, ...], options: LabOptions, store_dir: str, jobs: i
     """
     if target is not None and target != "local":
         _build_on_target(target, options, quiet=quiet)
-    config = load_config(_lab_folder(options))
-    if runtime is None and config.runtime is not None:
-        if config.runtime not in RUNTIMES:
-            raise UsageError(f"{config.origin()}: runtime = {config.runtime!r} is not a "
-                             f"runtime; use one of {', '.join(RUNTIMES)}")
-        runtime = config.runtime
-    # A configuration's mounts are for isolating runtimes, its artifact settings for SLURM:
-    # a file that serves both kinds of build must not break the other kind.
-    isolating = (runtime or "native") != "native"
-    config_mounts = config.mounts if isolating else []
-    config_slurm = config if scheduler == "slurm" else RepxConfig()
-    if scratch is None and config_slurm.scratch not in (None, "shared", "node-local"):
-        raise UsageError(f"{config.origin()}: scratch = {config_slurm.scratch!r}; use "
-                         "shared or node-local")
-    if scratch_dir is None and config_slurm.scratch_dir is not None \
-            and not config_slurm.scratch_dir.startswith("/"):
-        raise UsageError(f"{config.origin()}: scratch_dir = {config_slurm.scratch_dir!r}; "
-                         "give an absolute path (a folder on each compute node)")
-    build_options = BuildOptions(
-        targets=targets, jobs=jobs or 0, keep_going=keep_going, force=force, verify=verify,
-        cpus=cpus or 0, mem=_parse_mem_option(mem), scheduler=scheduler, wait=not no_wait,
-        resources_file=resources_file or _default_resources(), poll=poll,
-        make_stamps=make_stamps, runtime=runtime, retries=retries,
-        retry_failed=retry_failed,
-        mounts=tuple(parse_mount(m) for m in mounts) if mounts else tuple(
-            _config_mount(m, config) for m in config_mounts),
-        network=network or bool(isolating and config.network),
-        artifact_store=artifact_store or (
-            None if os.environ.get("REPX_ARTIFACT_STORE") else config_slurm.artifact_store),
-        artifact_dir=artifact_dir or (
-            None if os.environ.get("REPX_ARTIFACT_DIR") else config_slurm.artifact_dir),
-        scratch=scratch or config_slurm.scratch,
-        scratch_dir=scratch_dir or config_slurm.scratch_dir,
-        keep_failed_scratch=keep_failed_scratch,
-        pack=pack, min_task_time=_parse_duration_option("--min-task-time", min_task_time),
-    )
-    if scheduler != "slurm" and (pack != 1 or min_task_time is not None):
-        raise UsageError("--pack and --min-task-time pack jobs into SLURM array tasks: "
-                         "they go with --scheduler slurm")
-    if explain and not dry_run:
-        raise UsageError("--explain goes with --dry-run (or use `repx explain JOB`)")
-    if dry_run and explain:
-        from repx.engine.explain import render_plan
+    # The lab's Nix build runs from here on, while the rest of repx loads and the options
+    # are checked; leaving this block stops it unless the build waited for it.
+    with start_locating_lab(options) as lab:
+        from repx.config import RepxConfig, load_config
+        from repx.engine.build import BuildOptions, run_build
+        from repx.engine.build import dry_run as dry_run_plan
 
-        explained = explain_build(options, store_dir, build_options)
-        if as_json:
-            click.echo(json.dumps(explained.to_json(), indent=2, ensure_ascii=False))
+        config = load_config(_lab_folder(options))
+        if runtime is None and config.runtime is not None:
+            if config.runtime not in RUNTIMES:
+                raise UsageError(f"{config.origin()}: runtime = {config.runtime!r} is not a "
+                                 f"runtime; use one of {', '.join(RUNTIMES)}")
+            runtime = config.runtime
+        # A configuration's mounts are for isolating runtimes, its artifact settings for SLURM:
+        # a file that serves both kinds of build must not break the other kind.
+        isolating = (runtime or "native") != "native"
+        config_mounts = config.mounts if isolating else []
+        config_slurm = config if scheduler == "slurm" else RepxConfig()
+        if scratch is None and config_slurm.scratch not in (None, "shared", "node-local"):
+            raise UsageError(f"{config.origin()}: scratch = {config_slurm.scratch!r}; use "
+                             "shared or node-local")
+        if scratch_dir is None and config_slurm.scratch_dir is not None \
+                and not config_slurm.scratch_dir.startswith("/"):
+            raise UsageError(f"{config.origin()}: scratch_dir = {config_slurm.scratch_dir!r}; "
+                             "give an absolute path (a folder on each compute node)")
+        build_options = BuildOptions(
+            targets=targets, jobs=jobs or 0, keep_going=keep_going, force=force, verify=verify,
+            cpus=cpus or 0, mem=_parse_mem_option(mem), scheduler=scheduler, wait=not no_wait,
+            resources_file=resources_file or _default_resources(), poll=poll,
+            make_stamps=make_stamps, runtime=runtime, retries=retries,
+            retry_failed=retry_failed,
+            mounts=tuple(parse_mount(m) for m in mounts) if mounts else tuple(
+                _config_mount(m, config) for m in config_mounts),
+            network=network or bool(isolating and config.network),
+            artifact_store=artifact_store or (
+                None if os.environ.get("REPX_ARTIFACT_STORE") else config_slurm.artifact_store),
+            artifact_dir=artifact_dir or (
+                None if os.environ.get("REPX_ARTIFACT_DIR") else config_slurm.artifact_dir),
+            scratch=scratch or config_slurm.scratch,
+            scratch_dir=scratch_dir or config_slurm.scratch_dir,
+            keep_failed_scratch=keep_failed_scratch,
+            pack=pack, min_task_time=_parse_duration_option("--min-task-time", min_task_time),
+        )
+        if scheduler != "slurm" and (pack != 1 or min_task_time is not None):
+            raise UsageError("--pack and --min-task-time pack jobs into SLURM array tasks: "
+                             "they go with --scheduler slurm")
+        if explain and not dry_run:
+            raise UsageError("--explain goes with --dry-run (or use `repx explain JOB`)")
+        if dry_run and explain:
+            from repx.engine.build import explain_build
+            from repx.engine.explain import render_plan
+
+            explained = explain_build(lab, store_dir, build_options)
+            if as_json:
+                click.echo(json.dumps(explained.to_json(), indent=2, ensure_ascii=False))
+                return
+            for line in render_plan(explained):
+                click.echo(line)
+            would_run = len(explained.jobs)
+            click.echo(f"{would_run} job{'s' if would_run != 1 else ''} would run, "
+                       f"{len(explained.up_to_date)} up to date")
             return
-        for line in render_plan(explained):
-            click.echo(line)
-        would_run = len(explained.jobs)
-        click.echo(f"{would_run} job{'s' if would_run != 1 else ''} would run, "
-                   f"{len(explained.up_to_date)} up to date")
-        return
-    if dry_run:
-        plan = dry_run_plan(options, store_dir, build_options)
-        if as_json:
-            _echo_json({"would_run": plan.to_run, "up_to_date": plan.up_to_date,
-                        "reasons": plan.reasons}, ensure_ascii=False)
+        if dry_run:
+            plan = dry_run_plan(lab, store_dir, build_options)
+            if as_json:
+                _echo_json({"would_run": plan.to_run, "up_to_date": plan.up_to_date,
+                            "reasons": plan.reasons}, ensure_ascii=False)
+                return
+            for job_id in plan.to_run:
+                click.echo(f"would run {job_id} ({plan.reasons.get(job_id, '')})")
+            click.echo(f"{plural(len(plan.to_run), 'job')} would run, "
+                       f"{len(plan.up_to_date)} up to date")
             return
-        for job_id in plan.to_run:
-            click.echo(f"would run {job_id} ({plan.reasons.get(job_id, '')})")
-        click.echo(f"{plural(len(plan.to_run), 'job')} would run, "
-                   f"{len(plan.up_to_date)} up to date")
-        return
-    result = run_build(options, store_dir, build_options, make_reporter=lambda: _reporter(quiet))
-    _report(result, as_json=as_json, quiet=quiet)
+        result = run_build(lab, store_dir, build_options,
+                       make_reporter=lambda: _reporter(quiet))
+        _report(result, as_json=as_json, quiet=quiet)
 
 
 def _indented_json(obj: dict[str, Any], *, ensure_ascii: bool = True) -> Iterator[str]:
@@ -328,6 +332,7 @@ def explain(jobs: tuple[str, ...], options: LabOptions, store_dir: str,
 
     Example: repx explain 3fk9
     """
+    from repx.engine.build import explain_targets
     from repx.engine.explain import render_job
 
     explained = explain_targets(options, store_dir, jobs)
@@ -352,6 +357,8 @@ def cancel(targets: tuple[str, ...], options: LabOptions, store_dir: str) -> Non
     Example: repx cancel hyperparam-sweep
     """
     from repx.engine.slurm.cancel import cancel_jobs
+    from repx.lab import open_lab
+    from repx.store import Store
 
     if not Store.exists(store_dir):
         raise UsageError(f"no repx store at {store_dir}; run `repx build` first or pass --store")

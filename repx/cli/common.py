@@ -24,7 +24,7 @@ from repx.errors import LabError, RepxError, UsageError
 from repx.lab import LabOptions
 from repx.lab.nix import LabArgument, find_lab_source, find_lab_upward
 from repx.lab.progress import ConsoleLabReporter
-from repx.store.lmdb_store import DEFAULT_STORE
+from repx.store.layout import DEFAULT_STORE
 
 
 class Context:

@@ -23,7 +23,7 @@ import json
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from click.core import ParameterSource
@@ -33,8 +33,10 @@ from repx.cli.common import default_store_dir, handle_errors
 from repx.errors import LabError, UsageError
 from repx.lab.nix import find_lab_source
 from repx.lab.open import is_lab_dir
-from repx.store import Store
-from repx.store.lmdb_store import DEFAULT_STORE
+from repx.store.layout import DEFAULT_STORE
+
+if TYPE_CHECKING:
+    from repx.store import Store
 
 #: The shells click can generate a script for.
 SHELLS = ("bash", "zsh", "fish")
@@ -98,6 +100,8 @@ def _store_dir(ctx: click.Context) -> Path:
 
 def _open_store(ctx: click.Context) -> Store | None:
     """The store, read-only, or None when there is none yet (completion never creates one)."""
+    from repx.store import Store
+
     root = _store_dir(ctx)
     return Store(root, readonly=True) if Store.exists(root) else None
 

@@ -11,8 +11,10 @@ as one job whatever its number of branches, and its failed units are in ``failur
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from repx.engine.noop_index import (
+    NoopCheck,
     UpToDate,
     expansion_memo,
     index_path,
@@ -29,13 +32,12 @@ from repx.engine.noop_index import (
     write_index,
 )
 from repx.engine.plan import Plan, plan_build
-from repx.errors import LabError, RepxError, UsageError
+from repx.errors import RepxError, UsageError
 from repx.lab.graph import JobGraph, selection_closure
 from repx.lab.open import (
     LabLocation,
     LabOptions,
     cache_dir,
-    locate_lab,
     open_lab,
     start_locating_lab,
 )
@@ -173,7 +175,7 @@ class BuildResult:
 
 
 def run_build(
-    lab: LabOptions | JobGraph,
+    lab: LabOptions | LabLocation | JobGraph,
     store: Store | str | os.PathLike[str],
     options: BuildOptions,
     reporter: Reporter | None = None,
@@ -182,11 +184,13 @@ def run_build(
 ) -> BuildResult:
     """Run every job of the selection that the store does not hold; record each outcome.
 
-    ``lab`` is where the lab comes from (a lab file to build, a built lab directory) or an
-    already expanded graph; ``store`` an open store or its directory (created only once the
-    lab has loaded, so a broken lab leaves no empty store behind). A build with nothing to
-    do is answered from the lab's cached job index (:mod:`repx.engine.noop_index`) without
-    expanding the lab; anything else expands it, plans, and runs what is missing.
+    ``lab`` is where the lab comes from (a lab file to build, a built lab directory), one
+    whose Nix build is under way (:func:`repx.lab.open.start_locating_lab`: this call
+    waits for it, or cancels it) or an already expanded graph; ``store`` an open store or
+    its directory (created only once the lab has loaded, so a broken lab leaves no empty
+    store behind). A build with nothing to do is answered from the lab's cached job index
+    (:mod:`repx.engine.noop_index`) without expanding the lab; anything else expands it,
+    plans, and runs what is missing.
     ``make_reporter`` makes the reporter (when ``reporter`` is None) only once something is
     to run: the no-op answer then never imports the display.
     """
@@ -231,7 +235,7 @@ def _touch_make_stamps(graph: JobGraph, store: Store, targets: tuple[str, ...],
 
 
 def dry_run(
-    lab: LabOptions | JobGraph,
+    lab: LabOptions | LabLocation | JobGraph,
     store: Store | str | os.PathLike[str] | None,
     options: BuildOptions,
 ) -> Plan:
@@ -261,7 +265,7 @@ def dry_run(
 
 
 def explain_build(
-    lab: LabOptions | JobGraph,
+    lab: LabOptions | LabLocation | JobGraph,
     store: Store | str | os.PathLike[str] | None,
     options: BuildOptions,
 ) -> PlanExplanation:
@@ -294,8 +298,8 @@ def explain_targets(
     return _with_plan(lab, store, BuildOptions(targets=targets), explained)
 
 
-def _with_plan(lab: LabOptions | JobGraph, store: Store | str | os.PathLike[str] | None,
-               options: BuildOptions,
+def _with_plan(lab: LabOptions | LabLocation | JobGraph,
+               store: Store | str | os.PathLike[str] | None, options: BuildOptions,
                then: Callable[[JobGraph, Store | None, Plan], _T]) -> _T:
     """Expand the lab, plan against the store (everything runs without one) and hand both
     to ``then`` while the store is open."""
@@ -328,12 +332,22 @@ def _open_existing(store: Store | str | os.PathLike[str] | None, *,
     return Store(store, readonly=readonly) if Store.exists(store) else None
 
 
-def _lab_and_index(lab: LabOptions | JobGraph,
+def _lab_and_index(lab: LabOptions | LabLocation | JobGraph,
                    targets: tuple[str, ...]) -> tuple[Path, Path]:
     """The built lab directory (building the lab file first if need be) and where the no-op
     index of ``targets`` in it lives."""
-    lab_dir = Path(lab.lab.path) if isinstance(lab, JobGraph) else locate_lab(lab)
+    with _location(lab) as location:
+        lab_dir = location.wait()
     return lab_dir, index_path(cache_dir(), lab_dir, targets)
+
+
+def _location(lab: LabOptions | LabLocation | JobGraph) -> LabLocation:
+    """Where ``lab`` is: its Nix build started now if it is a lab file's."""
+    if isinstance(lab, LabLocation):
+        return lab
+    if isinstance(lab, JobGraph):
+        return LabLocation(Path(lab.lab.path))
+    return start_locating_lab(lab)
 
 
 class _CheckedAhead:
@@ -342,34 +356,86 @@ class _CheckedAhead:
     given): most builds are of that very lab, and on two cores the check then costs no
     time of its own.
 
+    While Nix runs, the outputs are checked by a thread of the lowest CPU priority, so that
+    a lab whose own build keeps every core busy (a large edited lab) is not slowed by a
+    check it may not need. Once Nix has given that lab, this thread works on the rest of
+    the check with it; for another lab (or none) the thread stops after its chunk.
+
     ``store`` is None when no store exists or it could not be opened (the caller opens it
     again and reports why, after the lab's own errors, as without the check). The caller
     closes ``store`` unless it is the store it passed in.
     """
 
-    def __init__(self, store: Store | None, index: Path | None = None,
-                 found: UpToDate | None = None, seconds: float = 0.0) -> None:
+    def __init__(self, store: Store | None, expected: Path | None = None,
+                 index: Path | None = None, check: NoopCheck | None = None) -> None:
         self.store = store
+        self.expected = expected
         self.index = index
-        self.found = found
-        self.seconds = seconds
+        self.found: UpToDate | None = None
+        self.seconds = 0.0
+        self._check = check
+        self._started = time.monotonic()
+        self._unwanted = threading.Event()
+        self._worker: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start checking in the background (a thread of the lowest priority)."""
+        if self._check is not None:
+            self._worker = threading.Thread(target=self._work_in_background, daemon=True,
+                                            name="repx no-op check")
+            self._worker.start()
+
+    def _work_in_background(self) -> None:
+        _lowest_priority()
+        assert self._check is not None
+        with contextlib.suppress(OSError):  # the foreground's own share reports it
+            self._check.work(stop=self._unwanted.is_set)
+
+    def settle(self, lab_dir: Path | None) -> None:
+        """Nix gave ``lab_dir`` (None: no lab). For the lab expected the check is finished
+        here, else it is stopped and its answer dropped; either way it is over on return."""
+        check, self._check = self._check, None
+        wanted = lab_dir is not None and lab_dir == self.expected
+        if not wanted:
+            self._unwanted.set()
+        try:
+            if wanted and check is not None:
+                check.work()
+        finally:
+            if self._worker is not None:
+                self._worker.join()
+                self._worker = None
+            if check is not None:
+                check.close()
+        if not wanted:
+            self.index = None
+        elif check is not None:  # (no check: the index or the store said no already)
+            self.found = check.answer()
+            self.seconds = time.monotonic() - self._started
 
     def up_to_date(self, index: Path, store: Store) -> UpToDate | None:
         """:func:`up_to_date_ids` of ``index``: the answer found ahead when it is of that
         index, else found now."""
-        if index == self.index:
+        if self.index is not None and index == self.index:
             return self.found
         return up_to_date_ids(index, store)
 
 
-def _lab_checked_ahead(lab: LabOptions | JobGraph,
+def _lowest_priority() -> None:
+    """Give the calling thread the lowest CPU priority. Linux keeps a nice value per thread;
+    elsewhere the call would renice the whole process, so it is left out there."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+
+
+def _lab_checked_ahead(lab: LabOptions | LabLocation | JobGraph,
                        store: Store | str | os.PathLike[str] | None,
                        targets: tuple[str, ...], *, check: bool,
                        readonly: bool) -> tuple[Path, Path, _CheckedAhead]:
     """:func:`_lab_and_index`, with the no-op check of the lab expected (``check``) done
     while Nix builds it (see :class:`_CheckedAhead`)."""
-    location = (LabLocation(Path(lab.lab.path)) if isinstance(lab, JobGraph)
-                else start_locating_lab(lab))
+    location = _location(lab)
     ahead = _CheckedAhead(None)
     try:
         if check:
@@ -377,21 +443,21 @@ def _lab_checked_ahead(lab: LabOptions | JobGraph,
         lab_dir = location.wait()
     except BaseException:
         location.cancel()
-        if ahead.store is not None and ahead.store is not store:
-            ahead.store.close()
+        try:
+            ahead.settle(None)
+        finally:
+            if ahead.store is not None and ahead.store is not store:
+                ahead.store.close()
         raise
     index = index_path(cache_dir(), lab_dir, targets)
-    if ahead.index != index:
-        ahead = _CheckedAhead(ahead.store)  # another lab's ids: not kept through the build
+    ahead.settle(lab_dir)
     return lab_dir, index, ahead
 
 
 def _check_ahead(store: Store | str | os.PathLike[str] | None, targets: tuple[str, ...],
                  location: LabLocation, *, readonly: bool) -> _CheckedAhead:
-    """The store opened, and the no-op answer for the lab when its directory is known, else
-    for the lab of the store's last build of ``targets``. That check ends early when Nix
-    gives another lab (or none) meanwhile: a million-job check takes seconds, which an
-    edited lab would wait for and then drop."""
+    """The store opened, and the no-op check of the lab when its directory is known, else
+    of the lab of the store's last build of ``targets``, started (:class:`_CheckedAhead`)."""
     try:
         opened = _open_existing(store, readonly=readonly)
     except RepxError:
@@ -399,7 +465,6 @@ def _check_ahead(store: Store | str | os.PathLike[str] | None, targets: tuple[st
     if opened is None:
         return _CheckedAhead(None)
     try:
-        clock = time.monotonic()
         lab_dir = location.known
         if lab_dir is None:
             last = opened.get_meta("last_build") or {}
@@ -407,23 +472,8 @@ def _check_ahead(store: Store | str | os.PathLike[str] | None, targets: tuple[st
             if not isinstance(lab_path, str) or last.get("targets") != list(targets):
                 return _CheckedAhead(opened)
             lab_dir = Path(lab_path)
-        expected = lab_dir
-
-        def another_lab() -> bool:
-            if not location.finished():
-                return False
-            try:
-                return location.wait() != expected
-            except LabError:
-                return True
-
-        if another_lab():
-            return _CheckedAhead(opened)
         index = index_path(cache_dir(), lab_dir, targets)
-        found = up_to_date_ids(index, opened, stop=another_lab)
-        if another_lab():
-            return _CheckedAhead(opened)
-        return _CheckedAhead(opened, index, found, time.monotonic() - clock)
+        ahead = _CheckedAhead(opened, lab_dir, index, NoopCheck.open(index, opened))
     except RepxError:
         if opened is not store:
             opened.close()
@@ -432,9 +482,12 @@ def _check_ahead(store: Store | str | os.PathLike[str] | None, targets: tuple[st
         if opened is not store:
             opened.close()
         raise
+    if location.known is None:  # Nix is still building: check beside it
+        ahead.start()
+    return ahead
 
 
-def _expanded(lab: LabOptions | JobGraph, lab_dir: Path, index: Path,
+def _expanded(lab: LabOptions | LabLocation | JobGraph, lab_dir: Path, index: Path,
               targets: tuple[str, ...],
               store: Store | str | os.PathLike[str] | None = None) -> JobGraph:
     """The job graph of the lab (expanded and validated now unless given), after writing the
@@ -448,8 +501,10 @@ def _expanded(lab: LabOptions | JobGraph, lab_dir: Path, index: Path,
     if isinstance(lab, JobGraph):
         graph = lab
     else:
+        options = lab.options if isinstance(lab, LabLocation) else lab
+        assert options is not None, "a lab located from options"
         reuse = None if targets or index.exists() else _last_expansion(store, lab_dir)
-        graph = open_lab(replace(lab, lab_dir=str(lab_dir)), reuse=reuse)
+        graph = open_lab(replace(options, lab_dir=str(lab_dir)), reuse=reuse)
     if not index.exists() and all(t.startswith("@") or t in graph.runs for t in targets):
         write_index(index, graph, selection_closure(graph, list(targets)),
                     everything=not targets)

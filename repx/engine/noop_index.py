@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from array import array
 from collections.abc import Callable
 from itertools import repeat
@@ -173,70 +174,119 @@ class UpToDate(NamedTuple):
     mark: tuple[str, int]
 
 
-def up_to_date_ids(path: Path, store: Store,
-                   stop: Callable[[], bool] | None = None) -> UpToDate | None:
-    """The closure's ids when every job is up to date, else None (or no usable index).
+def up_to_date_ids(path: Path, store: Store) -> UpToDate | None:
+    """The closure's ids when every job is up to date, else None (or no usable index)."""
+    check = NoopCheck.open(path, store)
+    if check is None:
+        return None
+    with check:
+        check.work()
+        return check.answer()
 
-    ``stop`` is asked now and then while the outputs are checked; when it says yes the
-    check ends there, with None (its caller has learnt that the answer is not wanted).
+
+#: Jobs a worker of a :class:`NoopCheck` takes at a time.
+CHUNK = 4096
+
+
+class NoopCheck:
+    """The check that every job of an index is up to date, in chunks any number of threads
+    may work on (``access`` releases the GIL), and that a worker may leave between two.
+
+    :meth:`open` does what cannot be shared: it reads the index and asks the store whether
+    every job succeeded. What is left is one ``access`` per declared output: ``access(F_OK)``
+    relative to the outputs folder, not ``stat`` of the whole path, which gives the same
+    answer (both follow symlinks, both fail on a folder that cannot be searched) at about
+    two thirds of the system time, and is most of a large no-op.
     """
-    raw = _read(path)
-    if raw is None:
-        return None
-    _format, ids_text, sets, column_bytes, _memo = raw
-    ids = ids_text.split("\n") if ids_text else []
-    column = array("I")
-    column.frombytes(column_bytes)
-    if sys.byteorder != "little":
-        column.byteswap()
-    if len(column) != len(ids) or (column and max(column) >= len(sets)):
-        return None
-    succeeded, snapshot = store.closure_succeeded(ids, path.name)
-    if not succeeded:
-        return None
-    if not _outputs_exist(store, ids, column, sets, stop):
-        return None
-    return UpToDate(ids, (path.name, snapshot))
 
+    def __init__(self, path: Path, ids: list[str], column: array[int], sets: list[str],
+                 snapshot: int, folder: int) -> None:
+        self._path = path
+        self._ids = ids
+        self._column = column
+        self._snapshot = snapshot
+        self._folder = folder
+        # Per set: the paths under the job's out/ (a suffix to add to it) and any other path.
+        self._relative = [[f"/{OUT}{p[1:]}" for p in s.split("\t") if p[:1] == OUT_MARK]
+                          if s else [] for s in sets]
+        self._absolute = [p for s in sets if s for p in s.split("\t") if p[:1] != OUT_MARK]
+        self._one_each = all(len(suffixes) == 1 for suffixes in self._relative)
+        self._tails = [suffixes[0] for suffixes in self._relative] if self._one_each else []
+        self._lock = threading.Lock()
+        self._next = 0
+        self._checked = 0
+        self._missing = False
 
-#: Jobs whose outputs are checked between two questions to a check's ``stop``.
-STOP_EVERY = 16384
+    @classmethod
+    def open(cls, path: Path, store: Store) -> NoopCheck | None:
+        """The check of the index at ``path``; None when the answer is already no (no usable
+        index, a job without a SUCCEEDED record, no outputs folder)."""
+        raw = _read(path)
+        if raw is None:
+            return None
+        _format, ids_text, sets, column_bytes, _memo = raw
+        ids = ids_text.split("\n") if ids_text else []
+        column = array("I")
+        column.frombytes(column_bytes)
+        if sys.byteorder != "little":
+            column.byteswap()
+        if len(column) != len(ids) or (column and max(column) >= len(sets)):
+            return None
+        succeeded, snapshot = store.closure_succeeded(ids, path.name)
+        if not succeeded:
+            return None
+        try:
+            folder = os.open(store.folders.outputs_root, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            return None
+        return cls(path, ids, column, sets, snapshot, folder)
 
-
-def _outputs_exist(store: Store, ids: list[str], column: array[int], sets: list[str],
-                   stop: Callable[[], bool] | None = None) -> bool:
-    """Whether every declared output of every job exists: one ``access`` each (False as
-    soon as ``stop``, asked every :data:`STOP_EVERY` jobs, says yes).
-
-    ``access(F_OK)`` relative to the outputs folder, not ``stat`` of the whole path: the
-    same answer (both follow symlinks, both fail on a folder that cannot be searched), at
-    about two thirds of the system time, which is most of a large no-op.
-    """
-    # Per set: the paths under the job's out/ (a suffix to add to it) and any other path.
-    relative = [[f"/{OUT}{p[1:]}" for p in s.split("\t") if p[:1] == OUT_MARK] if s else []
-                for s in sets]
-    absolute = [p for s in sets if s for p in s.split("\t") if p[:1] != OUT_MARK]
-    try:
-        folder = os.open(store.folders.outputs_root, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return False
-    step = (len(ids) or 1) if stop is None else STOP_EVERY
-    try:
-        one_each = all(len(suffixes) == 1 for suffixes in relative)
-        tails = [suffixes[0] for suffixes in relative] if one_each else []
-        for start in range(0, len(ids), step):
+    def work(self, stop: Callable[[], bool] | None = None) -> None:
+        """Check chunks until none is left, an output is missing, or ``stop`` (asked
+        before each chunk) says yes."""
+        ids = self._ids
+        while True:
             if stop is not None and stop():
-                return False
-            chunk = ids[start:start + step] if step < len(ids) else ids
-            positions = column[start:start + step] if step < len(ids) else column
-            if one_each:
-                # One output per job (the common case): a single C-level loop.
-                if not all(outputs_present(folder, chunk, map(tails.__getitem__, positions))):
-                    return False
-            else:
-                for job_id, position in zip(chunk, positions, strict=True):
-                    if not all(outputs_present(folder, repeat(job_id), relative[position])):
-                        return False
-    finally:
-        os.close(folder)
-    return all(map(os.path.exists, absolute))
+                return
+            with self._lock:
+                start = self._next
+                if start >= len(ids) or self._missing:
+                    return
+                self._next = start + CHUNK
+            present = self._chunk_present(start, start + CHUNK)
+            with self._lock:
+                self._checked += min(CHUNK, len(ids) - start) if present else 0
+                self._missing = self._missing or not present
+
+    def _chunk_present(self, start: int, end: int) -> bool:
+        chunk = self._ids[start:end]
+        positions = self._column[start:end]
+        if self._one_each:
+            # One output per job (the common case): a single C-level loop.
+            return all(outputs_present(self._folder, chunk,
+                                       map(self._tails.__getitem__, positions)))
+        relative = self._relative
+        return all(all(outputs_present(self._folder, repeat(job_id), relative[position]))
+                   for job_id, position in zip(chunk, positions, strict=True))
+
+    def answer(self) -> UpToDate | None:
+        """The ids when every chunk was checked and found whole (and every output outside
+        the job folders exists), else None: something is missing, or a worker stopped
+        before the end."""
+        with self._lock:
+            whole = not self._missing and self._checked == len(self._ids)
+        if not whole or not all(map(os.path.exists, self._absolute)):
+            return None
+        return UpToDate(self._ids, (self._path.name, self._snapshot))
+
+    def close(self) -> None:
+        """Release the outputs folder (after every worker is done)."""
+        if self._folder >= 0:
+            os.close(self._folder)
+            self._folder = -1
+
+    def __enter__(self) -> NoopCheck:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()

@@ -72,13 +72,13 @@ def start_locating_lab(options: LabOptions, cwd: Path | None = None) -> LabLocat
             # here: repx.lab.export uses this module's cache_dir.
             from repx.lab.export import unpack_lab
 
-            return LabLocation(unpack_lab(path).lab_dir)
+            return LabLocation(unpack_lab(path).lab_dir, options=options)
         if not is_lab_dir(path):
             raise LabError(
                 f"{path} is not a built repx lab (no lab.json/runs/); "
                 "build one with `repx lab build`"
             )
-        return LabLocation(path)
+        return LabLocation(path, options=options)
     source = find_lab_source(options.lab_file, base)
     options.reporter.lab_found(source, base.absolute())
     link = None
@@ -102,18 +102,21 @@ def start_locating_lab(options: LabOptions, cwd: Path | None = None) -> LabLocat
     except BaseException:
         options.reporter.phase_finished(phase, time.monotonic() - started, False)
         raise
-    return LabLocation(None, build, options.reporter, phase, started)
+    return LabLocation(None, build, options.reporter, phase, started, options=options)
 
 
 class LabLocation:
-    """The lab directory, known already or once its Nix build (reported as ``phase``) ends.
+    """The lab directory, known already or once its Nix build (reported as ``phase``) ends;
+    ``options`` are those it was located with (None for the directory of a graph at hand).
 
-    Whoever starts one calls :meth:`wait`, or :meth:`cancel` when it gives up first.
+    Whoever starts one calls :meth:`wait`, or :meth:`cancel` when it gives up first; as a
+    context manager it is cancelled on leaving unless it was waited for.
     """
 
     def __init__(self, ready: Path | None, build: LabBuild | None = None,
                  reporter: LabReporter = QUIET, phase: Phase | None = None,
-                 started: float = 0.0) -> None:
+                 started: float = 0.0, *, options: LabOptions | None = None) -> None:
+        self.options = options
         self._ready = ready
         self._build = build
         self._reporter = reporter
@@ -158,6 +161,12 @@ class LabLocation:
                 build.cancel()
             finally:
                 self._finish(False)
+
+    def __enter__(self) -> LabLocation:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.cancel()
 
     def _finish(self, ok: bool) -> None:
         if self._phase is not None:

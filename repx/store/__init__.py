@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from repx.store.errors import StoreError
+    from repx.store.layout import DEFAULT_STORE
     from repx.store.lmdb_store import (
-        DEFAULT_STORE,
         Store,
         hash_file,
         job_key,
@@ -38,7 +38,8 @@ if TYPE_CHECKING:
 
 _HOMES = {
     "StoreError": "repx.store.errors",
-    **dict.fromkeys(["DEFAULT_STORE", "Store", "hash_file", "job_key", "live_claim",
+    "DEFAULT_STORE": "repx.store.layout",
+    **dict.fromkeys(["Store", "hash_file", "job_key", "live_claim",
                      "owner_alive", "owner_token", "this_host"], "repx.store.lmdb_store"),
     **dict.fromkeys(["ACTIVE_STATUSES", "RECORD_FORMAT", "JobRecord", "OutputFile", "Root",
                      "Status"], "repx.store.records"),

@@ -27,6 +27,9 @@ from typing import Any
 
 from repx.store.errors import StoreError
 
+#: Store directory used when the user names none (beside the lab).
+DEFAULT_STORE = ".repx"
+
 #: The folder of a store that holds one folder per job.
 OUTPUTS = "outputs"
 

@@ -76,9 +76,6 @@ from repx.store.records import (
 
 T = TypeVar("T")
 
-#: Store directory used when the user names none (beside the lab).
-DEFAULT_STORE = ".repx"
-
 #: The database file inside ``<store>/db``.
 DATA_FILE = "data.mdb"
 
