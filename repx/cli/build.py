@@ -22,7 +22,6 @@ from repx.engine.runtimes import RUNTIME_ENV, RUNTIMES, Mount, parse_mount
 from repx.errors import UsageError
 from repx.lab import LabOptions
 from repx.lab.open import start_locating_lab
-from repx.lab.resources import parse_mem, parse_time
 
 if TYPE_CHECKING:
     # Imported where used: `repx build` starts the lab's Nix build first, and the engine,
@@ -428,6 +427,8 @@ def _parse_duration_option(option: str, value: str | None) -> float | None:
         with contextlib.suppress(ValueError):
             seconds = float(text[:-1]) * _DURATION_UNITS[text[-1]]
     else:
+        from repx.lab.resources import parse_time
+
         with contextlib.suppress(ValueError):
             seconds = float(parse_time(text))
     if seconds is None or not seconds > 0:
@@ -438,6 +439,8 @@ def _parse_duration_option(option: str, value: str | None) -> float | None:
 def _parse_mem_option(value: str | None) -> int:
     if value is None:
         return 0
+    from repx.lab.resources import parse_mem
+
     try:
         return parse_mem(value)
     except ValueError:

@@ -201,7 +201,8 @@ def run_build(
                                                check=may_be_noop, readonly=False)
     try:
         if may_be_noop:
-            noop = _noop_build(lab_dir, ahead.store or store, index, options.targets, ahead)
+            opened = ahead.store if ahead.store is not None else store
+            noop = _noop_build(lab_dir, opened, index, options.targets, ahead)
             if noop is not None:
                 return noop
     finally:
@@ -247,7 +248,7 @@ def dry_run(
     may_be_noop = not (options.force or options.verify)
     lab_dir, index, ahead = _lab_checked_ahead(lab, store, options.targets,
                                                check=may_be_noop, readonly=True)
-    opened = ahead.store or _open_existing(store, readonly=True)
+    opened = ahead.store if ahead.store is not None else _open_existing(store, readonly=True)
     try:
         if opened is not None and may_be_noop:
             found = ahead.up_to_date(index, opened)
@@ -441,6 +442,7 @@ def _lab_checked_ahead(lab: LabOptions | LabLocation | JobGraph,
         if check:
             ahead = _check_ahead(store, targets, location, readonly=readonly)
         lab_dir = location.wait()
+        ahead.settle(lab_dir)
     except BaseException:
         location.cancel()
         try:
@@ -449,9 +451,7 @@ def _lab_checked_ahead(lab: LabOptions | LabLocation | JobGraph,
             if ahead.store is not None and ahead.store is not store:
                 ahead.store.close()
         raise
-    index = index_path(cache_dir(), lab_dir, targets)
-    ahead.settle(lab_dir)
-    return lab_dir, index, ahead
+    return lab_dir, index_path(cache_dir(), lab_dir, targets), ahead
 
 
 def _check_ahead(store: Store | str | os.PathLike[str] | None, targets: tuple[str, ...],

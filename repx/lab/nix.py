@@ -14,15 +14,16 @@ and turns its failures into one readable message. Why each choice:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from repx.errors import LabError, RepxError
 from repx.lab.command_packages import package_for
@@ -521,6 +522,18 @@ def start_lab_build(
                     impure=impure)
 
 
+def _scratch_file() -> IO[str]:
+    """An unnamed file to read back: in memory on Linux (``memfd_create``, which also spares
+    a command the import of :mod:`tempfile`), else a temporary file."""
+    if hasattr(os, "memfd_create"):
+        with contextlib.suppress(OSError):
+            return open(os.memfd_create("repx-nix-messages"), "w+", encoding="utf-8",
+                        errors="replace")
+    import tempfile
+
+    return tempfile.TemporaryFile(mode="w+", prefix="repx-nix-")
+
+
 #: Seconds a cancelled Nix build has to stop before it is killed.
 CANCEL_GRACE = 5.0
 
@@ -543,7 +556,7 @@ class LabBuild:
         self._impure = impure
         # Nix's messages go to a file: a long log or trace would fill a pipe nobody reads
         # while the caller works, and stall Nix until it waits. Its stdout is the path.
-        self._stderr = tempfile.TemporaryFile(mode="w+", prefix="repx-nix-")
+        self._stderr = _scratch_file()
         try:
             self._process = subprocess.Popen(command, stdout=subprocess.PIPE,
                                              stderr=self._stderr, text=True, cwd=self._cwd)
