@@ -802,12 +802,18 @@ class Store:
         """Before a write: grow the map if little of it is left, keep the disk reserve
         (:mod:`.space`) ahead of the data file, and note whether the disk is too full to
         start jobs. Costs an ``env.info()`` and a ``statvfs`` (~2 µs) per write transaction,
-        and a ``fallocate`` each time the data grew by half the reserve."""
+        an ``fstat`` on a process's first write, and a ``fallocate`` each time the data grew
+        by half the reserve."""
         h.disk_full = space.disk_is_full(h.path)
         used = h.used_bytes()
         if h.map_size - used < space.MAP_HEADROOM:
             self._grow_map(h, required=False)
         if h.data_fd is not None and used + space.RESERVE_BYTES // 2 > h.reserved_to:
+            # The reserve an earlier process kept is still the file's: its blocks count.
+            allocated = space.allocated_bytes(h.data_fd)
+            if allocated >= used + space.RESERVE_BYTES // 2:
+                h.reserved_to = allocated
+                return
             failure = space.reserve(h.data_fd, used)
             if failure is None:
                 h.reserved_to = used + space.RESERVE_BYTES

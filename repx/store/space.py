@@ -174,6 +174,16 @@ def reserve(fd: int, end: int) -> int | None:
     return ctypes.get_errno()
 
 
+def allocated_bytes(fd: int) -> int:
+    """Bytes the filesystem holds for the file at ``fd``: its blocks, those allocated beyond
+    its end included (0 when unknown). A file with holes counts less than its size, which
+    only makes a caller allocate again."""
+    try:
+        return os.fstat(fd).st_blocks * 512
+    except (OSError, AttributeError):
+        return 0
+
+
 def free_bytes(path: str) -> int | None:
     """Bytes an unprivileged writer may still use on the filesystem of ``path``."""
     try:
