@@ -47,7 +47,7 @@ repx-lib.mkLab {
 
 
 #: The incremental tests' pipeline: the chain below plus an independent ``other`` stage
-#: (each test file writes its own other.nix).
+#: (:data:`OTHER`).
 PIPE = """
 { repx, ... }:
 repx.mkPipe rec {
@@ -192,6 +192,33 @@ def copy_example(name: str, dest: Path) -> Path:
     shutil.copytree(EXAMPLES / name, folder,
                     ignore=shutil.ignore_patterns("result", "result-*", ".repx"))
     return folder
+
+
+#: One run ``main`` over the incremental pipeline, sweeping ``a`` over ``@SWEEP@``.
+SWEEP_RUN = """
+{ pkgs, repx-lib, ... }:
+{
+  name = "main";
+  pipelines = [ ./pipe.nix ];
+  params = { a = @SWEEP@; };
+}
+"""
+
+#: The pipeline's independent ``other`` stage; ``@FAIL@`` is a line of its script (empty,
+#: or a failure).
+OTHER = """
+{ pkgs }:
+{
+  pname = "other";
+  params = { log = "@LOG@"; };
+  outputs = { result = "$out/other.txt"; };
+  run = { outputs, params, ... }: ''
+    echo "other" >> "${params.log}"
+    echo other > "${outputs.result}"
+    @FAIL@
+  '';
+}
+"""
 
 
 def write_lab(root: Path, files: dict[str, str], **placeholders: str) -> Path:

@@ -17,6 +17,7 @@ import pytest
 from repx.store import Status
 from tests.buildutil import (
     CONSUMER,
+    OTHER,
     PIPE,
     PRODUCER,
     build,
@@ -40,20 +41,6 @@ RUN = """
 }
 """
 
-OTHER = """
-{ pkgs }:
-{
-  pname = "other";
-  params = { log = "@LOG@"; };
-  outputs = { result = "$out/other.txt"; };
-  run = { outputs, params, ... }: ''
-    echo "other" >> "${params.log}"
-    echo other > "${outputs.result}"
-  '';
-}
-"""
-
-
 class Lab:
     """The lab folder, its store and execution log; ``build`` returns what ran, twice over
     (the build's ``executed`` ids, and the log lines the jobs appended meanwhile)."""
@@ -70,7 +57,7 @@ class Lab:
             "run.nix": RUN.replace("[ 1 2 ]", sweep), "pipe.nix": PIPE,
             "producer.nix": PRODUCER.replace("WORD", word), "consumer.nix": CONSUMER,
             "other.nix": OTHER,
-        }, LOG=str(self.log), HASHMODE=self.hash_mode)
+        }, LOG=str(self.log), HASHMODE=self.hash_mode, FAIL="")
 
     def build(self, *args: str) -> tuple[list[str], list[str]]:
         before = len(log_lines(self.log))

@@ -22,30 +22,8 @@ from repx.errors import LabError
 from repx.lab import LabOptions
 from repx.lab.open import start_locating_lab
 from repx.lab.progress import LabReporter, Phase
-from tests.buildutil import CONSUMER, PIPE, PRODUCER, log_lines, write_lab
+from tests.buildutil import CONSUMER, OTHER, PIPE, PRODUCER, SWEEP_RUN, log_lines, write_lab
 from tests.conftest import require_nix
-
-RUN = """
-{ pkgs, repx-lib, ... }:
-{
-  name = "main";
-  pipelines = [ ./pipe.nix ];
-  params = { a = @SWEEP@; };
-}
-"""
-
-OTHER = """
-{ pkgs }:
-{
-  pname = "other";
-  params = { log = "@LOG@"; };
-  outputs = { result = "$out/other.txt"; };
-  run = { outputs, params, ... }: ''
-    echo "other" >> "${params.log}"
-    echo other > "${outputs.result}"
-  '';
-}
-"""
 
 
 class Lab:
@@ -59,9 +37,9 @@ class Lab:
         self.write("[ 1 2 ]")
 
     def write(self, sweep: str) -> None:
-        write_lab(self.folder, {"run.nix": RUN, "pipe.nix": PIPE, "producer.nix": PRODUCER,
+        write_lab(self.folder, {"run.nix": SWEEP_RUN, "pipe.nix": PIPE, "producer.nix": PRODUCER,
                                 "consumer.nix": CONSUMER, "other.nix": OTHER},
-                  LOG=str(self.log), SWEEP=sweep)
+                  LOG=str(self.log), SWEEP=sweep, FAIL="")
 
     def options(self) -> LabOptions:
         return LabOptions(lab_file=str(self.folder / "lab.nix"), out_link=None)

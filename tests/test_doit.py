@@ -22,8 +22,10 @@ import pytest
 from repx.store import Status
 from tests.buildutil import (
     CONSUMER,
+    OTHER,
     PIPE,
     PRODUCER,
+    SWEEP_RUN,
     list_jobs,
     log_lines,
     records,
@@ -31,29 +33,6 @@ from tests.buildutil import (
     write_lab,
 )
 from tests.conftest import require_nix
-
-RUN = """
-{ pkgs, repx-lib, ... }:
-{
-  name = "main";
-  pipelines = [ ./pipe.nix ];
-  params = { a = @SWEEP@; };
-}
-"""
-
-OTHER = """
-{ pkgs }:
-{
-  pname = "other";
-  params = { log = "@LOG@"; };
-  outputs = { result = "$out/other.txt"; };
-  run = { outputs, params, ... }: ''
-    echo "other" >> "${params.log}"
-    echo other > "${outputs.result}"
-    @FAIL@
-  '';
-}
-"""
 
 #: The user's dodo.py: the lab's tasks, a summary of every consumer's result (depending on
 #: the lab by job ids, reading the outputs when it runs), and a copy of other's output
@@ -114,7 +93,7 @@ class Project:
 
     def write_lab(self, *, sweep: str = "[ 1 2 ]", fail_other: bool = False) -> None:
         fail = 'echo "boom: no other today" >&2; exit 3' if fail_other else ""
-        write_lab(self.lab, {"run.nix": RUN, "pipe.nix": PIPE, "producer.nix": PRODUCER,
+        write_lab(self.lab, {"run.nix": SWEEP_RUN, "pipe.nix": PIPE, "producer.nix": PRODUCER,
                              "consumer.nix": CONSUMER, "other.nix": OTHER},
                   SWEEP=sweep, LOG=str(self.log), FAIL=fail)
 

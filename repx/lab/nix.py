@@ -440,7 +440,7 @@ def _flake_command(source: LabSource, *, nixpkgs: str | None, run_slice: str | N
     attr = source.flake_attr or DEFAULT_FLAKE_ATTR
     if run_slice:
         attr = f"{attr}.runs.{run_slice}"
-    # `.#ATTR`, run in the flake's folder (see build_lab): Nix parses a flake reference as a
+    # `.#ATTR`, run in the flake's folder (see LabBuild): Nix parses a flake reference as a
     # URL, so `/home/me/My Experiments#lab` is "not a valid URL", and Nix 2.8 does not
     # percent-decode `path:` URLs either. `.` is made absolute by Nix itself, which then
     # looks for the git checkout around it exactly as it does for an absolute path.
@@ -474,25 +474,6 @@ def _flake_hint(message: str, source: LabSource, impure: bool) -> str:
     return message
 
 
-def build_lab(
-    source: LabSource | Path,
-    *,
-    out_link: Path | None = None,
-    nixpkgs: str | None = None,
-    run_slice: str | None = None,
-    show_trace: bool = False,
-    lab_args: tuple[LabArgument, ...] = (),
-    impure: bool = False,
-) -> Path:
-    """Build the lab of ``source`` and return its store path (linked at ``out_link``).
-
-    A lab file goes through repx's own ``nix/entry.nix`` (nix-build); a flake is built with
-    ``nix build DIR#ATTR`` with the flake features switched on for this call only.
-    """
-    return start_lab_build(source, out_link=out_link, nixpkgs=nixpkgs, run_slice=run_slice,
-                           show_trace=show_trace, lab_args=lab_args, impure=impure).wait()
-
-
 def start_lab_build(
     source: LabSource | Path,
     *,
@@ -503,8 +484,13 @@ def start_lab_build(
     lab_args: tuple[LabArgument, ...] = (),
     impure: bool = False,
 ) -> LabBuild:
-    """:func:`build_lab` started in the background: Nix evaluates on one core while the
-    caller does what does not depend on the answer (a build checks the lab it expects)."""
+    """Start building the lab of ``source`` (its store path, linked at ``out_link``, is what
+    :meth:`LabBuild.wait` returns). Nix runs in the background, on one core, while the
+    caller does what does not depend on the answer (a build checks the lab it expects).
+
+    A lab file goes through repx's own ``nix/entry.nix`` (nix-build); a flake is built with
+    ``nix build DIR#ATTR`` with the flake features switched on for this call only.
+    """
     if isinstance(source, Path):
         source = _source_for(source)
     if source.is_flake:
@@ -563,10 +549,6 @@ class LabBuild:
         except BaseException:
             self._stderr.close()
             raise
-
-    def finished(self) -> bool:
-        """Whether Nix is done (:meth:`wait` then returns at once)."""
-        return self._process.poll() is not None
 
     def wait(self) -> Path:
         """The lab's store path, once Nix is done; a failed build raises :class:`LabError`."""

@@ -129,10 +129,6 @@ class LabLocation:
         """The lab directory if it is known without waiting (given, or built already)."""
         return self._ready
 
-    def finished(self) -> bool:
-        """Whether :meth:`wait` would return (or raise) at once."""
-        return self._build is None or self._build.finished()
-
     def wait(self) -> Path:
         """The lab directory (a failed Nix build raises :class:`LabError`, again at every
         call)."""
