@@ -122,7 +122,6 @@ class LabLocation:
         self._reporter = reporter
         self._phase = phase
         self._started = started
-        self._failure: LabError | None = None
 
     @property
     def known(self) -> Path | None:
@@ -130,21 +129,15 @@ class LabLocation:
         return self._ready
 
     def wait(self) -> Path:
-        """The lab directory (a failed Nix build raises :class:`LabError`, again at every
-        call)."""
-        if self._failure is not None:
-            raise self._failure
+        """The lab directory (a failed Nix build raises :class:`LabError`)."""
         if self._ready is not None:
             return self._ready
         build, self._build = self._build, None
-        assert build is not None, "a cancelled LabLocation has no lab"
+        assert build is not None, "a lab build is waited for once, and not after a cancel"
         ok = False
         try:
             self._ready = build.wait()
             ok = True
-        except LabError as error:
-            self._failure = error
-            raise
         finally:
             self._finish(ok)
         return self._ready
