@@ -277,6 +277,27 @@ class Slurm:
             time.sleep(0.1)
 
 
+def accounted_jobs(job_ids: set[str], timeout: float = 60) -> dict[str, str]:
+    """``{job or array task: state word}`` sacct (``-X``) has for ``job_ids``, once final.
+
+    slurmdbd learns of jobs asynchronously: right after a cancel or an end it may list a job
+    not at all, or still as PENDING. So poll until every job has a row and every row is
+    final.
+    """
+    end = time.monotonic() + timeout
+    while True:
+        out = cli("sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j",
+                  ",".join(sorted(job_ids))).stdout
+        states = {job: state.split()[0] for job, state in
+                  (line.split("|") for line in out.splitlines() if line.strip())}
+        if ({job.split("_")[0] for job in states} >= job_ids
+                and all(state in FINAL_STATES for state in states.values())):
+            return states
+        if time.monotonic() > end:
+            raise AssertionError(f"sacct does not account for {sorted(job_ids)}: {out!r}")
+        time.sleep(0.5)
+
+
 def sacct_time(value: str) -> datetime:
     """sacct's ``Start``/``End`` (``2026-11-22T00:26:25``, local time, whole seconds)."""
     return datetime.fromisoformat(value)

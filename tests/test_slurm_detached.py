@@ -19,7 +19,7 @@ import pytest
 from repx.engine.slurm.detached import ANCHOR_FILE, SUBMITTED_FILE
 from repx.store import Status, Store
 from tests.conftest import require_nix
-from tests.slurm_cluster import slurm_cluster_fixture
+from tests.slurm_cluster import accounted_jobs, slurm_cluster_fixture
 from tests.test_slurm_build import build_json, repx
 
 slurm = slurm_cluster_fixture()
@@ -243,9 +243,6 @@ def test_cancel_stops_what_the_nodes_submitted(slurm, make_lab) -> None:
     while queued_repx_jobs(store):
         assert time.monotonic() < deadline, f"still on SLURM: {queued_repx_jobs(store)}"
         time.sleep(0.5)
-    out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j",
-                          ",".join(sorted({u.split("_")[0] for u in units.values()}))],
-                         capture_output=True, text=True, check=True).stdout
-    states = {line.split("|")[1].split()[0] for line in out.splitlines() if line}
-    assert states == {"CANCELLED"}, out
+    jobs = accounted_jobs({u.split("_")[0] for u in units.values()})
+    assert set(jobs.values()) == {"CANCELLED"}, jobs
     assert not (store / "outputs" / report / "out" / "report.txt").exists()

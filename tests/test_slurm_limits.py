@@ -40,7 +40,7 @@ from repx.engine.slurm.resources import packed_resources
 from repx.engine.slurm.scheduler import account_of, wrapper_script
 from repx.store import Status, Store
 from tests.conftest import REPO, require_nix
-from tests.slurm_cluster import QUEUE_AHEAD, cli, slurm_cluster_fixture
+from tests.slurm_cluster import QUEUE_AHEAD, accounted_jobs, cli, slurm_cluster_fixture
 
 slurm = slurm_cluster_fixture()
 
@@ -127,21 +127,6 @@ def cluster_config(key: str) -> str:
         if name.strip() == key:
             return value.strip()
     raise AssertionError(f"scontrol show config has no {key}")
-
-
-def sacct_tasks(slurm_ids: set[str]) -> list[str]:
-    """The job / array-task ids sacct lists (``-X``) for the arrays of ``slurm_ids``."""
-    arrays = sorted({task_of(i).split("_")[0] for i in slurm_ids})
-    deadline = time.monotonic() + 30
-    while True:
-        out = cli("sacct", "-n", "-P", "-X", "-j", ",".join(arrays), "-o",
-                  "JobID,State").stdout
-        rows = [line.split("|") for line in out.splitlines() if line.strip()]
-        if rows and all(state.split()[0] not in ("PENDING", "RUNNING") for _i, state in rows):
-            return [job for job, _state in rows]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"sacct does not have the final state of {arrays}: {rows}")
-        time.sleep(0.5)
 
 
 # ------------------------------------------------------------------ MaxArraySize: split
@@ -338,7 +323,8 @@ def test_packed_jobs_keep_their_own_records_logs_and_outcomes(slurm, make_lab) -
     first_tasks = {task_of(r.attempts[0]["slurm_id"]) if r.attempts else task_of(r.slurm_id)
                    for r in records.values()}
     assert len(first_tasks) <= jobs // pack, f"{len(first_tasks)} array tasks"
-    tasks = sacct_tasks({r.slurm_id or "" for r in records.values()})
+    tasks = list(accounted_jobs({task_of(r.slurm_id or "").split("_")[0]
+                                  for r in records.values()}))
     retry_tasks = {task_of(r.slurm_id or "") for r in records.values()} - first_tasks
     assert len(tasks) <= jobs // pack + len(retry_tasks), f"sacct lists {len(tasks)} tasks"
     for job_id, record in records.items():
