@@ -68,8 +68,17 @@ class interrupts_raise:  # lower case: used like a function, `with interrupts_ra
 
 
 def main() -> None:
-    """The ``repx`` console script: Ctrl-C is quiet from here on, then the command line runs."""
+    """The ``repx`` console script: Ctrl-C is quiet from here on, a build's lab starts
+    building (:mod:`repx.lab.head_start`), then the command line runs."""
     install_quiet_interrupt()
-    from repx.cli import main as cli
+    import sys
 
-    cli()
+    from repx.lab import head_start
+
+    head_start.start(sys.argv[1:])
+    try:
+        from repx.cli import main as cli
+
+        cli()
+    finally:
+        head_start.cancel()

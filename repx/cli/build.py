@@ -20,7 +20,7 @@ from repx.cli.remote import target_option
 from repx.display import plural
 from repx.engine.runtimes import RUNTIME_ENV, RUNTIMES, Mount, parse_mount
 from repx.errors import UsageError
-from repx.lab import LabOptions
+from repx.lab import LabOptions, head_start
 from repx.lab.open import start_locating_lab
 
 if TYPE_CHECKING:
@@ -141,9 +141,10 @@ def build(targets: tuple[str, ...], options: LabOptions, store_dir: str, jobs: i
     """
     if target is not None and target != "local":
         _build_on_target(target, options, quiet=quiet)
-    # The lab's Nix build runs from here on, while the rest of repx loads and the options
-    # are checked; leaving this block stops it unless the build waited for it.
-    with start_locating_lab(options) as lab:
+    # The lab's Nix build runs from here on (or since the entry point, when it could guess
+    # this lab: repx.lab.head_start), while the rest of repx loads and the options are
+    # checked; leaving this block stops it unless the build waited for it.
+    with head_start.take(options) or start_locating_lab(options) as lab:
         from repx.config import RepxConfig, load_config
         from repx.engine.build import BuildOptions, run_build
         from repx.engine.build import dry_run as dry_run_plan

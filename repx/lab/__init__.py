@@ -4,7 +4,8 @@
 :mod:`.expand` expands the sweeps into a :class:`~repx.lab.graph.JobGraph` (identities from
 :mod:`repx.identity`), :mod:`.resources` checks and merges resource hints,
 :mod:`.script_checks` validates every stage script, :mod:`.open` ties these together as
-:func:`open_lab`, and :mod:`.scaffold` is ``repx init``. Nothing here touches the store.
+:func:`open_lab` (:mod:`.head_start` starts a build's Nix run before the command line
+loads), and :mod:`.scaffold` is ``repx init``. Nothing here touches the store.
 """
 
 from __future__ import annotations
