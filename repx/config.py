@@ -27,7 +27,6 @@ leave jobs unconfined).
 from __future__ import annotations
 
 import os
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,6 +88,10 @@ def config_files(lab_folder: Path) -> list[Path]:
 
 
 def _read(path: Path) -> dict[str, Any]:
+    # Imported here: most builds have no configuration file, and a no-op build's time is
+    # counted in milliseconds.
+    import tomllib
+
     try:
         data = tomllib.loads(path.read_text())
     except OSError as error:

@@ -11,7 +11,6 @@ import functools
 import json
 import os
 import sys
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -131,6 +130,8 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(INTERRUPTED_EXIT_CODE)
         except Exception as error:  # noqa: BLE001 - last resort: never a bare traceback
             if verbose:
+                import traceback  # only here: its import is a no-op build's millisecond
+
                 traceback.print_exc()
             click.echo(f"repx: internal error: {error!r} (run with -v for the traceback)",
                        err=True)

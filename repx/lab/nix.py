@@ -208,7 +208,7 @@ def find_lab_file(explicit: str | os.PathLike[str] | None = None, cwd: Path | No
 
 def git_hash(folder: Path) -> str:
     """The lab's git commit, with ``-dirty`` when the checkout has changes; else "unknown"."""
-    if shutil.which("git") is None:
+    if not _may_be_in_git(folder) or shutil.which("git") is None:
         return "unknown"
     try:
         head = subprocess.run(
@@ -225,6 +225,25 @@ def git_hash(folder: Path) -> str:
         return "unknown"
     commit = head.stdout.strip()
     return f"{commit}-dirty" if status.stdout.strip() else commit
+
+
+def _may_be_in_git(folder: Path) -> bool:
+    """Whether git could find a repository for ``folder``; False saves starting git.
+
+    git looks in the folder and each one above it for a ``.git`` (a folder, or a file
+    pointing elsewhere) or for a folder that is a repository itself (``HEAD``, ``objects``,
+    ``refs``), unless ``GIT_DIR`` names one. Its other settings only make it stop sooner.
+    """
+    if os.environ.get("GIT_DIR"):
+        return True
+    places = {folder.absolute(), *folder.absolute().parents}  # as given, and as git sees
+    places |= {folder.resolve(), *folder.resolve().parents}    # it: symbolic links resolved
+    for place in places:
+        if os.path.lexists(place / ".git") or (
+                os.path.isfile(place / "HEAD") and os.path.isdir(place / "objects")
+                and os.path.isdir(place / "refs")):
+            return True
+    return False
 
 
 def nixpkgs_path(explicit: str | None) -> str | None:

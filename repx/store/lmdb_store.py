@@ -44,7 +44,6 @@ import gc
 import json
 import os
 import shutil
-import socket
 import stat
 import threading
 import time
@@ -108,6 +107,8 @@ def job_key(job_id: str) -> bytes:
 @functools.cache
 def this_host() -> str:
     """Host name used in claims; cached because it is asked once per claim."""
+    import socket  # only here: a store that is only read (a no-op build) never claims
+
     return socket.gethostname()
 
 
