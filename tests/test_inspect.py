@@ -437,6 +437,18 @@ def test_cache_stats_sizes_and_last_build_hit_rate(store: Store, tmp_path: Path)
     joined = ins.cache_stats(store)["last_build"]
     assert (joined["up_to_date"], joined["reused_bytes"]) == (2, 5002)
     assert joined["hit_rate"] == pytest.approx(2 / 4)
+    # ...which the build keeps in a blob of the record, with their count.
+    store.set_meta("last_build", {
+        "lab": "/nix/store/abc-repx-lab", "executed": [ids[0]],
+        "up_to_date_blob": "up_to_date", "up_to_date_count": 2, "failed": [ids[2]]},
+        blobs={"up_to_date": "\n".join([ids[1], "gone-x-1.0"]).encode()})
+    in_blob = ins.cache_stats(store)["last_build"]
+    assert (in_blob["up_to_date"], in_blob["reused_bytes"]) == (2, 5002)
+    assert in_blob["hit_rate"] == pytest.approx(2 / 4)
+    assert "hit rate   50.0%: 2 up to date" in run_repx(
+        "cache", "stats", "--store", str(store.root), cwd=tmp_path)[0]
+    # Without the blob (the report's summary needs no sizes), the count stands alone.
+    assert ins.last_build_summary(store.get_meta("last_build") or {}, {})["up_to_date"] == 2
 
 
 def test_cache_show_lists_files_with_sizes_and_digests(store: Store, tmp_path: Path) -> None:

@@ -648,3 +648,36 @@ def test_meta(store: Store) -> None:
     assert store.get_meta("last_build") == stats
     store.set_meta("last_build", {"jobs": 0})
     assert store.get_meta("last_build") == {"jobs": 0}
+
+
+def test_meta_blobs_are_kept_with_their_record_and_rewritten_only_when_changed(
+        store: Store) -> None:
+    """A no-op build names the same up-to-date ids every time: the store writes them once.
+
+    LMDB copies every page a transaction writes, so a rewritten 400 KB blob takes ~100 new
+    pages each time, and an unchanged one none: the database's extent says which happened.
+    """
+    blob = os.urandom(400_000)
+    store.set_meta("last_build", {"run": 0}, blobs={"up_to_date": blob})
+    assert store.get_meta("last_build") == {"run": 0}
+    assert store.get_meta_blob("last_build", "up_to_date") == blob
+    assert store.get_meta_blob("last_build", "executed") is None
+    assert store.get_meta_blob("other", "up_to_date") is None
+
+    handle = store._handle()
+    before = handle.used_bytes()
+    for run in range(1, 11):
+        store.set_meta("last_build", {"run": run}, blobs={"up_to_date": blob})
+    unchanged_growth = handle.used_bytes() - before
+    assert store.get_meta("last_build") == {"run": 10}
+    assert store.get_meta_blob("last_build", "up_to_date") == blob
+    assert unchanged_growth < len(blob) // 4, unchanged_growth
+
+    before = handle.used_bytes()
+    for run in range(11, 21):
+        changed = os.urandom(400_000)
+        store.set_meta("last_build", {"run": run}, blobs={"up_to_date": changed})
+    assert store.get_meta_blob("last_build", "up_to_date") == changed
+    assert handle.used_bytes() - before > len(blob), "a changed blob was not written"
+    # A blob never stands in for a record of the same name.
+    assert store.get_meta("up_to_date") is None

@@ -575,6 +575,10 @@ def _full_build(graph: JobGraph, store: Store, options: BuildOptions,
     return result
 
 
+#: The blob of the ``last_build`` meta record that holds its up-to-date ids.
+UP_TO_DATE_BLOB = "up_to_date"
+
+
 def _noop_build(lab_dir: str | Path, store: Store | str | os.PathLike[str], index: Path,
                 targets: tuple[str, ...], ahead: _CheckedAhead) -> BuildResult | None:
     """The result of a build with nothing to do, from the lab's cached job index alone
@@ -609,21 +613,27 @@ def _record_last_build(store: Store, lab: str, targets: tuple[str, ...], started
                        result: BuildResult, *,
                        closure_mark: tuple[str, int] | None = None) -> None:
     """What ``repx cache stats`` reports as the last build (hit rates); a no-op build also
-    keeps the mark of the closure it found up to date (:meth:`Store.closure_succeeded`)."""
+    keeps the mark of the closure it found up to date (:meth:`Store.closure_succeeded`).
+
+    The up-to-date ids, all of the lab's jobs on a no-op, are one newline-joined text in a
+    blob of their own (``up_to_date_blob``; msgpack copies one text whole instead of a million
+    strings one by one), which the store rewrites only when it changed; the record keeps
+    their count. :func:`repx.report.store_views.last_build_summary` reads both shapes.
+    """
     store.set_meta("last_build", {
         "lab": lab,
         "targets": list(targets),
         "started": started,
         "finished": time.time(),
         "executed": result.executed,
-        # One text, not a list: msgpack copies it whole instead of encoding a million
-        # strings one by one (:func:`repx.report.store_views.last_build_summary` reads both).
-        "up_to_date": "\n".join(result.up_to_date),
+        "up_to_date_blob": UP_TO_DATE_BLOB,
+        "up_to_date_count": len(result.up_to_date),
         "failed": result.failed,
         "blocked": result.blocked,
         "cancelled": result.cancelled,
         "not_started": result.not_started,
-    }, closure_mark=closure_mark)
+    }, blobs={UP_TO_DATE_BLOB: "\n".join(result.up_to_date).encode()},
+        closure_mark=closure_mark)
 
 
 def _scheduler(graph: JobGraph, store: Store, plan: Plan, options: BuildOptions,

@@ -578,26 +578,42 @@ def cache_stats(store: Store) -> dict[str, Any]:
     }
     last = store.get_meta("last_build")
     if last is not None:
-        stats["last_build"] = last_build_summary(last, sizes)
+        stats["last_build"] = last_build_summary(
+            last, sizes, blob=lambda name: store.get_meta_blob("last_build", name))
     return stats
 
 
-def last_build_summary(last: dict[str, Any], sizes: dict[str, int]) -> dict[str, Any]:
+def last_build_summary(last: dict[str, Any], sizes: dict[str, int], *,
+                       blob: Callable[[str], bytes | None] | None = None) -> dict[str, Any]:
     """Counts, sizes and hit rate of the ``last_build`` meta record the executor writes.
 
     hit rate = up to date / (up to date + executed + failed): the share of the jobs the
     build needed that it could take from the store. Blocked and cancelled jobs never got the
     chance either way and are left out.
+
+    A list may be inline (a list, or one newline-joined text) or in a blob of the record
+    (``<list>_blob``, with ``<list>_count``): ``blob`` reads it, and only when ``sizes`` needs
+    the ids; without it the count stands.
     """
+    counts: dict[str, int] = {}
+
     def ids(key: str) -> list[str]:
         value = last.get(key)
+        blob_name = last.get(f"{key}_blob")
+        if value is None and isinstance(blob_name, str):
+            count = last.get(f"{key}_count")
+            counts[key] = count if isinstance(count, int) else 0
+            data = blob(blob_name) if blob is not None and sizes else None
+            value = data.decode("utf-8", "replace") if data is not None else None
         if isinstance(value, str):  # a long list, kept as one newline-joined text
             return value.split("\n") if value else []
         return [i for i in value if isinstance(i, str)] if isinstance(value, list) else []
 
     lists = {k: ids(k) for k in ("executed", "up_to_date", "failed", "blocked", "cancelled",
                                  "not_started")}
-    hit, ran, failed = (len(lists[k]) for k in ("up_to_date", "executed", "failed"))
+    for key, listed in lists.items():
+        counts.setdefault(key, len(listed))
+    hit, ran, failed = (counts[k] for k in ("up_to_date", "executed", "failed"))
     started, finished = last.get("started"), last.get("finished")
     duration = None
     if isinstance(started, int | float) and isinstance(finished, int | float):
@@ -608,7 +624,7 @@ def last_build_summary(last: dict[str, Any], sizes: dict[str, int]) -> dict[str,
         "started": started,
         "finished": finished,
         "duration": duration,
-        **{k: len(v) for k, v in lists.items()},
+        **{k: counts[k] for k in lists},
         "hit_rate": hit / (hit + ran + failed) if hit + ran + failed else None,
         "executed_bytes": sum(sizes.get(i, 0) for i in lists["executed"]),
         "reused_bytes": sum(sizes.get(i, 0) for i in lists["up_to_date"]),
