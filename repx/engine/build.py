@@ -615,10 +615,10 @@ def _record_last_build(store: Store, lab: str, targets: tuple[str, ...], started
     """What ``repx cache stats`` reports as the last build (hit rates); a no-op build also
     keeps the mark of the closure it found up to date (:meth:`Store.closure_succeeded`).
 
-    The up-to-date ids, all of the lab's jobs on a no-op, are one newline-joined text in a
-    blob of their own (``up_to_date_blob``; msgpack copies one text whole instead of a million
-    strings one by one), which the store rewrites only when it changed; the record keeps
-    their count. :func:`repx.report.store_views.last_build_summary` reads both shapes.
+    The up-to-date ids, all of the lab's jobs on a no-op, are one newline-joined text in the
+    record's blob ``up_to_date_blob`` names, which the store rewrites only when it changed
+    (a no-op after a no-op writes none); the record keeps their count.
+    :func:`repx.report.store_views.last_build_summary` reads that and the inline shape.
     """
     store.set_meta("last_build", {
         "lab": lab,
