@@ -595,24 +595,26 @@ def last_build_summary(last: dict[str, Any], sizes: dict[str, int], *,
     (``<list>_blob``, with ``<list>_count``): ``blob`` reads it, and only when ``sizes`` needs
     the ids; without it the count stands.
     """
-    counts: dict[str, int] = {}
-
-    def ids(key: str) -> list[str]:
-        value = last.get(key)
-        blob_name = last.get(f"{key}_blob")
-        if value is None and isinstance(blob_name, str):
-            count = last.get(f"{key}_count")
-            counts[key] = count if isinstance(count, int) else 0
-            data = blob(blob_name) if blob is not None and sizes else None
-            value = data.decode("utf-8", "replace") if data is not None else None
+    def ids(value: object) -> list[str]:
         if isinstance(value, str):  # a long list, kept as one newline-joined text
             return value.split("\n") if value else []
         return [i for i in value if isinstance(i, str)] if isinstance(value, list) else []
 
-    lists = {k: ids(k) for k in ("executed", "up_to_date", "failed", "blocked", "cancelled",
-                                 "not_started")}
-    for key, listed in lists.items():
-        counts.setdefault(key, len(listed))
+    def listed(key: str) -> tuple[int, list[str]]:
+        """(count, ids) of one list; a blob's ids are read only when ``sizes`` needs them."""
+        blob_name = last.get(f"{key}_blob")
+        if last.get(key) is not None or not isinstance(blob_name, str):
+            inline = ids(last.get(key))
+            return len(inline), inline
+        count = last.get(f"{key}_count")
+        data = blob(blob_name) if blob is not None and sizes else None
+        in_blob = ids(data.decode("utf-8", "replace")) if data is not None else []
+        return (count if isinstance(count, int) else 0), in_blob
+
+    found = {k: listed(k) for k in ("executed", "up_to_date", "failed", "blocked",
+                                    "cancelled", "not_started")}
+    counts = {k: count for k, (count, _) in found.items()}
+    lists = {k: job_ids for k, (_, job_ids) in found.items()}
     hit, ran, failed = (counts[k] for k in ("up_to_date", "executed", "failed"))
     started, finished = last.get("started"), last.get("finished")
     duration = None
@@ -624,7 +626,7 @@ def last_build_summary(last: dict[str, Any], sizes: dict[str, int], *,
         "started": started,
         "finished": finished,
         "duration": duration,
-        **{k: counts[k] for k in lists},
+        **counts,
         "hit_rate": hit / (hit + ran + failed) if hit + ran + failed else None,
         "executed_bytes": sum(sizes.get(i, 0) for i in lists["executed"]),
         "reused_bytes": sum(sizes.get(i, 0) for i in lists["up_to_date"]),
