@@ -160,6 +160,11 @@ def test_a_job_failed_after_a_marked_no_op_runs_again(tmp_path: Path) -> None:
     with Store(store_dir) as store:
         # The no-op left its mark: the closure is vouched for without its records.
         assert store.closure_succeeded(["0" * 32 + "-never-stored-1.0"], index.name)[0]
+        # ...and its up-to-date ids, the index's own text, in the last build's record.
+        last = store.get_meta("last_build") or {}
+        assert last.get("up_to_date_count") == len(graph.jobs)
+        blob = store.get_meta_blob("last_build", last["up_to_date_blob"]) or b""
+        assert sorted(blob.decode().split("\n")) == sorted(graph.jobs)
         record = store.get(victim)
         assert record is not None
         store.put(JobRecord(victim, Status.FAILED, exit_code=1, lab=record.lab,

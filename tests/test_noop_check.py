@@ -73,6 +73,7 @@ def test_two_workers_share_the_chunks_and_agree_with_one(tmp_path: Path,
     with filled_store(tmp_path, graph) as store:
         alone = up_to_date_ids(index, store)
         assert alone is not None and sorted(alone.ids) == sorted(graph.jobs)
+        assert alone.ids_text.split("\n") == alone.ids
         check = NoopCheck.open(index, store)
         assert check is not None
         with check:

@@ -601,8 +601,7 @@ def _noop_build(lab_dir: str | Path, store: Store | str | os.PathLike[str], inde
             return None
         seconds = time.monotonic() - clock + (ahead.seconds if index == ahead.index else 0.0)
         result = BuildResult(up_to_date=found.ids, seconds=seconds)
-        _record_last_build(opened, str(lab_dir), targets, started, result,
-                           closure_mark=found.mark)
+        _record_last_build(opened, str(lab_dir), targets, started, result, noop=found)
         return result
     finally:
         if opened is not store:
@@ -610,16 +609,18 @@ def _noop_build(lab_dir: str | Path, store: Store | str | os.PathLike[str], inde
 
 
 def _record_last_build(store: Store, lab: str, targets: tuple[str, ...], started: float,
-                       result: BuildResult, *,
-                       closure_mark: tuple[str, int] | None = None) -> None:
-    """What ``repx cache stats`` reports as the last build (hit rates); a no-op build also
-    keeps the mark of the closure it found up to date (:meth:`Store.closure_succeeded`).
+                       result: BuildResult, *, noop: UpToDate | None = None) -> None:
+    """What ``repx cache stats`` reports as the last build (hit rates); a no-op build
+    (``noop``: the closure it found up to date) also keeps that closure's mark
+    (:meth:`Store.closure_succeeded`).
 
     The up-to-date ids, all of the lab's jobs on a no-op, are one newline-joined text in the
     record's blob ``up_to_date_blob`` names, which the store rewrites only when it changed
-    (a no-op after a no-op writes none); the record keeps their count.
-    :func:`repx.report.store_views.last_build_summary` reads that and the inline shape.
+    (a no-op after a no-op writes none); the record keeps their count. A no-op's text is
+    the index's own, not joined again. :func:`repx.report.store_views.last_build_summary`
+    reads that and the inline shape.
     """
+    up_to_date_text = noop.ids_text if noop is not None else "\n".join(result.up_to_date)
     store.set_meta("last_build", {
         "lab": lab,
         "targets": list(targets),
@@ -632,8 +633,8 @@ def _record_last_build(store: Store, lab: str, targets: tuple[str, ...], started
         "blocked": result.blocked,
         "cancelled": result.cancelled,
         "not_started": result.not_started,
-    }, blobs={UP_TO_DATE_BLOB: "\n".join(result.up_to_date).encode()},
-        closure_mark=closure_mark)
+    }, blobs={UP_TO_DATE_BLOB: up_to_date_text.encode()},
+        closure_mark=noop.mark if noop is not None else None)
 
 
 def _scheduler(graph: JobGraph, store: Store, plan: Plan, options: BuildOptions,

@@ -172,6 +172,8 @@ class UpToDate(NamedTuple):
 
     ids: list[str]
     mark: tuple[str, int]
+    #: The same ids as the index holds them, newline-joined (what ``last_build`` stores).
+    ids_text: str
 
 
 def up_to_date_ids(path: Path, store: Store) -> UpToDate | None:
@@ -199,10 +201,11 @@ class NoopCheck:
     two thirds of the system time, and is most of a large no-op.
     """
 
-    def __init__(self, path: Path, ids: list[str], column: array[int], sets: list[str],
-                 snapshot: int, folder: int) -> None:
+    def __init__(self, path: Path, ids: list[str], ids_text: str, column: array[int],
+                 sets: list[str], snapshot: int, folder: int) -> None:
         self._path = path
         self._ids = ids
+        self._ids_text = ids_text
         self._column = column
         self._snapshot = snapshot
         self._folder = folder
@@ -239,7 +242,7 @@ class NoopCheck:
             folder = os.open(store.folders.outputs_root, os.O_RDONLY | os.O_DIRECTORY)
         except OSError:
             return None
-        return cls(path, ids, column, sets, snapshot, folder)
+        return cls(path, ids, ids_text, column, sets, snapshot, folder)
 
     def work(self, stop: Callable[[], bool] | None = None) -> None:
         """Check chunks until none is left, an output is missing, or ``stop`` (asked
@@ -277,7 +280,7 @@ class NoopCheck:
             whole = not self._missing and self._checked == len(self._ids)
         if not whole or not all(map(os.path.exists, self._absolute)):
             return None
-        return UpToDate(self._ids, (self._path.name, self._snapshot))
+        return UpToDate(self._ids, (self._path.name, self._snapshot), self._ids_text)
 
     def close(self) -> None:
         """Release the outputs folder (after every worker is done)."""
