@@ -68,6 +68,11 @@ let
       inherit system;
       builder = "/bin/sh";
       PATH = "/usr/bin:/bin";
+      # A few copies and links: built where repx runs, never handed to a remote
+      # builder (Nix would start its build hook for that, which costs more than
+      # the build), and never looked up in a binary cache.
+      preferLocalBuild = true;
+      allowSubstitutes = false;
       labJSON = toJSON (manifest // { images = { }; });
       labJSONHead = builtins.head manifestParts;
       labJSONTail = builtins.elemAt manifestParts 2;
