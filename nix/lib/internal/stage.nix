@@ -139,7 +139,8 @@ let
         }) idx)) z.rows;
       zipUnits = filter (x: x != null) (map zipUnit run.zips);
       units = axisUnits ++ zipUnits;
-      combos = u.product units;
+      # (One unit is its own product: its sets, without a copy of each.)
+      combos = if length units == 1 then builtins.head units else u.product units;
       effective = c: defaults // u.filterAttrs (_: v: v != null) c;
       # A null value means the default; without one, `defaults // c` is `effective c`.
       anyNull = builtins.any (unit: builtins.any (x:
@@ -154,7 +155,12 @@ let
       # mkExecutable renders, which needs neither order nor uniqueness. Neither
       # sorting half a million JSON texts nor filtering nulls per combination is
       # then paid by a stage whose `run` turns out not to depend on the values.
-      all = map (if anyNull then effective else (c: defaults // c)) combos;
+      # Every combination names the same params; when they are all the declared
+      # ones, `defaults // c` is c itself.
+      all =
+        if anyNull then map effective combos
+        else if combos != [ ] && builtins.all (p: builtins.head combos ? ${p}) declared then combos
+        else map (c: defaults // c) combos;
     };
 
   # Inside `run`, `params.<p>` (and `parameters.<p>`) is the bash expansion of
@@ -214,13 +220,7 @@ let
         let
           body =
             if !isFunction runFn then throw "stage file '${file}': 'run' of '${name}' must be a function { inputs, outputs, params, ... }: returning a string."
-            else callRun {
-              inherit pkgs;
-              inputs = inputRefs;
-              outputs = outs;
-              params = paramValues;
-              parameters = paramValues;
-            };
+            else runFn (argsFor paramValues outs);
         in
         if isString body then body
         else throw "stage file '${file}': 'run' of '${name}' must return a string (the bash script), got ${u.describe body}.";
@@ -231,8 +231,23 @@ let
 
       takes = if isFunction runFn then functionArgs runFn else { };
       getsAll = takes == { };
-      # u.callWith with the formals read once (`run` is called once per combination).
-      callRun = available: if getsAll then runFn available else runFn (intersectAttrs takes available);
+      # u.callWith with the formals read once: `run` is called once per
+      # combination, so its arguments are built as the one set it asks for
+      # rather than as every argument and then intersected with its formals.
+      wants = n: getsAll || takes ? ${n};
+      fixedArgs = (if wants "pkgs" then { inherit pkgs; } else { })
+        // (if wants "inputs" then { inputs = inputRefs; } else { });
+      wantsOutputs = wants "outputs";
+      wantsParams = wants "params";
+      wantsParameters = wants "parameters";
+      argsFor = v: outs: fixedArgs // (
+        if wantsOutputs then
+          (if wantsParams then
+            (if wantsParameters then { outputs = outs; params = v; parameters = v; } else { outputs = outs; params = v; })
+          else if wantsParameters then { outputs = outs; parameters = v; } else { outputs = outs; })
+        else if wantsParams then
+          (if wantsParameters then { params = v; parameters = v; } else { params = v; })
+        else if wantsParameters then { parameters = v; } else { });
       mayDepend = (names != [ ] && (getsAll || takes ? params || takes ? parameters))
         || (outputsAt != null && (getsAll || takes ? outputs));
 
@@ -250,7 +265,10 @@ let
       # The text the value rendering holds where the expansion text holds ${params["p"]}.
       textOf = p: v: if isText v || elem p direct then bashText v else toString v;
       patterns = map expansionOf names;
-      fillIn = c: text: builtins.replaceStrings patterns (map (p: textOf p c.${p}) names) text;
+      textFor = v: if isText v then bashText v else toString v;
+      # textOf per param, with its `direct` test made once rather than per combination.
+      fillers = map (p: if elem p direct then (c: bashText c.${p}) else (c: textFor c.${p})) names;
+      fillIn = c: text: builtins.replaceStrings patterns (map (f: f c) fillers) text;
       # The params `run` gets for c (c itself when no param is interpolated directly).
       valuesFor = c: if direct == [ ] then c else mapAttrs valueOf c;
       realOutputs = c: if outputsAt == null then outputs else outputsAt c;
