@@ -7,7 +7,7 @@ let
   u = import ./prelude.nix;
   scripts = import ./script.nix { inherit pkgs; };
   inherit (builtins)
-    attrNames concatMap elem filter functionArgs hasAttr intersectAttrs isAttrs isFunction isList
+    attrNames concatMap elem filter functionArgs hasAttr isAttrs isFunction isList
     isString length listToAttrs mapAttrs toJSON;
 
   commonKeys = [ "pname" "version" "params" "parameters" "passthru" "resources"
