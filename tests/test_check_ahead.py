@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 
 import repx.engine.build as engine_build
+import repx.engine.plan as engine_plan
+import repx.store.lmdb_store as lmdb_store
 from repx.engine.build import BuildOptions, dry_run, run_build
 from repx.errors import LabError
 from repx.lab import LabOptions
@@ -97,13 +99,101 @@ def test_an_edited_lab_runs_its_new_jobs_although_the_old_lab_is_up_to_date(
     assert ran == ["consumer 3", "producer 3"] and len(result.executed) == 2
     old_lab = answers[0].expected
     assert answers[0].found is not None
-    # The dry run and the build checked the old lab, and dropped that answer.
+    # The dry run and the build checked the old lab: not the answer for this lab, but
+    # kept as what it is, the old lab's jobs found up to date.
     assert [a.expected for a in answers[1:]] == [old_lab, old_lab]
     assert [(a.index, a.found) for a in answers[1:]] == [(None, None), (None, None)]
+    old_ids = sorted(answers[0].found.ids)
+    assert [sorted(a.elsewhere.ids) for a in answers[1:] if a.elsewhere] == [old_ids, old_ids]
     # The edited lab is the last build now: the next build's check ahead is about it.
     again, ran = lab.build()
     assert ran == [] and len(again.up_to_date) == 7
     assert answers[3].expected != old_lab and answers[3].found is not None
+
+
+@pytest.fixture
+def outputs_looked_at(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The jobs each plan looked at the outputs of in one pass (the common shape)."""
+    looked: list[list[str]] = []
+    incomplete = engine_plan._OutputPaths.incomplete
+
+    def recorded(self: engine_plan._OutputPaths, jobs: Any, job_ids: list[str]) -> set[str]:
+        looked.append(list(job_ids))
+        return incomplete(self, jobs, job_ids)
+
+    monkeypatch.setattr(engine_plan._OutputPaths, "incomplete", recorded)
+    return looked
+
+
+@pytest.fixture
+def records_read_by_plans(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many job records each plan read (its statuses)."""
+    counts: list[int] = []
+    planning = False
+    each_record = lmdb_store._each_record
+    plan_build = engine_build.plan_build
+
+    def counted(txn: Any, h: Any, job_ids: Any, convert: Any) -> Any:
+        job_ids = list(job_ids)
+        if planning:
+            counts.append(len(job_ids))
+        return each_record(txn, h, job_ids, convert)
+
+    def planned(*args: Any, **kwargs: Any) -> Any:
+        nonlocal planning
+        planning = True
+        try:
+            return plan_build(*args, **kwargs)
+        finally:
+            planning = False
+
+    monkeypatch.setattr(lmdb_store, "_each_record", counted)
+    monkeypatch.setattr(engine_build, "plan_build", planned)
+    return counts
+
+
+@pytest.mark.nix
+@pytest.mark.parametrize("between", ["no-op", "edit"])
+def test_an_edited_lab_looks_only_at_the_jobs_the_old_lab_did_not_vouch_for(
+        lab: Lab, answers: list[engine_build._CheckedAhead],
+        outputs_looked_at: list[list[str]], records_read_by_plans: list[int],
+        between: str) -> None:
+    """The jobs an edit did not reach were found up to date by the check ahead (on the
+    lab the edit replaces): the plan looks at neither their outputs nor their records
+    again, whether the build before was a no-op (closure mark) or itself an edit."""
+    if between == "no-op":
+        lab.build()
+    else:
+        lab.write("[ 1 2 4 ]")
+        result, ran = lab.build()
+        assert ran == ["consumer 4", "producer 4"]
+    outputs_looked_at.clear()
+    records_read_by_plans.clear()
+    before = len(answers)
+    lab.write("[ 1 2 3 ]")
+    result, ran = lab.build()
+    assert ran == ["consumer 3", "producer 3"] and len(result.up_to_date) == 5
+    vouched = answers[before].elsewhere
+    assert vouched is not None and len(vouched.ids) == (5 if between == "no-op" else 7)
+    assert outputs_looked_at == [[]]  # the 5 shared jobs were vouched for, the 2 new never ran
+    assert records_read_by_plans == [2]  # the 2 new jobs' (none yet), no shared one's
+
+
+@pytest.mark.nix
+def test_an_output_the_old_lab_lost_is_rebuilt_by_the_edited_lab(
+        lab: Lab, answers: list[engine_build._CheckedAhead],
+        outputs_looked_at: list[list[str]]) -> None:
+    """An old lab with an output gone is no answer at all: the edited lab's plan looks at
+    every job's outputs itself and runs the one that lost its output, besides the new."""
+    lab.build()
+    outputs = lab.store / "outputs"
+    other = next(p for p in outputs.iterdir() if (p / "out" / "other.txt").exists())
+    (other / "out" / "other.txt").unlink()
+    lab.write("[ 1 2 3 ]")
+    result, ran = lab.build()
+    assert ran == ["consumer 3", "other", "producer 3"]
+    assert answers[-1].elsewhere is None and answers[-1].found is None
+    assert len(outputs_looked_at) == 1 and other.name in outputs_looked_at[0]
 
 
 @pytest.mark.nix

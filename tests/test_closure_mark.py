@@ -173,3 +173,34 @@ def test_a_job_failed_after_a_marked_no_op_runs_again(tmp_path: Path) -> None:
     assert rerun.exit_code == 0
     assert victim in rerun.executed
     assert sorted([*rerun.executed, *rerun.up_to_date]) == sorted(graph.jobs)
+
+
+def test_ids_found_succeeded_in_the_current_snapshot_need_no_record(tmp_path: Path) -> None:
+    """``statuses(succeeded=(ids, snapshot))``: ids :meth:`closure_succeeded` vouched for in
+    a snapshot count as SUCCEEDED while no transaction has been committed since. An id that
+    never had a record proves that none was read."""
+    unstored = "0" * 32 + "-never-stored-1.0"
+    with filled(tmp_path / "store") as store:
+        succeeded, snapshot = store.closure_succeeded(IDS, MARK)
+        assert succeeded
+        vouched = frozenset([*IDS, unstored])
+        statuses = store.statuses([*IDS[:3], unstored], succeeded=(vouched, snapshot))
+        assert statuses == dict.fromkeys([*IDS[:3], unstored], Status.SUCCEEDED)
+
+
+@pytest.mark.parametrize("write", ["put", "meta"])
+def test_a_write_after_the_snapshot_makes_the_records_answer(tmp_path: Path,
+                                                             write: str) -> None:
+    """Any commit after the vouching snapshot (another build failing a job, a meta record)
+    and the records are read again: the failed job is seen, the unstored id has no status."""
+    unstored = "0" * 32 + "-never-stored-1.0"
+    with filled(tmp_path / "store") as store:
+        _, snapshot = store.closure_succeeded(IDS, MARK)
+        if write == "put":
+            store.put(JobRecord(IDS[1], Status.FAILED, exit_code=1))
+        else:
+            store.set_meta("something", {"a": 1})
+        vouched = frozenset([*IDS, unstored])
+        statuses = store.statuses([*IDS[:3], unstored], succeeded=(vouched, snapshot))
+        failed = Status.FAILED if write == "put" else Status.SUCCEEDED
+        assert statuses == {IDS[0]: Status.SUCCEEDED, IDS[1]: failed, IDS[2]: Status.SUCCEEDED}

@@ -211,10 +211,11 @@ def run_build(
     graph = _expanded(lab, lab_dir, index, options.targets, store)
     if reporter is None and make_reporter is not None:
         reporter = make_reporter()
+    present = ahead.present()
     if isinstance(store, Store):
-        return _full_build(graph, store, options, reporter)
+        return _full_build(graph, store, options, reporter, present)
     with Store(store) as opened:
-        return _full_build(graph, opened, options, reporter)
+        return _full_build(graph, opened, options, reporter, present)
 
 
 def _touch_make_stamps(graph: JobGraph, store: Store, targets: tuple[str, ...],
@@ -259,7 +260,7 @@ def dry_run(
             closure = selection_closure(graph, list(options.targets))
             return Plan(closure, [], list(closure), dict.fromkeys(closure, "not in the store"))
         return plan_build(graph, opened, list(options.targets), force=options.force,
-                          verify=options.verify, marked=_marked_ids())
+                          verify=options.verify, marked=_marked_ids(), present=ahead.present())
     finally:
         if opened is not None and opened is not store:
             opened.close()
@@ -373,6 +374,8 @@ class _CheckedAhead:
         self.expected = expected
         self.index = index
         self.found: UpToDate | None = None
+        #: The answer for ``expected`` when Nix gave another lab (an edit of it, mostly).
+        self.elsewhere: UpToDate | None = None
         self.seconds = 0.0
         self._check = check
         self._started = time.monotonic()
@@ -407,12 +410,23 @@ class _CheckedAhead:
                 self._worker.join()
                 self._worker = None
             if check is not None:
+                if not wanted and lab_dir is not None:
+                    # Whole only when the worker finished before Nix did: it is not
+                    # finished here, since the answer is not this lab's.
+                    self.elsewhere = check.answer()
                 check.close()
         if not wanted:
             self.index = None
         elif check is not None:  # (no check: the index or the store said no already)
             self.found = check.answer()
             self.seconds = time.monotonic() - self._started
+
+    def present(self) -> UpToDate | None:
+        """The closure this check found up to date, outputs and all: the lab expected, or
+        the lab Nix gave instead of it. An edited lab shares most of its jobs with the one
+        it replaces, and the plan then needs to look only at the others
+        (:func:`repx.engine.plan.plan_build`'s ``present``)."""
+        return self.found or self.elsewhere
 
     def up_to_date(self, index: Path, store: Store) -> UpToDate | None:
         """:func:`up_to_date_ids` of ``index``: the answer found ahead when it is of that
@@ -533,12 +547,13 @@ def _last_expansion(store: Store | str | os.PathLike[str] | None,
 
 
 def _full_build(graph: JobGraph, store: Store, options: BuildOptions,
-                reporter: Reporter | None) -> BuildResult:
-    """Plan against the store and run what the plan says must run."""
+                reporter: Reporter | None, present: UpToDate | None = None) -> BuildResult:
+    """Plan against the store (``present``: see :func:`plan_build`) and run what the plan
+    says must run."""
     started = time.time()
     clock = time.monotonic()
     plan = plan_build(graph, store, list(options.targets), force=options.force,
-                      verify=options.verify, marked=_marked_ids())
+                      verify=options.verify, marked=_marked_ids(), present=present)
     result = BuildResult(up_to_date=list(plan.up_to_date))
     from repx.engine.explain import record_build
     from repx.engine.units import Outcome, UnitState

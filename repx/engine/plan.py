@@ -17,13 +17,16 @@ import os
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from itertools import compress
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from repx.engine.contract import OUT_MARK, declared_outputs, outputs_present
 from repx.errors import UsageError
 from repx.lab.graph import Job, JobGraph, selection_closure
 from repx.store import ACTIVE_STATUSES, Status, Store
 from repx.store.layout import OUT
+
+if TYPE_CHECKING:
+    from repx.engine.noop_index import UpToDate
 
 
 @dataclass
@@ -166,15 +169,22 @@ def plan_build(
     force: tuple[str, ...] = (),
     verify: bool = False,
     marked: Callable[[str], Collection[str] | None] | None = None,
+    present: UpToDate | None = None,
 ) -> Plan:
     """Split the selection into up-to-date jobs and jobs to run.
 
     ``marked`` (the ids a closure mark names, :meth:`Store.statuses`) lets the statuses of
     the jobs an edit did not reach come from the last no-op build instead of the records.
+    ``present`` is a closure this command found up to date moments ago (the check ahead of
+    an edited lab, on the lab it replaces): its jobs' outputs are not looked at again, as a
+    no-op build does not look at them twice either, and their records are not read again
+    while the store has not been written since (:meth:`Store.statuses`).
     """
     closure = selection_closure(graph, targets)
     forced = resolve_force(graph, force, closure) if force else set()
-    statuses = store.statuses(closure, marked)
+    present_ids: Collection[str] = frozenset(present.ids) if present is not None else ()
+    statuses = store.statuses(closure, marked, (present_ids, present.mark[1])
+                              if present is not None else None)
     jobs = graph.jobs
     up_to_date: list[str] = []
     to_run: list[str] = []
@@ -191,7 +201,8 @@ def plan_build(
             # Most jobs are succeeded with their outputs present: those are settled in one
             # pass, and only the others walk the loop below for their reasons.
             done = [j for j in closure if statuses.get(j) is succeeded]
-            incomplete = outputs.incomplete(jobs, done)
+            unchecked = [j for j in done if j not in present_ids] if present_ids else done
+            incomplete = outputs.incomplete(jobs, unchecked)
             up_to_date = [j for j in done if j not in incomplete] if incomplete else done
             todo = [] if len(up_to_date) == len(closure) else [
                 j for j in closure if statuses.get(j) is not succeeded or j in incomplete]

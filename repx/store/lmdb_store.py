@@ -990,20 +990,26 @@ class Store:
         return self._read_each(job_ids, JobRecord.from_msgpack)
 
     def statuses(self, job_ids: Iterable[str],
-                 marked: Callable[[str], Collection[str] | None] | None = None
+                 marked: Callable[[str], Collection[str] | None] | None = None,
+                 succeeded: tuple[Collection[str], int] | None = None,
                  ) -> dict[str, Status]:
         """Status of the given jobs that have a record; decodes two bytes per record.
 
         ``marked`` maps a closure mark (:meth:`closure_succeeded`) to the ids it names.
         When the store holds a mark that is still good, its ids are SUCCEEDED without
         reading their records: a build after an edit (the jobs the edit did not reach are
-        the last no-op's) reads only the records of the others. Same snapshot either way.
+        the last no-op's) reads only the records of the others. ``succeeded`` is
+        (ids, snapshot): ids :meth:`closure_succeeded` found SUCCEEDED in that snapshot.
+        When no transaction has been committed since, they are SUCCEEDED now too, and
+        their records are not read either (an edit after an edit). Same snapshot either way.
         """
-        if marked is None:
+        if marked is None and succeeded is None:
             return self._read_each(job_ids, _status_of_value)
         with self._read() as (txn, h), _gc_paused():
-            name = _good_mark(txn, h)
-            vouched = marked(name) if name is not None else None
+            name = _good_mark(txn, h) if marked is not None else None
+            vouched = marked(name) if marked is not None and name is not None else None
+            if not vouched and succeeded is not None and succeeded[1] == txn.id():
+                vouched = succeeded[0]
             if not vouched:
                 return _each_record(txn, h, job_ids, _status_of_value)
             ids = list(job_ids)
