@@ -21,8 +21,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import tarfile
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,6 +142,8 @@ def _archive_members(image: Image) -> list[tuple[str, Path]]:
 def write_docker_archive(image: Image, stream: IO[bytes]) -> None:
     """Write ``image`` as one docker-archive tar (what ``podman load`` / ``docker load``
     read) to ``stream``, which may be a pipe. The same image gives the same bytes."""
+    import tarfile  # here: a build that loads no image (most) imports this module for NIX_STORE
+
     with tarfile.open(fileobj=stream, mode="w|", format=tarfile.PAX_FORMAT) as archive:
         for name, path in _archive_members(image):
             try:
@@ -179,6 +179,8 @@ def load_image(image: Image, engine: Sequence[str], *,
     if _engine_image_id(engine, image.image_id, env) == image.image_id:
         return image.image_id
     command = [*engine, "load"]
+    import tempfile
+
     # The engine's messages go to a file, not a pipe: nobody reads a pipe while the archive
     # is written, and a full one would block both sides.
     with tempfile.TemporaryFile() as messages:

@@ -33,7 +33,6 @@ import re
 import shutil
 import subprocess
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -527,6 +526,10 @@ def validate_scripts(checks: list[ScriptCheck], cache_dir: Path | None = None) -
     if not todo:
         return
     _require_tool("shellcheck", "install it (apt-get install shellcheck, or `make setup`)")
+
+    # Imported here: a lab whose scripts all passed before needs no pool, and
+    # concurrent.futures loads logging with it.
+    from concurrent.futures import ThreadPoolExecutor
 
     workers = min(len(todo), (os.cpu_count() or 4) + 4)
     with ThreadPoolExecutor(max_workers=workers) as pool:
