@@ -21,7 +21,7 @@ import repx.engine.plan as engine_plan
 import repx.store.lmdb_store as lmdb_store
 from repx.engine.build import BuildOptions, dry_run, run_build
 from repx.errors import LabError
-from repx.lab import LabOptions
+from repx.lab import LabOptions, open_lab
 from repx.lab.open import start_locating_lab
 from repx.lab.progress import LabReporter, Phase
 from tests.buildutil import CONSUMER, OTHER, PIPE, PRODUCER, SWEEP_RUN, log_lines, write_lab
@@ -177,6 +177,11 @@ def test_an_edited_lab_looks_only_at_the_jobs_the_old_lab_did_not_vouch_for(
     assert vouched is not None and len(vouched.ids) == (5 if between == "no-op" else 7)
     assert outputs_looked_at == [[]]  # the 5 shared jobs were vouched for, the 2 new never ran
     assert records_read_by_plans == [2]  # the 2 new jobs' (none yet), no shared one's
+    # The old lab's expansion memo came from the check too, and gave the very ids a full
+    # expansion of the edited lab gives.
+    assert answers[before].memo is not None
+    assert sorted(open_lab(lab.options()).jobs) == sorted([*result.executed,
+                                                           *result.up_to_date])
 
 
 @pytest.mark.nix

@@ -208,7 +208,7 @@ def run_build(
     finally:
         if ahead.store is not None and ahead.store is not store:
             ahead.store.close()
-    graph = _expanded(lab, lab_dir, index, options.targets, store)
+    graph = _expanded(lab, lab_dir, index, options.targets, store, ahead.memo)
     if reporter is None and make_reporter is not None:
         reporter = make_reporter()
     present = ahead.present()
@@ -255,7 +255,7 @@ def dry_run(
             found = ahead.up_to_date(index, opened)
             if found is not None:
                 return Plan(closure=found.ids, up_to_date=found.ids, to_run=[])
-        graph = _expanded(lab, lab_dir, index, options.targets, opened)
+        graph = _expanded(lab, lab_dir, index, options.targets, opened, ahead.memo)
         if opened is None:
             closure = selection_closure(graph, list(options.targets))
             return Plan(closure, [], list(closure), dict.fromkeys(closure, "not in the store"))
@@ -374,8 +374,10 @@ class _CheckedAhead:
         self.expected = expected
         self.index = index
         self.found: UpToDate | None = None
-        #: The answer for ``expected`` when Nix gave another lab (an edit of it, mostly).
+        #: The answer for ``expected`` when Nix gave another lab (an edit of it, mostly),
+        #: and the expansion memo its index holds (read by the check already).
         self.elsewhere: UpToDate | None = None
+        self.memo: ExpansionMemo | None = None
         self.seconds = 0.0
         self._check = check
         self._started = time.monotonic()
@@ -414,6 +416,7 @@ class _CheckedAhead:
                     # Whole only when the worker finished before Nix did: it is not
                     # finished here, since the answer is not this lab's.
                     self.elsewhere = check.answer()
+                    self.memo = check.expansion_memo()
                 check.close()
         if not wanted:
             self.index = None
@@ -503,21 +506,24 @@ def _check_ahead(store: Store | str | os.PathLike[str] | None, targets: tuple[st
 
 def _expanded(lab: LabOptions | LabLocation | JobGraph, lab_dir: Path, index: Path,
               targets: tuple[str, ...],
-              store: Store | str | os.PathLike[str] | None = None) -> JobGraph:
+              store: Store | str | os.PathLike[str] | None = None,
+              memo: ExpansionMemo | None = None) -> JobGraph:
     """The job graph of the lab (expanded and validated now unless given), after writing the
     no-op index of a selection of whole runs (a Makefile recipe per job would leave one
     index per job, so single jobs are not indexed).
 
     A lab of all runs not indexed yet is usually an edit of the one ``store`` built last:
     its expansion reuses that lab's ids where they apply (:mod:`repx.lab.expansion_memo`),
-    and its own index keeps the memo for the next edit.
+    and its own index keeps the memo for the next edit. ``memo`` is that lab's memo when
+    the check ahead read it already.
     """
     if isinstance(lab, JobGraph):
         graph = lab
     else:
         options = lab.options if isinstance(lab, LabLocation) else lab
         assert options is not None, "a lab located from options"
-        reuse = None if targets or index.exists() else _last_expansion(store, lab_dir)
+        reuse = None if targets or index.exists() else (
+            memo if memo is not None else _last_expansion(store, lab_dir))
         graph = open_lab(replace(options, lab_dir=str(lab_dir)), reuse=reuse)
     if not index.exists() and all(t.startswith("@") or t in graph.runs for t in targets):
         write_index(index, graph, selection_closure(graph, list(targets)),

@@ -144,8 +144,13 @@ def expansion_memo(path: Path) -> ExpansionMemo | None:
     raw = _read(path)
     if raw is None or not raw[4]:
         return None
+    return _memo_of(path, raw[1].split("\n") if raw[1] else [], raw[4])
+
+
+def _memo_of(path: Path, ids: list[str], entries: list[Any]) -> ExpansionMemo | None:
+    """:func:`expansion_memo` from the index's ids and memo entries, read already."""
     runs: dict[str, RunMemo] = {}
-    for entry in raw[4]:
+    for entry in entries:
         if not (isinstance(entry, list) and len(entry) == 5):
             continue
         run, key, dims, stages, cells_bytes = entry
@@ -160,7 +165,6 @@ def expansion_memo(path: Path) -> ExpansionMemo | None:
         if sys.byteorder != "little":
             cells.byteswap()
         runs[run] = RunMemo(key, dims, stages, cells)
-    ids = raw[1].split("\n") if raw[1] else []
     _last_read.clear()
     _last_read[path] = ids
     return ExpansionMemo(ids, runs) if runs else None
@@ -202,9 +206,10 @@ class NoopCheck:
     """
 
     def __init__(self, path: Path, ids: list[str], ids_text: str, column: array[int],
-                 sets: list[str], snapshot: int, folder: int) -> None:
+                 sets: list[str], snapshot: int, folder: int, memo: list[Any]) -> None:
         self._path = path
         self._ids = ids
+        self._memo = memo
         self._ids_text = ids_text
         self._column = column
         self._snapshot = snapshot
@@ -227,7 +232,7 @@ class NoopCheck:
         raw = _read(path)
         if raw is None:
             return None
-        _format, ids_text, sets, column_bytes, _memo = raw
+        _format, ids_text, sets, column_bytes, memo = raw
         ids = ids_text.split("\n") if ids_text else []
         column = array("I")
         column.frombytes(column_bytes)
@@ -242,7 +247,7 @@ class NoopCheck:
             folder = os.open(store.folders.outputs_root, os.O_RDONLY | os.O_DIRECTORY)
         except OSError:
             return None
-        return cls(path, ids, ids_text, column, sets, snapshot, folder)
+        return cls(path, ids, ids_text, column, sets, snapshot, folder, memo)
 
     def work(self, stop: Callable[[], bool] | None = None) -> None:
         """Check chunks until none is left, an output is missing, or ``stop`` (asked
@@ -281,6 +286,10 @@ class NoopCheck:
         if not whole or not all(map(os.path.exists, self._absolute)):
             return None
         return UpToDate(self._ids, (self._path.name, self._snapshot), self._ids_text)
+
+    def expansion_memo(self) -> ExpansionMemo | None:
+        """:func:`expansion_memo` of this index, from what :meth:`open` read already."""
+        return _memo_of(self._path, self._ids, self._memo) if self._memo else None
 
     def close(self) -> None:
         """Release the outputs folder (after every worker is done)."""

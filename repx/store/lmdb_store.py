@@ -1006,10 +1006,12 @@ class Store:
         if marked is None and succeeded is None:
             return self._read_each(job_ids, _status_of_value)
         with self._read() as (txn, h), _gc_paused():
-            name = _good_mark(txn, h) if marked is not None else None
-            vouched = marked(name) if marked is not None and name is not None else None
-            if not vouched and succeeded is not None and succeeded[1] == txn.id():
-                vouched = succeeded[0]
+            vouched = None
+            if succeeded is not None and succeeded[1] == txn.id():
+                vouched = succeeded[0]  # (held already: the mark's ids need reading)
+            elif marked is not None:
+                name = _good_mark(txn, h)
+                vouched = marked(name) if name is not None else None
             if not vouched:
                 return _each_record(txn, h, job_ids, _status_of_value)
             ids = list(job_ids)
