@@ -263,9 +263,9 @@ let
       direct = filter interpolatedDirectly names;
       valueOf = p: v: if elem p direct then bashText v else v;
       # The text the value rendering holds where the expansion text holds ${params["p"]}.
-      textOf = p: v: if isText v || elem p direct then bashText v else toString v;
-      patterns = map expansionOf names;
       textFor = v: if isText v then bashText v else toString v;
+      textOf = p: v: if elem p direct then bashText v else textFor v;
+      patterns = map expansionOf names;
       # textOf per param, with its `direct` test made once rather than per combination.
       fillers = map (p: if elem p direct then (c: bashText c.${p}) else (c: textFor c.${p})) names;
       fillIn = c: text: builtins.replaceStrings patterns (map (f: f c) fillers) text;
