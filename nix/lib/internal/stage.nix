@@ -248,8 +248,8 @@ let
         else if wantsParams then
           (if wantsParameters then { params = v; parameters = v; } else { params = v; })
         else if wantsParameters then { parameters = v; } else { });
-      mayDepend = (names != [ ] && (getsAll || takes ? params || takes ? parameters))
-        || (outputsAt != null && (getsAll || takes ? outputs));
+      mayDepend = (names != [ ] && (wantsParams || wantsParameters))
+        || (outputsAt != null && wantsOutputs);
 
       isText = v: isString v || builtins.isPath v || u.isDerivation v;
       probe = ./param-probe.txt;
@@ -263,11 +263,11 @@ let
       direct = filter interpolatedDirectly names;
       valueOf = p: v: if elem p direct then bashText v else v;
       # The text the value rendering holds where the expansion text holds ${params["p"]}.
-      textFor = v: if isText v then bashText v else toString v;
-      textOf = p: v: if elem p direct then bashText v else textFor v;
+      # (`textOf p` makes its `direct` test once: fillIn calls it per combination.)
+      textOf = p: if elem p direct then bashText
+        else (v: if isText v then bashText v else toString v);
       patterns = map expansionOf names;
-      # textOf per param, with its `direct` test made once rather than per combination.
-      fillers = map (p: if elem p direct then (c: bashText c.${p}) else (c: textFor c.${p})) names;
+      fillers = map (p: let valueText = textOf p; in c: valueText c.${p}) names;
       fillIn = c: text: builtins.replaceStrings patterns (map (f: f c) fillers) text;
       # The params `run` gets for c (c itself when no param is interpolated directly).
       valuesFor = c: if direct == [ ] then c else mapAttrs valueOf c;
