@@ -196,6 +196,29 @@ def checked(sample: Sample, what: str) -> Sample:
     return sample
 
 
+def creation_probe(root: Path, folders: int = 300) -> float:
+    """Microseconds to create one inode under ``root`` now (a folder and a file in it,
+    ``folders`` times; removed again).
+
+    Printed with the results because it moves the cold rows: a repx job creates about eight
+    inodes (its three folders, the inputs and params JSON, two logs, ``record.json``), a
+    doit or bare-loop job one. On ext4 without a journal (this project's VMs) inode
+    allocation skips every recently freed inode by reading it, so after mass deletions in
+    the same place (a previous bench's cleanup, a test suite) creation can cost ten times
+    what it does on a fresh file system (docs/benchmarks.md).
+    """
+    probe = root / "creation-probe"
+    probe.mkdir()
+    began = time.perf_counter()
+    for k in range(folders):
+        folder = probe / str(k)
+        folder.mkdir()
+        (folder / "f").write_bytes(b"x")
+    seconds = time.perf_counter() - began
+    shutil.rmtree(probe)
+    return seconds / (2 * folders) * 1e6
+
+
 def settle() -> None:
     """Flush dirty pages so one phase's writeback is not billed to the next (see the note)."""
     os.sync()
@@ -856,8 +879,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     root = Path(tempfile.mkdtemp(prefix="repx-bench-peers-"))
     results: list[Result] = []
+    creation_us = creation_probe(root)
     print(f"N-chain peers benchmark: N={n} ({2 * n} jobs), Snakemake N={snake_n}, "
-          f"{WORKERS} workers, work dir {root}", flush=True)
+          f"{WORKERS} workers, work dir {root} (creating an inode there: "
+          f"{creation_us:.0f} us)", flush=True)
     try:
         state: RepxState | None = None
         if "repx" in tools or "baseline-b" in tools:
@@ -907,6 +932,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "n": n, "snake_n": snake_n, "workers": WORKERS, "cpus": os.cpu_count(),
         "rss_method": "/usr/bin/time -v" if GNU_TIME.exists() else "RUSAGE_CHILDREN",
         "versions": versions(), "total_s": round(total, 1),
+        "inode_creation_us": round(creation_us, 1),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "quick": args.quick, "load": os.getloadavg(),
         "results": [r.to_dict() for r in results],

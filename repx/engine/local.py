@@ -28,6 +28,7 @@ import os
 import select
 import signal
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +58,14 @@ from repx.store import Store, layout
 from repx.store.errors import StoreError, StoreFullError
 
 _SPAWN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+
+#: How much work a build claims ahead of its free slots, in seconds of its jobs' mean
+#: duration per slot, and at most how many units per slot (LocalScheduler._claim_ahead).
+CLAIM_AHEAD_SECONDS = 0.05
+CLAIM_AHEAD_PER_SLOT = 32
+#: Seconds an outcome may wait to be committed with the next claims before it is committed
+#: alone: how long a job that ended may still show as running to ``repx status``.
+FINISH_COMMIT_DELAY = 0.2
 
 #: The environment variable that sets :attr:`LocalOptions.descendant_timeout`.
 DESCENDANT_TIMEOUT_ENV = "REPX_DESCENDANT_TIMEOUT"
@@ -212,6 +221,15 @@ class LocalScheduler(UnitScheduler):
         self.mem_budget = options.mem or machine_mem()
         #: Units being run, by unit id.
         self.running: dict[str, _Running] = {}
+        #: Units claimed ahead of a free slot, in the order they start (:meth:`_claim_ahead`),
+        #: their ids, and the records their claims replaced (given back if they never start).
+        self._ahead: deque[Unit] = deque()
+        self._ahead_ids: set[str] = set()
+        self._ahead_replaced: dict[str, bytes | None] = {}
+        #: When the oldest outcome not committed yet was reaped (0: none is waiting).
+        self._finishes_since = 0.0
+        #: The running mean of the jobs' durations (seconds; 0 until one has ended).
+        self._mean_seconds = 0.0
         #: Every pidfd in the epoll set (main processes and descendants): (unit, pid).
         self._pidfds: dict[int, tuple[_Running, int]] = {}
         #: The pids those pidfds watch (a child of ours listed there is already known).
@@ -264,23 +282,26 @@ class LocalScheduler(UnitScheduler):
             if self.interrupted:
                 self._stop_all(epoll, wake_r)
                 break
-            starts = self._admit()
-            self._commit(starts)
-            for unit in starts:
-                self._spawn(unit, epoll)
-            if self._finishes:  # spawn failures are recorded at once
-                self._commit([])
+            self.claims_refused = False
+            self._start_admitted(epoll)
+            refused = self.claims_refused
+            self._claim_ahead()
+            self.claims_refused = self.claims_refused or refused
             self._return_tokens()  # refused claims and failed spawns need none
             if not self.running and not self.foreign:
-                if self.ready and not self.stopping:
+                if (self.ready or self._ahead) and not self.stopping:
                     continue
                 break
             timeout = self.reporter.tick_interval
             if self.foreign:
                 timeout = min(timeout or FOREIGN_POLL_SECONDS, FOREIGN_POLL_SECONDS)
-            if self.claims_refused and self.ready and not self.stopping:
+            if (self.claims_refused and (self.ready or self._ahead) and not self.stopping
+                    and len(self.running) < self.max_jobs):
                 timeout = 0  # refused claims left slots free: fill them now
             deadline = self._next_deadline()
+            if self._finishes:
+                due = self._finishes_since + FINISH_COMMIT_DELAY
+                deadline = due if deadline is None else min(deadline, due)
             if deadline is not None:
                 left = max(0.0, deadline - time.monotonic())
                 timeout = left if timeout is None else min(timeout, left)
@@ -292,7 +313,88 @@ class LocalScheduler(UnitScheduler):
             if self.foreign and time.monotonic() >= next_foreign:
                 self._poll_foreign()
                 next_foreign = time.monotonic() + FOREIGN_POLL_SECONDS
+        self._give_back_ahead()
         self._finish_remaining()
+
+    def _start_admitted(self, epoll: select.epoll) -> None:
+        """Start what fits in the free slots: units claimed ahead at once, others once their
+        claims commit (with the outcomes reaped so far)."""
+        starts = self._admit()
+        fresh = [unit for unit in starts if unit.id not in self._ahead_ids]
+        if fresh:
+            self._commit(fresh)
+        claimed = set(map(id, fresh))  # the claims refused are no longer in the list
+        for unit in starts:
+            if unit.id in self._ahead_ids:
+                self._ahead_ids.discard(unit.id)
+                self._ahead_replaced.pop(unit.id, None)
+            elif id(unit) not in claimed:
+                continue
+            self._spawn(unit, epoll)
+
+    def _claim_ahead(self) -> None:
+        """Claim the next ready units before a slot frees, so that a slot is filled the
+        moment its job ends, without waiting for a commit; and commit the outcomes reaped.
+
+        Claimed ahead is :data:`CLAIM_AHEAD_SECONDS` of work per slot, counted in the mean
+        duration of the jobs run so far (at most :data:`CLAIM_AHEAD_PER_SLOT` units a slot),
+        topped up once half of it has started: for millisecond jobs one commit (one disk
+        flush) per dozens of jobs instead of one per job, the flush made while jobs run.
+        Jobs longer than that are not claimed ahead at all (there is nothing to gain), so
+        another build sharing the store is never kept waiting on work this one has not
+        started for longer than that.
+        The outcomes reaped in between ride along with the claims, or commit on their own
+        once the oldest is :data:`FINISH_COMMIT_DELAY` seconds old (a job that ended shows
+        as succeeded within that time). A claim taken ahead is a claim: another build waits
+        for the job; if this build stops before the job starts, :meth:`_give_back_ahead`
+        restores the record the claim replaced.
+        """
+        if self._finishes and not self._finishes_since:
+            self._finishes_since = time.monotonic()
+        capacity = self._ahead_capacity()
+        units: list[Unit] = []
+        if capacity and not self.stopping and len(self._ahead) <= capacity // 2:
+            ready = self.ready
+            while ready and len(self._ahead) + len(units) < capacity:
+                unit = heapq.heappop(ready)[3]
+                if unit.state is UnitState.READY:
+                    units.append(unit)
+        if units:
+            replaced: dict[str, bytes | None] = {}
+            self._commit(units, replaced)
+            for unit in units:  # the claims refused are no longer in the list
+                self._ahead.append(unit)
+                self._ahead_ids.add(unit.id)
+                # A unit this build held already (a retry) keeps its claim when it stops.
+                if unit.id in replaced and not self.attempts.get(unit.id):
+                    self._ahead_replaced[unit.id] = replaced[unit.id]
+        elif self._finishes and (
+                not self.running
+                or time.monotonic() >= self._finishes_since + FINISH_COMMIT_DELAY):
+            self._commit([])
+
+    def _ahead_capacity(self) -> int:
+        """How many units to hold claimed ahead (see :meth:`_claim_ahead`); none until a job
+        has ended and its duration is known."""
+        if not self._mean_seconds:
+            return 0
+        per_slot = min(CLAIM_AHEAD_PER_SLOT, int(CLAIM_AHEAD_SECONDS / self._mean_seconds))
+        return per_slot * self.max_jobs
+
+    def _commit(self, starts: list[Unit],
+                replaced: dict[str, bytes | None] | None = None) -> None:
+        if self._finishes:
+            self._finishes_since = 0.0
+        super()._commit(starts, replaced)
+
+    def _give_back_ahead(self) -> None:
+        """The build stops: the units claimed ahead that never started get back the records
+        their claims replaced (see :meth:`Store.unclaim`); they end as not started."""
+        self._ahead.clear()
+        self._ahead_ids.clear()
+        replaced, self._ahead_replaced = self._ahead_replaced, {}
+        if replaced:
+            self.store.unclaim(self.owner, replaced)
 
     def _handle(self, events: list[tuple[int, int]], epoll: select.epoll, wake_r: int) -> None:
         """Reap the processes whose pidfd became readable, take on what they left running,
@@ -401,15 +503,17 @@ class LocalScheduler(UnitScheduler):
             self._signal_unit(running, signal.SIGKILL)
 
     def _admit(self) -> list[Unit]:
-        """Ready units that fit now, in (run, topological) order."""
+        """Units that fit now: the ones claimed ahead first, then ready ones, each in
+        (run, topological) order."""
         starts: list[Unit] = []
         if self.stopping:
             return starts
         cpus = sum(r.unit.cpus for r in self.running.values())
         mem = sum(r.unit.mem for r in self.running.values())
+        ahead = self._ahead
         ready = self.ready
-        while ready and len(self.running) + len(starts) < self.max_jobs:
-            unit = ready[0][3]
+        while (ahead or ready) and len(self.running) + len(starts) < self.max_jobs:
+            unit = ahead[0] if ahead else ready[0][3]
             busy = self.running or starts
             if busy and (cpus + unit.cpus > self.cpu_budget
                          or (self.mem_budget and unit.mem
@@ -417,8 +521,12 @@ class LocalScheduler(UnitScheduler):
                 break
             if unit.state is UnitState.READY and not self._take_slot(len(starts)):
                 break
-            heapq.heappop(ready)
+            if ahead:
+                ahead.popleft()
+            else:
+                heapq.heappop(ready)
             if unit.state is not UnitState.READY:
+                self._ahead_ids.discard(unit.id)
                 continue
             cpus += unit.cpus
             mem += unit.mem
@@ -525,7 +633,9 @@ class LocalScheduler(UnitScheduler):
         if self._sessions.get(running.pid) is running:
             del self._sessions[running.pid]
         assert running.status is not None
-        self.unit_seconds[unit.id] = time.monotonic() - running.started
+        seconds = self.unit_seconds[unit.id] = time.monotonic() - running.started
+        self._mean_seconds = (seconds if not self._mean_seconds
+                              else 0.9 * self._mean_seconds + 0.1 * seconds)
         code = os.waitstatus_to_exitcode(running.status)
         if self.interrupted:
             self._cancel(unit, code)
@@ -594,6 +704,8 @@ class LocalScheduler(UnitScheduler):
         self.interrupted = self.interrupted or signal.SIGTERM
         with contextlib.suppress(StoreError):
             self._stop_all(epoll, wake_r)
+        with contextlib.suppress(StoreError):
+            self._give_back_ahead()
         with contextlib.suppress(StoreError):
             self.store.release_claims(self.owner, list(self.units), self.stop_reason)
 

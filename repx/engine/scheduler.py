@@ -268,11 +268,13 @@ class UnitScheduler:
     def _resolved(self, unit: Unit) -> None:
         """Hook: ``unit`` just got its outcome (executors with queued work react here)."""
 
-    def _commit(self, starts: list[Unit]) -> None:
+    def _commit(self, starts: list[Unit],
+                replaced: dict[str, bytes | None] | None = None) -> None:
         """One transaction: the outcomes reaped so far, then claims for ``starts``.
 
         Units whose claim is refused are taken out of ``starts``: done by another build
-        (up to date) or being run by one (waited for).
+        (up to date) or being run by one (waited for). ``replaced`` receives the records
+        the claims replaced (see :meth:`Store.claim`).
         """
         finishes, self._finishes = self._finishes, []
         if not finishes and not starts:
@@ -280,16 +282,18 @@ class UnitScheduler:
         with self.store.batch():
             for record in finishes:
                 self.store.finish(record)
-            refused = self._claim_each(starts) if starts else []
+            refused = self._claim_each(starts, replaced) if starts else []
         if starts or refused:
             self.claims_refused = bool(refused)
         for unit in refused:
             starts.remove(unit)
         self._settle_refused(refused)
 
-    def _claim_each(self, units: list[Unit]) -> list[Unit]:
+    def _claim_each(self, units: list[Unit],
+                    replaced: dict[str, bytes | None] | None = None) -> list[Unit]:
         """Claim ``units`` (inside the caller's batch); the ones not claimed. A refused unit
-        is marked ``cached`` when the store already holds it complete."""
+        is marked ``cached`` when the store already holds it complete; ``replaced`` as for
+        :meth:`_commit`."""
         store = self.store
         refused: list[Unit] = []
         before = store.statuses([u.id for u in units])
@@ -303,7 +307,8 @@ class UnitScheduler:
                 refused.append(unit)
             elif not store.claim(unit.id, self.owner, host=self.host, pid=self.pid,
                                  lab=self.lab, run=unit.job.run, stage=self._stage(unit),
-                                 force=self._takes_over(unit, status)):
+                                 force=self._takes_over(unit, status),
+                                 replaced=replaced):
                 refused.append(unit)
             elif status in ACTIVE_STATUSES:
                 unit.maybe_orphan = True  # an abandoned claim: see local.kill_orphans

@@ -1057,7 +1057,7 @@ class Store:
     @_runs_again_if_map_grew
     def claim(
         self, job_id: str, owner: str, *, host: str, pid: int, lab: str, run: str, stage: str,
-        force: bool = False,
+        force: bool = False, replaced: dict[str, bytes | None] | None = None,
     ) -> bool:
         """Take a job for running; False if it is done or someone alive is running it.
 
@@ -1072,6 +1072,10 @@ class Store:
         Raises :class:`StoreFullError` when the store's filesystem is (nearly) full: a job
         started then could neither write its outputs nor have its outcome recorded. Taking a
         job over removes its folder's ``record.json`` (it described the previous run).
+
+        ``replaced``, when given, receives the record the claim replaced (``None``: there
+        was none), so that a claim taken ahead of a free slot can be given back with
+        :meth:`unclaim` when the job never starts.
         """
         key = job_key(_check_job_id(job_id))
         with self._write() as (txn, h):
@@ -1099,10 +1103,42 @@ class Store:
                 owner=owner,
             )
             txn.put(key, record.to_msgpack(), db=h.jobs)
+            if replaced is not None:
+                replaced[job_id] = bytes(value) if value is not None else None
             if value is not None:
                 with contextlib.suppress(OSError):
                     os.unlink(self.folders.meta_file(job_id, layout.RECORD_JSON))
             return True
+
+    @_runs_again_if_map_grew
+    def unclaim(self, owner: str, replaced: dict[str, bytes | None]) -> list[str]:
+        """Give back claims ``owner`` took but whose jobs never started: each job of
+        ``replaced`` still RUNNING under ``owner`` gets back the record its claim replaced
+        (``None``: it had none, and is forgotten again), and a finished one its folder's
+        ``record.json`` too. The ids given back. One transaction.
+
+        The store is then as if the claims had never been taken: a build that stops with
+        jobs claimed ahead of a free slot leaves no trace of them.
+        """
+        given_back: list[str] = []
+        with self._write() as (txn, h):
+            for job_id, previous in replaced.items():
+                key = job_key(_check_job_id(job_id))
+                value = txn.get(key, db=h.jobs)
+                if value is None or status_of(value) is not Status.RUNNING:
+                    continue
+                if JobRecord.from_msgpack(value).owner != owner:
+                    continue
+                if previous is None:
+                    txn.delete(key, db=h.jobs)
+                else:
+                    record = JobRecord.from_msgpack(previous)
+                    written = (self._write_record_file(record) if Status(record.status).terminal
+                               else record)
+                    txn.put(key, previous if written is record else written.to_msgpack(),
+                            db=h.jobs)
+                given_back.append(job_id)
+        return given_back
 
     @_runs_again_if_map_grew
     def update(self, record: JobRecord) -> JobRecord:
