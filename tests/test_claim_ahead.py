@@ -7,7 +7,7 @@ it replaced, its ``record.json``, or no record at all); a job that ended shows a
 while others still run; slow jobs are never claimed ahead.
 
 The lab's 40 jobs are the stage ``work`` swept over ``i``. Each appends its ``i`` to a log
-outside the store; with ``@FAIL_AFTER@`` set, the job that finds that many lines in the log
+outside the store; with ``@FAIL_AFTER@`` set, a job that finds that many lines or more in the log
 fails, so a build stops (fail-fast) while jobs are claimed ahead; with the marker file
 present every job fails.
 """
@@ -41,7 +41,7 @@ STAGE = """
     lines=0
     [[ ! -e "${params.log}" ]] || lines=$(wc -l < "${params.log}")
     echo "${toString params.i}" >> "${params.log}"
-    if (( @FAIL_AFTER@ > 0 && lines == @FAIL_AFTER@ )); then exit 4; fi
+    if (( @FAIL_AFTER@ > 0 && lines >= @FAIL_AFTER@ )); then exit 4; fi
     echo ok > "${outputs.result}"
   '';
 }
