@@ -18,6 +18,8 @@ Ordering: ready units are started by run (runs in the lab's order), then in topo
 order; admission counts the units' ``cpus`` and ``mem`` hints against the machine; a unit
 bigger than the machine still runs when nothing else does. Claims, outcome records and
 scatter-gather expansion are the shared :class:`~repx.engine.scheduler.UnitScheduler`'s.
+For millisecond jobs the next units are claimed before a slot frees
+(:meth:`LocalScheduler._claim_ahead`), so that a slot never waits for a commit.
 """
 
 from __future__ import annotations
