@@ -128,7 +128,7 @@ def test_a_stopped_build_gives_back_the_claims_it_did_not_run(
     (tmp_path / "marker").touch()
     first = run_build(options, store, BuildOptions(jobs=2, keep_going=True))
     assert first.exit_code != 0 and len(first.failed) == JOBS
-    before = raw_records(store)
+    before = records(store)
     files_before = {job_id: record_file(store, job_id) for job_id in before}
     assert all(files_before.values())
     (tmp_path / "marker").unlink()
@@ -138,14 +138,13 @@ def test_a_stopped_build_gives_back_the_claims_it_did_not_run(
     assert second.exit_code != 0
     assert spy.given_back, "no claim was taken ahead: the test shows nothing"
     started = set(ran(tmp_path))
-    after = raw_records(store)
     held = records(store)
     assert not [j for j, r in held.items() if r.status in (Status.RUNNING, Status.QUEUED)]
     for job_id in spy.given_back:
-        assert after[job_id] == before[job_id], f"{job_id}: its record changed"
+        assert held[job_id] == before[job_id], f"{job_id}: its record changed"
         assert record_file(store, job_id) == files_before[job_id]
     # Every job either ran in the second build or still has the first build's record.
-    ran_now = {j for j in held if after[j] != before[j]}
+    ran_now = {j for j in held if held[j] != before[j]}
     assert len(ran_now) == len(started) < JOBS
 
 
@@ -242,11 +241,6 @@ def test_unclaim_restores_what_the_claim_replaced(tmp_path: Path) -> None:
         assert record_file(tmp_path / "store", old) == failed_file
         assert store.get(new) is None
         assert store.get(other) is not None and store.get(other).status is Status.RUNNING
-
-
-def raw_records(store: Path) -> dict[str, JobRecord]:
-    """Every job record, by id (records compare field by field)."""
-    return records(store)
 
 
 def record_file(store: Path, job_id: str) -> str | None:
