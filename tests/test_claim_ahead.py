@@ -4,7 +4,7 @@ A build of millisecond jobs claims the next ones before a slot frees, so that a 
 filled the moment its job ends and one commit carries dozens of claims. What must hold:
 fewer commits than jobs; a claim that never became a run is given back exactly (the record
 it replaced, its ``record.json``, or no record at all); a job that ended shows as ended
-while others still run; slow jobs are never claimed ahead.
+while others still run; units of slow stages are never claimed ahead.
 
 The lab's 40 jobs are the stage ``work`` swept over ``i``. Each appends its ``i`` to a log
 outside the store; with ``@FAIL_AFTER@`` set, a job that finds that many lines or more in the log
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -195,19 +196,65 @@ def test_a_job_that_ended_shows_as_ended_while_others_run(tmp_path: Path) -> Non
     assert len(records(store)) == JOBS
 
 
-def test_slow_jobs_are_not_claimed_ahead() -> None:
-    """The number held ahead follows the jobs' mean duration: none before one has ended,
-    none for jobs longer than the window, at most the cap per slot for instant ones."""
+def test_only_units_of_fast_stages_count_for_claims_ahead() -> None:
+    """A unit counts at its stage's mean duration: not at all before one of its stage has
+    ended, nor when its stage's units last longer than the window."""
     scheduler = local.LocalScheduler.__new__(local.LocalScheduler)
-    scheduler.max_jobs = 4
-    scheduler._mean_seconds = 0.0
-    assert scheduler._ahead_capacity() == 0
-    scheduler._mean_seconds = local.CLAIM_AHEAD_SECONDS * 2
-    assert scheduler._ahead_capacity() == 0
-    scheduler._mean_seconds = local.CLAIM_AHEAD_SECONDS / 5
-    assert scheduler._ahead_capacity() == 5 * 4
-    scheduler._mean_seconds = 1e-6
-    assert scheduler._ahead_capacity() == local.CLAIM_AHEAD_PER_SLOT * 4
+    fast = SimpleNamespace(label="fast")
+    slow = SimpleNamespace(label="slow")
+    scheduler._stage_seconds = {}
+    assert scheduler._ahead_estimate(fast) is None
+    scheduler._stage_seconds = {"fast": local.CLAIM_AHEAD_SECONDS / 5,
+                                "slow": local.CLAIM_AHEAD_SECONDS * 2}
+    assert scheduler._ahead_estimate(fast) == local.CLAIM_AHEAD_SECONDS / 5
+    assert scheduler._ahead_estimate(slow) is None
+
+
+PIPE_FAST_THEN_SLOW = """
+    { repx, ... }:
+    repx.mkPipe rec {
+      work = repx.callStage ./stage.nix [ ];
+      slow = repx.callStage ./slow.nix [ work ];
+    }
+"""
+
+SLOW = """
+{ pkgs }:
+{
+  pname = "slow";
+  inputs = { result = ""; };
+  outputs = { copy = "$out/copy.txt"; };
+  run = { inputs, outputs, ... }: ''
+    sleep 0.12
+    cp "${inputs.result}" "${outputs.copy}"
+  '';
+}
+"""
+
+
+@pytest.mark.nix
+def test_a_slow_stage_after_a_fast_one_is_not_claimed_ahead(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """40 millisecond jobs, each followed by a 0.12 s one: the fast stage's units are
+    claimed ahead, the slow stage's never (their stage's duration, not the build's mean,
+    is what counts)."""
+    require_nix()
+    lab = sweep_lab(tmp_path)
+    write_lab(lab, {"pipe.nix": PIPE_FAST_THEN_SLOW, "slow.nix": SLOW})
+    ahead: list[str] = []
+    claim = LmdbStore.claim
+
+    def recorded_claim(store: LmdbStore, job_id: str, *args: Any, **kwargs: Any) -> bool:
+        if kwargs.get("replaced") is not None:
+            ahead.append(job_id)
+        return claim(store, job_id, *args, **kwargs)
+
+    monkeypatch.setattr(LmdbStore, "claim", recorded_claim)
+    result = run_build(LabOptions(lab_file=str(lab / "lab.nix")), tmp_path / "store",
+                       BuildOptions(jobs=2))
+    assert result.exit_code == 0 and len(result.executed) == 2 * JOBS
+    assert [j for j in ahead if "-work-" in j], "the fast stage was not claimed ahead"
+    assert [j for j in ahead if "-slow-" in j] == []
 
 
 def test_unclaim_restores_what_the_claim_replaced(tmp_path: Path) -> None:

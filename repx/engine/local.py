@@ -61,8 +61,9 @@ from repx.store.errors import StoreError, StoreFullError
 
 _SPAWN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
 
-#: How much work a build claims ahead of its free slots, in seconds of its jobs' mean
-#: duration per slot, and at most how many units per slot (LocalScheduler._claim_ahead).
+#: How much work a build claims ahead of its free slots, in seconds per slot (each unit
+#: counted at its stage's mean duration so far), and at most how many units per slot
+#: (LocalScheduler._claim_ahead).
 CLAIM_AHEAD_SECONDS = 0.05
 CLAIM_AHEAD_PER_SLOT = 32
 #: Seconds an outcome may wait to be committed with the next claims before it is committed
@@ -226,12 +227,13 @@ class LocalScheduler(UnitScheduler):
         #: Units claimed ahead of a free slot, in the order they start (:meth:`_claim_ahead`),
         #: their ids, and the records their claims replaced (given back if they never start).
         self._ahead: deque[Unit] = deque()
-        self._ahead_ids: set[str] = set()
+        self._ahead_ids: dict[str, float] = {}  # unit id -> the seconds it was counted at
+        self._ahead_seconds = 0.0
         self._ahead_replaced: dict[str, bytes | None] = {}
         #: When the oldest outcome not committed yet was reaped (0: none is waiting).
         self._finishes_since = 0.0
-        #: The running mean of the jobs' durations (seconds; 0 until one has ended).
-        self._mean_seconds = 0.0
+        #: The running mean of each stage's units' durations in seconds, by unit label.
+        self._stage_seconds: dict[str, float] = {}
         #: Every pidfd in the epoll set (main processes and descendants): (unit, pid).
         self._pidfds: dict[int, tuple[_Running, int]] = {}
         #: The pids those pidfds watch (a child of ours listed there is already known).
@@ -328,7 +330,7 @@ class LocalScheduler(UnitScheduler):
         claimed = set(map(id, fresh))  # the claims refused are no longer in the list
         for unit in starts:
             if unit.id in self._ahead_ids:
-                self._ahead_ids.discard(unit.id)
+                self._ahead_seconds -= self._ahead_ids.pop(unit.id)
                 self._ahead_replaced.pop(unit.id, None)
             elif id(unit) not in claimed:
                 continue
@@ -338,13 +340,14 @@ class LocalScheduler(UnitScheduler):
         """Claim the next ready units before a slot frees, so that a slot is filled the
         moment its job ends, without waiting for a commit; and commit the outcomes reaped.
 
-        Claimed ahead is :data:`CLAIM_AHEAD_SECONDS` of work per slot, counted in the mean
-        duration of the jobs run so far (at most :data:`CLAIM_AHEAD_PER_SLOT` units a slot),
-        topped up once half of it has started: for millisecond jobs one commit (one disk
-        flush) per dozens of jobs instead of one per job, the flush made while jobs run.
-        Jobs longer than that are not claimed ahead at all (there is nothing to gain), so
-        another build sharing the store is never kept waiting on work this one has not
-        started for longer than that.
+        Claimed ahead is :data:`CLAIM_AHEAD_SECONDS` of work per slot, each unit counted at
+        its stage's mean duration so far (at most :data:`CLAIM_AHEAD_PER_SLOT` units a
+        slot), topped up once half of it has started: for millisecond jobs one commit (one
+        disk flush) per dozens of jobs instead of one per job, the flush made while jobs
+        run. A unit of a stage none of whose units has ended yet, or whose units last longer
+        than that, is not claimed ahead (nor anything after it in the ready order): there
+        is nothing to gain, and another build sharing the store is never kept waiting long
+        on work this one has not started.
         The outcomes reaped in between ride along with the claims, or commit on their own
         once the oldest is :data:`FINISH_COMMIT_DELAY` seconds old (a job that ended shows
         as succeeded within that time). A claim taken ahead is a claim: another build waits
@@ -353,20 +356,33 @@ class LocalScheduler(UnitScheduler):
         """
         if self._finishes and not self._finishes_since:
             self._finishes_since = time.monotonic()
-        capacity = self._ahead_capacity()
+        budget = CLAIM_AHEAD_SECONDS * self.max_jobs
+        most = CLAIM_AHEAD_PER_SLOT * self.max_jobs
         units: list[Unit] = []
-        if capacity and not self.stopping and len(self._ahead) <= capacity // 2:
+        estimates: dict[str, float] = {}
+        if (not self.stopping and self._ahead_seconds <= budget / 2
+                and len(self._ahead) <= most // 2):
             ready = self.ready
-            while ready and len(self._ahead) + len(units) < capacity:
-                unit = heapq.heappop(ready)[3]
-                if unit.state is UnitState.READY:
-                    units.append(unit)
+            work = self._ahead_seconds
+            while ready and len(self._ahead) + len(units) < most:
+                unit = ready[0][3]
+                if unit.state is not UnitState.READY:
+                    heapq.heappop(ready)
+                    continue
+                seconds = self._ahead_estimate(unit)
+                if seconds is None or work + seconds > budget:
+                    break
+                heapq.heappop(ready)
+                units.append(unit)
+                estimates[unit.id] = seconds
+                work += seconds
         if units:
             replaced: dict[str, bytes | None] = {}
             self._commit(units, replaced)
             for unit in units:  # the claims refused are no longer in the list
                 self._ahead.append(unit)
-                self._ahead_ids.add(unit.id)
+                self._ahead_ids[unit.id] = estimates[unit.id]
+                self._ahead_seconds += estimates[unit.id]
                 # A unit this build held already (a retry) keeps its claim when it stops.
                 if unit.id in replaced and not self.attempts.get(unit.id):
                     self._ahead_replaced[unit.id] = replaced[unit.id]
@@ -375,13 +391,12 @@ class LocalScheduler(UnitScheduler):
                 or time.monotonic() >= self._finishes_since + FINISH_COMMIT_DELAY):
             self._commit([])
 
-    def _ahead_capacity(self) -> int:
-        """How many units to hold claimed ahead (see :meth:`_claim_ahead`); none until a job
-        has ended and its duration is known."""
-        if not self._mean_seconds:
-            return 0
-        per_slot = min(CLAIM_AHEAD_PER_SLOT, int(CLAIM_AHEAD_SECONDS / self._mean_seconds))
-        return per_slot * self.max_jobs
+    def _ahead_estimate(self, unit: Unit) -> float | None:
+        """The seconds ``unit`` counts for when claimed ahead: its stage's mean duration so
+        far; None (not to be claimed ahead) while no unit of its stage has ended, or when
+        they last longer than :data:`CLAIM_AHEAD_SECONDS`."""
+        seconds = self._stage_seconds.get(unit.label)
+        return seconds if seconds is not None and seconds <= CLAIM_AHEAD_SECONDS else None
 
     def _commit(self, starts: list[Unit],
                 replaced: dict[str, bytes | None] | None = None) -> None:
@@ -394,6 +409,7 @@ class LocalScheduler(UnitScheduler):
         their claims replaced (see :meth:`Store.unclaim`); they end as not started."""
         self._ahead.clear()
         self._ahead_ids.clear()
+        self._ahead_seconds = 0.0
         replaced, self._ahead_replaced = self._ahead_replaced, {}
         if replaced:
             self.store.unclaim(self.owner, replaced)
@@ -528,7 +544,7 @@ class LocalScheduler(UnitScheduler):
             else:
                 heapq.heappop(ready)
             if unit.state is not UnitState.READY:
-                self._ahead_ids.discard(unit.id)
+                self._ahead_seconds -= self._ahead_ids.pop(unit.id, 0.0)
                 continue
             cpus += unit.cpus
             mem += unit.mem
@@ -636,8 +652,9 @@ class LocalScheduler(UnitScheduler):
             del self._sessions[running.pid]
         assert running.status is not None
         seconds = self.unit_seconds[unit.id] = time.monotonic() - running.started
-        self._mean_seconds = (seconds if not self._mean_seconds
-                              else 0.9 * self._mean_seconds + 0.1 * seconds)
+        mean = self._stage_seconds.get(unit.label)
+        self._stage_seconds[unit.label] = (seconds if mean is None
+                                           else 0.9 * mean + 0.1 * seconds)
         code = os.waitstatus_to_exitcode(running.status)
         if self.interrupted:
             self._cancel(unit, code)
