@@ -224,10 +224,12 @@ class LocalScheduler(UnitScheduler):
         self.mem_budget = options.mem or machine_mem()
         #: Units being run, by unit id.
         self.running: dict[str, _Running] = {}
-        #: Units claimed ahead of a free slot, in the order they start (:meth:`_claim_ahead`),
-        #: their ids, and the records their claims replaced (given back if they never start).
+        #: Units claimed ahead of a free slot, in the order they start (:meth:`_claim_ahead`);
+        #: the seconds each was counted at, by unit id, and their sum (kept as they come and
+        #: go: the loop reads it once per job); the records their claims replaced (given
+        #: back if they never start).
         self._ahead: deque[Unit] = deque()
-        self._ahead_ids: dict[str, float] = {}  # unit id -> the seconds it was counted at
+        self._ahead_ids: dict[str, float] = {}
         self._ahead_seconds = 0.0
         self._ahead_replaced: dict[str, bytes | None] = {}
         #: When the oldest outcome not committed yet was reaped (0: none is waiting).
